@@ -1,0 +1,379 @@
+// Activities of the Connection Upgrade runbook: server settings applied with ALTER SYSTEM, a restart
+// for the ones that need it, and verification read back from the server itself.
+import { heartbeat } from '@temporalio/activity';
+import type { Client } from 'pg';
+import { ErrorType, failure, q } from '../shared/errors';
+import type { ConnectionUpgradeInput } from '../shared/inputs';
+import type { Evidence, PlannedAction } from '../shared/status';
+import { resolveTarget, type Target } from '../targets';
+import { controlService, serviceCommand } from './host';
+import { onTarget, value, withClient } from './postgres';
+
+const runbook = 'connectionUpgrade';
+const STATEMENTS = 'pg_stat_statements';
+
+/** Worker processes beyond the parallel ones, for logical replication and extensions. */
+export const WORKER_HEADROOM = 8;
+
+export interface SettingChange {
+  name: string;
+  /** The value the server runs with now. */
+  from: string;
+  to: string;
+  needsRestart: boolean;
+}
+
+export interface Precheck extends Evidence {
+  serverVersion: string;
+  changes: SettingChange[];
+  /** postgresql.auto.conf entries before the run, for rollback (absent: RESET). */
+  autoConf: Record<string, string>;
+  needsRestart: boolean;
+  statementsInstalled: boolean;
+  plan: PlannedAction[];
+  summary: string;
+}
+
+export type UpgradeSettings = Pick<
+  ConnectionUpgradeInput,
+  'target' | 'maxConnections' | 'maxParallelWorkers' | 'maxParallelWorkersPerGather' | 'enablePgStatStatements'
+>;
+
+interface SettingRow {
+  name: string;
+  setting: string;
+  context: string;
+  pending_restart: boolean;
+}
+
+const managed = [
+  'max_connections',
+  'max_worker_processes',
+  'max_parallel_workers',
+  'max_parallel_workers_per_gather',
+  'shared_preload_libraries',
+];
+
+const libraries = (list: string): string[] =>
+  list
+    .split(',')
+    .map((l) => l.trim().replace(/^"|"$/g, ''))
+    .filter(Boolean);
+
+async function settingRows(client: Client, names = managed): Promise<Map<string, SettingRow>> {
+  const { rows } = await client.query<SettingRow>(
+    'SELECT name, setting, context, pending_restart FROM pg_settings WHERE name = ANY($1)',
+    [names],
+  );
+  return new Map(rows.map((r) => [r.name, r]));
+}
+
+async function pendingRestart(client: Client): Promise<string[]> {
+  const { rows } = await client.query<{ name: string }>('SELECT name FROM pg_settings WHERE pending_restart ORDER BY name');
+  return rows.map((r) => r.name);
+}
+
+function alterSystem(client: Client, name: string, to: string): string {
+  return `ALTER SYSTEM SET ${client.escapeIdentifier(name)} = ${client.escapeLiteral(to)}`;
+}
+
+const fail = (type: ErrorType, step: string, reason: string, details?: Record<string, unknown>) =>
+  failure(type, { runbook, step }, reason, details);
+
+export function createConnectionUpgradeActivities() {
+  return {
+    /** Read the server and decide what must change; refuses, changing nothing, when it cannot go ahead. */
+    async upgradePrecheck(input: UpgradeSettings): Promise<Precheck> {
+      const target = resolveTarget(input.target);
+      return onTarget(target, async (c) => {
+        const versionNum = Number(await value(c, 'SHOW server_version_num'));
+        const serverVersion = await value(c, 'SHOW server_version');
+        if (versionNum < 100000) throw fail(ErrorType.PrecheckFailed, 'precheck', `PostgreSQL ${serverVersion} is too old (10 or later needed)`);
+        const superuser = await value<boolean>(c, 'SELECT rolsuper FROM pg_roles WHERE rolname = current_user');
+        if (!superuser) throw fail(ErrorType.PrecheckFailed, 'precheck', `role ${q(target.postgres.user)} is not a superuser: ALTER SYSTEM needs one`);
+
+        const rows = await settingRows(c);
+        const current = (name: string) => rows.get(name)!.setting;
+        const connections = Number(await value(c, 'SELECT count(*) FROM pg_stat_activity WHERE backend_type = $1', ['client backend']));
+        if (input.maxConnections < connections) {
+          throw fail(ErrorType.PrecheckFailed, 'precheck', `maxConnections ${input.maxConnections} is below the ${connections} client connections open now`);
+        }
+        const foreignPending = (await pendingRestart(c)).filter((n) => !managed.includes(n));
+        if (foreignPending.length) {
+          throw fail(ErrorType.PrecheckFailed, 'precheck', `settings already pending a restart that this runbook did not make: ${foreignPending.join(', ')}; apply or revert them first`);
+        }
+
+        const preload = libraries(current('shared_preload_libraries'));
+        const available = await value<number>(c, 'SELECT count(*)::int FROM pg_available_extensions WHERE name = $1', [STATEMENTS]);
+        if (input.enablePgStatStatements) {
+          if (!available) throw fail(ErrorType.PrecheckFailed, 'precheck', `extension ${STATEMENTS} is not available on the server (install the contrib package)`);
+          // A misspelled library would only show after the restart, when the server refuses to start.
+          await c.query(`LOAD ${c.escapeLiteral(STATEMENTS)}`);
+        }
+        const wanted: Record<string, string> = {
+          max_connections: String(input.maxConnections),
+          // max_parallel_workers is capped by max_worker_processes, which only a restart raises.
+          max_worker_processes: String(Math.max(Number(current('max_worker_processes')), input.maxParallelWorkers + WORKER_HEADROOM)),
+          max_parallel_workers: String(input.maxParallelWorkers),
+          max_parallel_workers_per_gather: String(input.maxParallelWorkersPerGather),
+          shared_preload_libraries:
+            input.enablePgStatStatements && !preload.includes(STATEMENTS) ? [...preload, STATEMENTS].join(',') : preload.join(','),
+        };
+        const changes: SettingChange[] = managed
+          .filter((name) => wanted[name] !== current(name) || rows.get(name)!.pending_restart)
+          .map((name) => ({ name, from: current(name), to: wanted[name], needsRestart: rows.get(name)!.context === 'postmaster' }));
+
+        const { rows: auto } = await c.query<{ name: string; setting: string }>(
+          `SELECT name, setting FROM pg_file_settings
+            WHERE sourcefile LIKE '%postgresql.auto.conf' AND name = ANY($1) AND applied IS NOT NULL`,
+          [managed],
+        );
+        const statementsInstalled = Boolean(await value<number>(c, 'SELECT count(*)::int FROM pg_extension WHERE extname = $1', [STATEMENTS]));
+        const needsRestart = changes.some((ch) => ch.needsRestart && ch.from !== ch.to);
+        const restart = serviceCommand(target.service, 'restart').argv.join(' ');
+        const plan: PlannedAction[] = [
+          { step: 'precheck', kind: 'check', text: `PostgreSQL ${serverVersion}; ${connections} client connections; ${STATEMENTS} available: ${Boolean(available)}` },
+          ...changes.map((ch): PlannedAction => ({ step: 'apply', kind: 'sql', text: `${alterSystem(c, ch.name, ch.to)}; -- now ${ch.from}` })),
+          { step: 'apply', kind: 'sql', text: 'SELECT pg_reload_conf()' },
+          ...(needsRestart
+            ? [
+                { step: 'restart', kind: 'check', text: 'gate "restart": wait for approval, then the maintenance window' },
+                { step: 'restart', kind: 'sql', text: 'CHECKPOINT' },
+                { step: 'restart', kind: 'command', text: restart },
+              ] satisfies PlannedAction[]
+            : []),
+          ...(input.enablePgStatStatements ? [{ step: 'extension', kind: 'sql', text: `CREATE EXTENSION IF NOT EXISTS ${STATEMENTS}` } satisfies PlannedAction] : []),
+          { step: 'verify', kind: 'check', text: 'SHOW each setting; pending_restart false everywhere; EXPLAIN ANALYZE shows a Parallel Seq Scan' },
+          { step: 'baseline', kind: 'check', text: 'database size, file count, index and table counts, connections, slowest statements' },
+        ];
+        return {
+          serverVersion,
+          changes,
+          autoConf: Object.fromEntries(auto.map((r) => [r.name, r.setting])),
+          needsRestart,
+          statementsInstalled,
+          plan,
+          summary: changes.length
+            ? `${changes.length} setting(s) to change${needsRestart ? ', restart needed' : ''}: ` + changes.map((ch) => `${ch.name} ${ch.from}→${ch.to}`).join(', ')
+            : 'every setting already as requested',
+        };
+      });
+    },
+
+    /** ALTER SYSTEM each change and reload; the reloadable ones must then be live. */
+    async upgradeApply(targetName: string, changes: SettingChange[]): Promise<Evidence> {
+      const target = resolveTarget(targetName);
+      await onTarget(target, async (c) => {
+        for (const ch of changes) await c.query(alterSystem(c, ch.name, ch.to));
+        await c.query('SELECT pg_reload_conf()');
+      });
+      // Read back on a new connection: the reload signal reaches backends asynchronously.
+      const live = await readSettings(target, changes.map((ch) => ch.name));
+      const stale = changes.filter((ch) => !ch.needsRestart && live.get(ch.name)?.setting !== ch.to);
+      if (stale.length) {
+        throw fail(ErrorType.NotConverged, 'apply', `not live after reload: ${stale.map((ch) => `${ch.name}=${live.get(ch.name)?.setting}`).join(', ')}`);
+      }
+      const pending = changes.filter((ch) => live.get(ch.name)?.pending_restart).map((ch) => ch.name);
+      return {
+        summary: `${changes.length} set; pending restart: ${pending.join(', ') || 'none'}`,
+        settings: changes.map((ch) => ({ name: ch.name, before: ch.from, after: live.get(ch.name)?.setting, requested: ch.to })),
+        pendingRestart: pending,
+      };
+    },
+
+    /** Put back the recorded postgresql.auto.conf entries and reload; says what now needs a restart. */
+    async upgradeRestore(targetName: string, changes: SettingChange[], autoConf: Record<string, string>): Promise<Evidence & { pendingRestart: string[] }> {
+      const target = resolveTarget(targetName);
+      return onTarget(target, async (c) => {
+        for (const { name } of changes) {
+          const before = autoConf[name];
+          await c.query(before === undefined ? `ALTER SYSTEM RESET ${c.escapeIdentifier(name)}` : alterSystem(c, name, before));
+        }
+        await c.query('SELECT pg_reload_conf()');
+        const pending = (await pendingRestart(c)).filter((n) => managed.includes(n));
+        return { summary: `restored ${changes.map((ch) => ch.name).join(', ')}; pending restart: ${pending.join(', ') || 'none'}`, pendingRestart: pending };
+      });
+    },
+
+    /**
+     * Restart PostgreSQL through its service manager when a setting is pending restart, and wait
+     * until it accepts connections again. A retry after the restart finds nothing pending and
+     * does nothing, so the server is never restarted twice.
+     */
+    async upgradeRestart(targetName: string): Promise<Evidence> {
+      const target = resolveTarget(targetName);
+      const before = await onTarget(target, async (c) => ({
+        pending: await pendingRestart(c),
+        startedAt: await value<Date>(c, 'SELECT pg_postmaster_start_time()'),
+      })).catch(() => undefined);
+      if (before && before.pending.length === 0) return { summary: 'nothing pending restart: not restarted', restarted: false };
+      if (before) await onTarget(target, (c) => c.query('CHECKPOINT')); // a short shutdown checkpoint
+      const started = Date.now();
+      const command = await controlService(target.host, target.service, 'restart');
+      const unavailableMs = (await waitForConnections(target)) - started;
+      const after = await onTarget(target, (c) => value<Date>(c, 'SELECT pg_postmaster_start_time()'));
+      return {
+        summary: `restarted; unavailable for ${unavailableMs} ms`,
+        restarted: true,
+        command: command.command,
+        unavailableMs,
+        pendingBefore: before?.pending ?? 'server was down',
+        postmasterStartBefore: before?.startedAt?.toISOString(),
+        postmasterStartAfter: after.toISOString(),
+      };
+    },
+
+    /** Create pg_stat_statements; says whether it was there already. */
+    async upgradeCreateExtension(targetName: string): Promise<Evidence> {
+      const target = resolveTarget(targetName);
+      return onTarget(target, async (c) => {
+        const existed = Boolean(await value<number>(c, 'SELECT count(*)::int FROM pg_extension WHERE extname = $1', [STATEMENTS]));
+        await c.query(`CREATE EXTENSION IF NOT EXISTS ${STATEMENTS}`);
+        const version = await value(c, 'SELECT extversion FROM pg_extension WHERE extname = $1', [STATEMENTS]);
+        return { summary: existed ? `${STATEMENTS} ${version} already installed` : `${STATEMENTS} ${version} created`, created: !existed, version };
+      });
+    },
+
+    async upgradeDropExtension(targetName: string): Promise<Evidence> {
+      const target = resolveTarget(targetName);
+      await onTarget(target, (c) => c.query(`DROP EXTENSION IF EXISTS ${STATEMENTS}`));
+      return { summary: `${STATEMENTS} dropped` };
+    },
+
+    /** Everything read back from a fresh connection; a difference is NotConverged (retried). */
+    async upgradeVerify(input: UpgradeSettings, changes: SettingChange[]): Promise<Evidence> {
+      const target = resolveTarget(input.target);
+      return onTarget(target, async (c) => {
+        const live = await settingRows(c);
+        const wrong = changes.filter((ch) => live.get(ch.name)?.setting !== ch.to);
+        const pending = await pendingRestart(c);
+        const problems = [
+          ...wrong.map((ch) => `${ch.name} is ${live.get(ch.name)?.setting}, expected ${ch.to}`),
+          ...(pending.length ? [`pending restart: ${pending.join(', ')}`] : []),
+        ];
+        let statements: Evidence | undefined;
+        if (input.enablePgStatStatements) {
+          statements = await statementsCollecting(c);
+          if (!statements.collecting) problems.push(`${STATEMENTS} is not collecting`);
+        }
+        const parallel = await parallelScan(c);
+        if (input.maxParallelWorkersPerGather > 0 && !parallel.parallel) problems.push(`no Parallel Seq Scan on ${parallel.table}`);
+        if (problems.length) throw fail(ErrorType.NotConverged, 'verify', problems.join('; '));
+        const shown = Object.fromEntries([...live.values()].map((r) => [r.name, r.setting]));
+        return { summary: `${Object.entries(shown).map(([k, v]) => `${k}=${v}`).join(', ')}; nothing pending restart; ${parallel.summary}`, settings: shown, pendingRestart: pending, statements, parallel };
+      });
+    },
+
+    /** The seed's baseline report, as evidence. */
+    async upgradeBaseline(targetName: string): Promise<Evidence> {
+      const target = resolveTarget(targetName);
+      return onTarget(target, async (c) => {
+        const report = await c.query(`
+          SELECT pg_size_pretty(pg_database_size(current_database())) AS db_size,
+                 pg_database_size(current_database()) AS db_bytes,
+                 (SELECT count(*) FROM pg_stat_user_indexes) AS index_count,
+                 (SELECT count(*) FROM pg_tables WHERE schemaname = 'public') AS table_count,
+                 (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend') AS connections,
+                 current_setting('max_connections') AS max_connections`);
+        const files = await c.query(`SELECT to_regclass('public.files') IS NOT NULL AS present`);
+        const fileCount = files.rows[0].present ? Number(await value(c, 'SELECT count(*) FROM public.files')) : null;
+        const slowest = (await hasStatements(c))
+          ? (
+              await c.query(`SELECT left(query, 120) AS query, calls, round(mean_exec_time::numeric, 2) AS mean_ms
+                               FROM pg_stat_statements ORDER BY mean_exec_time DESC LIMIT 5`)
+            ).rows
+          : [];
+        const r = report.rows[0];
+        return {
+          summary: `DB ${r.db_size}, ${fileCount ?? 'no'} files, ${r.index_count} indexes, ${r.table_count} tables, ${r.connections}/${r.max_connections} connections`,
+          dbSize: r.db_size,
+          dbBytes: Number(r.db_bytes),
+          fileCount,
+          indexCount: Number(r.index_count),
+          tableCount: Number(r.table_count),
+          connections: Number(r.connections),
+          maxConnections: Number(r.max_connections),
+          slowestStatements: slowest,
+        };
+      });
+    },
+  };
+}
+
+async function readSettings(target: Target, names: string[]): Promise<Map<string, SettingRow>> {
+  const deadline = Date.now() + 5_000;
+  for (;;) {
+    const rows = await onTarget(target, (c) => settingRows(c, names));
+    if (Date.now() > deadline || [...rows.values()].every((r) => r.context === 'postmaster' || !r.pending_restart)) return rows;
+    await delay(200);
+  }
+}
+
+/** Poll until the server answers a query; returns when it did. Heartbeats while it waits. */
+async function waitForConnections(target: Target, timeoutMs = 300_000): Promise<number> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    heartbeat();
+    try {
+      await withClient({ endpoint: target.postgres }, (c) => c.query('SELECT 1'));
+      return Date.now();
+    } catch (err) {
+      if (Date.now() > deadline) throw err;
+      await delay(100);
+    }
+  }
+}
+
+async function hasStatements(c: Client): Promise<boolean> {
+  return Boolean(await value<number>(c, 'SELECT count(*)::int FROM pg_extension WHERE extname = $1', [STATEMENTS]));
+}
+
+/** Collecting means the counters move: the first count is itself counted by the second. */
+async function statementsCollecting(c: Client): Promise<Evidence> {
+  if (!(await hasStatements(c))) return { collecting: false, reason: 'extension not installed' };
+  const calls = () => value<number>(c, 'SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements').then(Number);
+  const before = await calls();
+  const after = await calls();
+  const tracked = await value<number>(c, 'SELECT count(*)::int FROM pg_stat_statements');
+  return { collecting: after > before, callsBefore: before, callsAfter: after, statementsTracked: tracked };
+}
+
+/**
+ * EXPLAIN ANALYZE a count over the largest table (files in the MIDI schema). On a small table the
+ * planner rightly prefers a serial scan, so it then asks again with parallel costs at zero: the
+ * check is that parallel workers launch, not the planner's cost model.
+ */
+async function parallelScan(c: Client): Promise<Evidence & { parallel: boolean; table: string }> {
+  const table = await value<string>(
+    c,
+    `SELECT coalesce(to_regclass('public.files')::text,
+       (SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+         ORDER BY c.relpages DESC LIMIT 1))`,
+  );
+  if (!table) return { parallel: false, table: '(no table)', summary: 'no user table to scan' };
+  const explain = async (): Promise<string> => {
+    const { rows } = await c.query(`EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) SELECT count(*) FROM ${table}`);
+    return rows.map((r) => r['QUERY PLAN']).join('\n');
+  };
+  let plan = await explain();
+  let forced = false;
+  if (!plan.includes('Parallel Seq Scan')) {
+    forced = true;
+    await c.query('BEGIN');
+    await c.query("SET LOCAL parallel_setup_cost = 0; SET LOCAL parallel_tuple_cost = 0; SET LOCAL min_parallel_table_scan_size = 0");
+    plan = await explain().finally(() => c.query('ROLLBACK'));
+  }
+  const launched = Number(/Workers Launched: (\d+)/.exec(plan)?.[1] ?? 0);
+  const parallel = plan.includes('Parallel Seq Scan') && launched > 0;
+  return {
+    summary: parallel ? `Parallel Seq Scan on ${table}, ${launched} workers launched${forced ? ' (parallel costs zeroed)' : ''}` : `no parallel scan on ${table}`,
+    parallel,
+    table,
+    workersLaunched: launched,
+    costsZeroed: forced,
+    plan,
+  };
+}
+
+const delay = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));

@@ -1,0 +1,77 @@
+// Commands on a target's host (this machine or over ssh), and control of its PostgreSQL service.
+import execa from 'execa';
+import { ErrorType, failure, q } from '../shared/errors';
+import type { Host, ServiceControl } from '../targets';
+
+const where = { runbook: 'host' };
+
+/** Quote one argument for a POSIX shell (ssh passes a command line, not an argv). */
+export const shellQuote = (arg: string): string => (/^[\w@%+=:,./-]+$/.test(arg) ? arg : `'${arg.replace(/'/g, `'\\''`)}'`);
+
+export interface RunOptions {
+  /** Run as this OS user (via runuser) when we are root and it is someone else. */
+  asUser?: string;
+  timeoutMs?: number;
+}
+
+/** The argv that runs `argv` on `host` as `asUser`. */
+export function commandFor(host: Host, argv: string[], { asUser }: RunOptions = {}): string[] {
+  const local = host.kind === 'local';
+  const becomeUser = asUser && (local ? process.getuid?.() === 0 && asUser !== 'root' : true);
+  const command = becomeUser ? ['runuser', '-u', asUser, '--', ...argv] : argv;
+  if (host.kind === 'local') return command;
+  const destination = host.user ? `${host.user}@${host.address}` : host.address;
+  const options = ['-o', 'BatchMode=yes', ...(host.port ? ['-p', String(host.port)] : []), ...(host.identityFile ? ['-i', host.identityFile] : [])];
+  return ['ssh', ...options, destination, command.map(shellQuote).join(' ')];
+}
+
+export interface CommandResult {
+  command: string;
+  exitCode: number;
+  stdout: string;
+  stderr: string;
+  ms: number;
+}
+
+/** Run a command; a non-zero exit is a CommandFailed failure carrying the exit code and stderr tail. */
+export async function run(host: Host, argv: string[], options: RunOptions = {}): Promise<CommandResult> {
+  const [file, ...args] = commandFor(host, argv, options);
+  const command = argv.map(shellQuote).join(' ');
+  const started = Date.now();
+  const result = await execa(file, args, { reject: false, timeout: options.timeoutMs ?? 300_000, stdin: 'ignore' });
+  const outcome = { command, exitCode: result.exitCode, stdout: result.stdout, stderr: result.stderr, ms: Date.now() - started };
+  if (result.exitCode !== 0 || result.timedOut) {
+    const reason = result.timedOut ? 'timed out' : `exited with ${result.exitCode}`;
+    throw failure(ErrorType.CommandFailed, where, `${q(command)} ${reason}: ${tail(result.stderr || result.stdout)}`, {
+      exitCode: result.exitCode,
+      stderrTail: tail(result.stderr),
+    });
+  }
+  return outcome;
+}
+
+const tail = (text: string): string => text.trim().split('\n').slice(-5).join(' | ').slice(-600);
+
+export type ServiceAction = 'start' | 'stop' | 'restart';
+
+/** The command that starts, stops or restarts a PostgreSQL service. */
+export function serviceCommand(service: ServiceControl, action: ServiceAction): { argv: string[]; asUser?: string } {
+  switch (service.kind) {
+    case 'pg_ctl': {
+      const pgCtl = service.binDir ? `${service.binDir}/pg_ctl` : 'pg_ctl';
+      const log = ['-l', service.logFile ?? `${service.dataDir}/pg_ctl.log`];
+      const mode = { start: log, stop: ['-m', 'fast'], restart: ['-m', 'fast', ...log] }[action];
+      // The log file matters: without it the postmaster would inherit our pipes and hold them open.
+      return { argv: [pgCtl, action, '-D', service.dataDir, ...mode, '-w', '-t', '300'], asUser: service.osUser };
+    }
+    case 'systemd':
+      return { argv: ['systemctl', action, service.unit] };
+    case 'docker':
+      return { argv: ['docker', action, service.container] };
+  }
+}
+
+export async function controlService(host: Host, service: ServiceControl, action: ServiceAction): Promise<CommandResult> {
+  const { argv, asUser } = serviceCommand(service, action);
+  return run(host, argv, { asUser });
+}

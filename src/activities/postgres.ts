@@ -1,0 +1,62 @@
+// Connections to a target's PostgreSQL. Credentials are resolved here, in the worker, and scrubbed
+// from anything that could travel back into workflow history.
+import { Client, Pool } from 'pg';
+import { password, type PostgresEndpoint, type Target } from '../targets';
+
+export interface Connect {
+  endpoint: PostgresEndpoint;
+  /** Connect to this database instead of the endpoint's. */
+  database?: string;
+}
+
+function settings({ endpoint, database }: Connect) {
+  return {
+    host: endpoint.host,
+    port: endpoint.port,
+    database: database ?? endpoint.database,
+    user: endpoint.user,
+    password: password(endpoint),
+    connectionTimeoutMillis: 5_000,
+    application_name: 'fermata',
+  };
+}
+
+export function clientFor(connect: Connect): { client: Client; secret?: string } {
+  const config = settings(connect);
+  return { client: new Client(config), secret: config.password };
+}
+
+export function poolFor(connect: Connect, max: number): Pool {
+  const pool = new Pool({ ...settings(connect), max });
+  pool.on('error', () => undefined); // idle clients dropped by a server restart are replaced on demand
+  return pool;
+}
+
+/** Run `fn` on a fresh connection, closed afterwards; errors never carry the password. */
+export async function withClient<T>(connect: Connect, fn: (client: Client) => Promise<T>): Promise<T> {
+  const { client, secret } = clientFor(connect);
+  client.on('error', () => undefined); // a server restart ends idle connections; the caller sees it on use
+  try {
+    await client.connect();
+    return await fn(client);
+  } catch (err) {
+    throw scrub(err, secret);
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+}
+
+export const onTarget = <T>(target: Target, fn: (client: Client) => Promise<T>): Promise<T> => withClient({ endpoint: target.postgres }, fn);
+
+/** Replace a secret wherever it appears in an error's message. */
+export function scrub(err: unknown, secret?: string): unknown {
+  if (!secret || !(err instanceof Error) || !err.message.includes(secret)) return err;
+  err.message = err.message.split(secret).join('***');
+  return err;
+}
+
+/** A single value from a query, by column name. */
+export async function value<T = string>(client: Client, sql: string, params: unknown[] = []): Promise<T> {
+  const { rows } = await client.query(sql, params);
+  return Object.values(rows[0] ?? {})[0] as T;
+}

@@ -1,0 +1,53 @@
+// One error catalogue for workflows, activities, the CLI and tests. The type names are what retry
+// policies and tests match on: keep them stable.
+import { ApplicationFailure } from '@temporalio/common';
+
+export const ErrorType = {
+  /** The input breaks a rule of the runbook's schema. Nothing was changed. */
+  InvalidInput: 'InvalidInput',
+  /** The input names a target the worker's targets file does not define. */
+  UnknownTarget: 'UnknownTarget',
+  /** The targets file is missing or malformed. */
+  InvalidTargets: 'InvalidTargets',
+  /** A pre-check found the target unfit for the runbook. Nothing was changed. */
+  PrecheckFailed: 'PrecheckFailed',
+  /** Verification read back a state that is not (yet) the requested one; retrying polls it. */
+  NotConverged: 'NotConverged',
+  /** A host command (pg_ctl, systemctl, docker, ssh) exited non-zero. */
+  CommandFailed: 'CommandFailed',
+  /** A gate approval, rejection or decision was refused. */
+  Refused: 'Refused',
+} as const;
+export type ErrorType = (typeof ErrorType)[keyof typeof ErrorType];
+
+/** Errors that retrying cannot fix. */
+export const nonRetryableTypes: string[] = [
+  ErrorType.InvalidInput,
+  ErrorType.UnknownTarget,
+  ErrorType.InvalidTargets,
+  ErrorType.PrecheckFailed,
+  ErrorType.Refused,
+];
+
+export interface Where {
+  runbook: string;
+  step?: string;
+  phase?: string;
+}
+
+/** "runbook / step / phase: reason" — the shape every operator-facing message takes. */
+export function describe(where: Where, reason: string): string {
+  return [where.runbook, where.step, where.phase].filter(Boolean).join(' / ') + ': ' + reason;
+}
+
+export function failure(type: ErrorType, where: Where, reason: string, details?: Record<string, unknown>): ApplicationFailure {
+  return ApplicationFailure.create({
+    type,
+    message: describe(where, reason),
+    nonRetryable: nonRetryableTypes.includes(type),
+    details: details ? [details] : undefined,
+  });
+}
+
+/** Quote a name the way the messages do. */
+export const q = (name: string): string => JSON.stringify(name);

@@ -1,0 +1,63 @@
+// Builds a Fermata worker: the runbook workflows and their activities on task queue `runbooks`.
+import { Connection } from '@temporalio/client';
+import { NativeConnection, Worker, type WorkerOptions } from '@temporalio/worker';
+import { ensureAuditStore, AuditLog } from '../activities/audit';
+import { createActivities, type Activities } from '../activities';
+import { TASK_QUEUE } from '../shared/messages';
+import { searchAttributes } from '../shared/search-attributes';
+import { loadTargets } from '../targets';
+
+export interface FermataWorkerOptions {
+  address: string;
+  namespace: string;
+  /** A prebuilt workflow bundle (tests build one once); by default the workflows are bundled now. */
+  workflowBundlePath?: string;
+  /** Replace activities, e.g. to inject a fault in a test. */
+  wrapActivities?: (activities: Activities) => Activities;
+}
+
+export const workflowsPath = require.resolve('../workflows');
+
+/** Register the custom search attributes if the namespace lacks them (dev server, cluster or Cloud alike). */
+export async function ensureSearchAttributes(address: string, namespace: string): Promise<void> {
+  const connection = await Connection.connect({ address });
+  try {
+    const { customAttributes } = await connection.operatorService.listSearchAttributes({ namespace });
+    const missing = Object.values(searchAttributes).filter((key) => !(key.name in (customAttributes ?? {})));
+    if (missing.length) {
+      await connection.operatorService.addSearchAttributes({
+        namespace,
+        searchAttributes: Object.fromEntries(missing.map((key) => [key.name, 2 /* INDEXED_VALUE_TYPE_KEYWORD */])),
+      });
+    }
+  } finally {
+    await connection.close();
+  }
+}
+
+export async function createWorker(options: FermataWorkerOptions): Promise<{ worker: Worker; close: () => Promise<void> }> {
+  const { audit } = loadTargets();
+  if (!audit) throw new Error('the targets file has no "audit" section: the worker needs a database for the audit trail');
+  await ensureAuditStore(audit);
+  await ensureSearchAttributes(options.address, options.namespace);
+  const auditLog = new AuditLog(audit);
+  const activities = createActivities(auditLog);
+  const connection = await NativeConnection.connect({ address: options.address });
+  const code: Pick<WorkerOptions, 'workflowBundle' | 'workflowsPath'> = options.workflowBundlePath
+    ? { workflowBundle: { codePath: options.workflowBundlePath } }
+    : { workflowsPath };
+  const worker = await Worker.create({
+    connection,
+    namespace: options.namespace,
+    taskQueue: TASK_QUEUE,
+    ...code,
+    activities: options.wrapActivities ? options.wrapActivities(activities) : activities,
+  });
+  return {
+    worker,
+    close: async () => {
+      await auditLog.close();
+      await connection.close();
+    },
+  };
+}

@@ -1,0 +1,66 @@
+// Seed phases 1.1 and 1.2: max_connections 100→256, parallel workers 32/16 and pg_stat_statements,
+// with the restart held at an approval gate and inside the maintenance window.
+import type { RetryPolicy } from '@temporalio/common';
+import { proxyActivities } from '@temporalio/workflow';
+import type { Activities } from '../activities';
+import { nonRetryableTypes } from '../shared/errors';
+import { connectionUpgradeSchema, parseInput } from '../shared/inputs';
+import type { RunbookResult } from '../shared/status';
+import { Runbook } from './runbook';
+
+const retry: RetryPolicy = { initialInterval: '1s', backoffCoefficient: 2, maximumAttempts: 3, nonRetryableErrorTypes: nonRetryableTypes };
+const pg = proxyActivities<Activities>({ startToCloseTimeout: '2m', retry });
+// Verification polls: a value still converging is retried for about half a minute.
+const check = proxyActivities<Activities>({ startToCloseTimeout: '2m', retry: { ...retry, maximumAttempts: 8 } });
+// A restart heartbeats while it waits for the server, so a dead worker is noticed in seconds.
+const service = proxyActivities<Activities>({ startToCloseTimeout: '10m', heartbeatTimeout: '20s', retry });
+
+/** Minutes of maintenance window a restart must have left before it starts. */
+const RESTART_MINUTES = 5;
+
+export async function connectionUpgrade(raw: unknown): Promise<RunbookResult> {
+  const input = parseInput('connectionUpgrade', connectionUpgradeSchema, raw);
+  const { target } = input;
+  const rb = new Runbook('connectionUpgrade', input, [
+    ['precheck', 'Pre-checks: server, privileges, current values'],
+    ['apply', 'ALTER SYSTEM and reload'],
+    ['restart', 'Restart for restart-only settings (gate "restart", window)'],
+    ['extension', 'CREATE EXTENSION pg_stat_statements'],
+    ['verify', 'Verify from a fresh connection'],
+    ['baseline', 'Baseline report'],
+  ]);
+  rb.announceWindow(RESTART_MINUTES);
+
+  return rb.run(async () => {
+    const pre = await rb.step('precheck', () => pg.upgradePrecheck(input), { required: true, precheck: true });
+    if (input.dryRun) return rb.planned(pre.plan);
+
+    const restartIfPending = async () => {
+      await rb.window(RESTART_MINUTES);
+      return service.upgradeRestart(target);
+    };
+    if (pre.changes.length) {
+      await rb.step('apply', () => pg.upgradeApply(target, pre.changes), {
+        rollback: async () => {
+          const restored = await pg.upgradeRestore(target, pre.changes, pre.autoConf);
+          return restored.pendingRestart.length ? { ...restored, restart: await restartIfPending() } : restored;
+        },
+      });
+    } else rb.skip('apply', 'every setting already as requested');
+
+    if (pre.needsRestart) {
+      const names = pre.changes.filter((ch) => ch.needsRestart).map((ch) => ch.name);
+      await rb.gate('restart', `restart PostgreSQL on ${target} (a few seconds offline) to apply ${names.join(', ')}`);
+      await rb.step('restart', restartIfPending);
+    } else rb.skip('restart', 'no setting needs a restart');
+
+    if (input.enablePgStatStatements) {
+      await rb.step('extension', () => pg.upgradeCreateExtension(target), {
+        rollback: async () => (pre.statementsInstalled ? { summary: 'was installed before: kept' } : pg.upgradeDropExtension(target)),
+      });
+    } else rb.skip('extension', 'enablePgStatStatements is false');
+
+    await rb.step('verify', () => check.upgradeVerify(input, pre.changes));
+    await rb.step('baseline', () => pg.upgradeBaseline(target));
+  });
+}

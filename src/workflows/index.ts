@@ -1,0 +1,2 @@
+// The workflow types the worker registers: one runbook per file.
+export { connectionUpgrade } from './connection-upgrade';

@@ -1,0 +1,405 @@
+// The machinery every runbook shares: steps with rollback, approval gates, maintenance windows,
+// decisions after failure, status, search attributes and the audit trail.
+import {
+  ActivityFailure,
+  ApplicationFailure,
+  CancellationScope,
+  condition,
+  proxyActivities,
+  setCurrentDetails,
+  setHandler,
+  sleep,
+  upsertSearchAttributes,
+} from '@temporalio/workflow';
+import type { Activities } from '../activities';
+import { ErrorType, failure, q } from '../shared/errors';
+import type { CommonInput } from '../shared/inputs';
+import { nextSlot } from '../shared/window';
+import {
+  approveSignal,
+  approveUpdate,
+  decideSignal,
+  decideUpdate,
+  rejectSignal,
+  rejectUpdate,
+  statusQuery,
+  type Approval,
+  type Decision,
+  type Rejection,
+} from '../shared/messages';
+import { searchAttributes } from '../shared/search-attributes';
+import {
+  renderMarkdown,
+  type Evidence,
+  type MessageRecord,
+  type PlannedAction,
+  type RunbookResult,
+  type RunbookStatus,
+  type RunState,
+  type StepStatus,
+} from '../shared/status';
+
+// Audit writes retry until they succeed: losing them is not an option.
+const { recordAudit } = proxyActivities<Activities>({
+  startToCloseTimeout: '30s',
+  retry: { initialInterval: '1s', maximumInterval: '30s' },
+});
+
+/** Ends the gated path early; `undo` says whether applied steps are rolled back first. */
+class Stop {
+  constructor(
+    readonly outcome: RunState,
+    readonly undo: boolean,
+  ) {}
+}
+
+export interface StepOptions<T> {
+  /** Undo this step; registered before the step runs, so it must be idempotent. */
+  rollback?: () => Promise<Evidence | void>;
+  /** What to show as evidence; by default the activity's result. */
+  evidence?: (result: T) => Evidence;
+}
+
+/** [name, title]: the steps of a runbook, in order, as the status lists them from the start. */
+export type StepList = [name: string, title: string][];
+
+const now = (): string => new Date().toISOString();
+
+export class Runbook {
+  readonly status: RunbookStatus;
+  private readonly undo: { step: string; run: () => Promise<Evidence | void> }[] = [];
+  /** true: approved, false: rejected, undefined: no answer yet. */
+  private gateAnswer?: boolean;
+  private decision?: Decision;
+  private required = new Set<string>();
+  private auditSeq = 0;
+  private readonly audits: Promise<unknown>[] = [];
+  private published = { step: '', state: '' };
+
+  constructor(
+    readonly runbook: string,
+    private readonly input: CommonInput,
+    steps: StepList,
+  ) {
+    this.status = {
+      runbook,
+      target: input.target,
+      state: 'running',
+      steps: steps.map(([name, title]) => ({ name, title, state: 'pending' })),
+      messages: [],
+    };
+    setHandler(statusQuery, () => this.status);
+    setHandler(approveSignal, (a) => void this.onApprove(a));
+    setHandler(rejectSignal, (r) => void this.onReject(r));
+    setHandler(decideSignal, (d) => void this.onDecide(d));
+    setHandler(approveUpdate, (a) => this.strict(this.onApprove(a)), { validator: needs('gate', 'by') });
+    setHandler(rejectUpdate, (r) => this.strict(this.onReject(r)), { validator: needs('gate', 'by', 'reason') });
+    setHandler(decideUpdate, (d) => this.strict(this.onDecide(d)), { validator: needs('action', 'by') });
+    upsertSearchAttributes([
+      { key: searchAttributes.runbook, value: runbook },
+      { key: searchAttributes.target, value: input.target },
+    ]);
+    this.audit('started', { detail: { input } });
+    this.publish();
+  }
+
+  /** Run the body; a rejection, timeout or decision ends it with an outcome instead of a failure. */
+  async run(body: () => Promise<RunState | void>): Promise<RunbookResult> {
+    let outcome: RunState;
+    try {
+      outcome = (await body()) ?? 'completed';
+    } catch (err) {
+      if (!(err instanceof Stop)) {
+        this.status.error = message(err);
+        this.audit('failed', { detail: { error: this.status.error } });
+        await this.flush();
+        throw err;
+      }
+      if (err.undo) await this.rollBack();
+      outcome = err.outcome;
+    }
+    this.status.state = outcome;
+    this.status.currentStep = undefined;
+    this.audit('finished', { detail: { outcome } });
+    this.publish();
+    await this.flush();
+    return { outcome, status: this.status };
+  }
+
+  /**
+   * Run one step: a failure after the activity's own retries asks for a decision. `required`
+   * steps (their result is needed later) cannot be skipped; a non-retryable failure of a
+   * `precheck` step fails the runbook at once, since nothing has changed yet.
+   */
+  step<T>(name: string, run: () => Promise<T>, options: StepOptions<T> & { required: true; precheck?: boolean }): Promise<T>;
+  step<T>(name: string, run: () => Promise<T>, options?: StepOptions<T>): Promise<T | undefined>;
+  async step<T>(
+    name: string,
+    run: () => Promise<T>,
+    options: StepOptions<T> & { required?: boolean; precheck?: boolean } = {},
+  ): Promise<T | undefined> {
+    const step = this.find(name);
+    if (options.required) this.required.add(name);
+    if (options.rollback) this.undo.push({ step: name, run: options.rollback });
+    for (;;) {
+      this.begin(step);
+      try {
+        const result = await run();
+        step.evidence = options.evidence ? options.evidence(result) : (result as Evidence);
+        this.end(step, 'done');
+        this.audit('step_done', { step: name, detail: { evidence: step.evidence } });
+        return result;
+      } catch (err) {
+        step.error = message(err);
+        this.end(step, 'failed');
+        this.audit('step_failed', { step: name, detail: { error: step.error } });
+        const cause = err instanceof ActivityFailure ? err.cause : err;
+        if (options.precheck && cause instanceof ApplicationFailure && cause.nonRetryable) {
+          throw ApplicationFailure.create({ type: cause.type ?? undefined, message: cause.message, nonRetryable: true });
+        }
+        const decision = await this.ask(name, step.error);
+        if (decision.action === 'retry') continue;
+        if (decision.action === 'skip') {
+          this.end(step, 'skipped');
+          return undefined;
+        }
+        throw new Stop(decision.action === 'abort' ? 'aborted' : 'rolled_back', decision.action === 'rollback');
+      }
+    }
+  }
+
+  /** Mark a step as not needed, with the reason as evidence. */
+  skip(name: string, reason: string): void {
+    const step = this.find(name);
+    step.evidence = { summary: reason };
+    this.end(step, 'skipped');
+    this.audit('step_skipped', { step: name, detail: { reason } });
+  }
+
+  /** Hold until a person approves; a rejection or a timeout rolls back what was applied. */
+  async gate(name: string, does: string): Promise<void> {
+    this.gateAnswer = undefined;
+    this.status.pendingGate = { name, does, since: now(), approvers: this.input.approvers };
+    this.setState('waiting_approval');
+    this.audit('gate_opened', { step: name, detail: { does } });
+    const minutes = this.input.gateTimeoutMinutes;
+    const answered = minutes
+      ? await condition(() => this.gateAnswer !== undefined, minutes * 60_000)
+      : (await condition(() => this.gateAnswer !== undefined), true);
+    this.status.pendingGate = undefined;
+    this.setState('running');
+    if (!answered) {
+      this.audit('gate_timed_out', { step: name, detail: { minutes } });
+      throw new Stop('timed_out', true);
+    }
+    if (this.gateAnswer !== (true as boolean)) throw new Stop('rejected', true);
+  }
+
+  /** Wait on a durable timer until the maintenance window has `needMinutes` left. */
+  async window(needMinutes: number): Promise<void> {
+    const window = this.input.maintenanceWindow;
+    if (!window) return;
+    for (;;) {
+      const slot = nextSlot(window, needMinutes, new Date());
+      this.status.nextWindow = slot;
+      const wait = Date.parse(slot.opensAt) - Date.now();
+      if (wait <= 0) break;
+      this.setState('waiting_window');
+      await sleep(wait);
+    }
+    this.setState('running');
+  }
+
+  /** Show the next window in the status before the runbook gets there. */
+  announceWindow(needMinutes: number): void {
+    if (!this.input.maintenanceWindow) return;
+    try {
+      this.status.nextWindow = nextSlot(this.input.maintenanceWindow, needMinutes, new Date());
+    } catch (err) {
+      throw failure(ErrorType.InvalidInput, { runbook: this.runbook, phase: 'input' }, `maintenanceWindow: ${message(err)}`);
+    }
+    this.publish();
+  }
+
+  /** End a dry run: the plan is the result, nothing was changed. */
+  planned(plan: PlannedAction[]): RunState {
+    this.status.plan = plan;
+    for (const step of this.status.steps) if (step.state === 'pending') step.evidence = { summary: 'dry run' };
+    return 'planned';
+  }
+
+  private async rollBack(): Promise<void> {
+    this.setState('rolling_back');
+    await CancellationScope.nonCancellable(async () => {
+      for (const { step: name, run } of [...this.undo].reverse()) {
+        const step = this.find(name);
+        for (;;) {
+          try {
+            const evidence = await run();
+            step.evidence = { ...step.evidence, rollback: evidence ?? 'done' };
+            step.error = undefined;
+            this.end(step, 'rolled_back');
+            this.audit('step_rolled_back', { step: name, detail: { evidence } });
+            break;
+          } catch (err) {
+            step.error = `rollback: ${message(err)}`;
+            this.end(step, 'failed');
+            this.audit('rollback_failed', { step: name, detail: { error: step.error } });
+            const decision = await this.ask(name, step.error);
+            if (decision.action === 'retry' || decision.action === 'rollback') continue;
+            if (decision.action === 'abort') return;
+            break;
+          }
+        }
+      }
+    });
+  }
+
+  private async ask(step: string, error: string): Promise<Decision> {
+    this.decision = undefined;
+    this.status.pendingDecision = { step, error, since: now() };
+    this.setState('waiting_decision');
+    await condition(() => this.decision !== undefined);
+    const decision = this.decision!;
+    this.status.pendingDecision = undefined;
+    this.setState(this.status.state === 'waiting_decision' ? 'running' : this.status.state);
+    return decision;
+  }
+
+  // Message handlers return a refusal reason, or undefined when accepted.
+  private onApprove(a: Approval): string | undefined {
+    const refusal = this.gateRefusal(a.gate) ?? this.approverRefusal(a.by);
+    if (refusal) return this.refuse('approve', a.by, a.gate, refusal);
+    this.gateAnswer = true;
+    this.note({ kind: 'approved', gate: a.gate, by: a.by, at: now(), text: a.comment });
+    return undefined;
+  }
+
+  // Anyone may reject: stopping a change is always the safe direction.
+  private onReject(r: Rejection): string | undefined {
+    const refusal = this.gateRefusal(r.gate);
+    if (refusal) return this.refuse('reject', r.by, r.gate, refusal);
+    this.gateAnswer = false;
+    this.note({ kind: 'rejected', gate: r.gate, by: r.by, at: now(), text: r.reason });
+    return undefined;
+  }
+
+  private onDecide(d: Decision): string | undefined {
+    const pending = this.status.pendingDecision;
+    const refusal = !pending
+      ? 'no step is waiting for a decision'
+      : !['retry', 'skip', 'abort', 'rollback'].includes(d.action)
+        ? `unknown action ${q(String(d.action))} (retry, skip, abort or rollback)`
+        : d.action === 'skip' && this.required.has(pending.step)
+          ? `step ${q(pending.step)} cannot be skipped: later steps need its result`
+          : this.approverRefusal(d.by);
+    if (refusal) return this.refuse('decide', d.by, pending?.step, refusal);
+    this.decision = d;
+    this.note({ kind: 'decided', gate: pending!.step, by: d.by, at: now(), text: d.action });
+    return undefined;
+  }
+
+  private gateRefusal(gate: string): string | undefined {
+    const pending = this.status.pendingGate;
+    if (!pending) return `gate ${q(gate)} is not pending (no gate is)`;
+    if (pending.name !== gate || this.gateAnswer !== undefined) return `gate ${q(gate)} is not pending (pending: ${q(pending.name)})`;
+    return undefined;
+  }
+
+  private approverRefusal(by: string): string | undefined {
+    const approvers = this.input.approvers;
+    if (!by) return 'a name ("by") is required';
+    if (approvers.length && !approvers.includes(by)) return `${q(by)} is not an approver (${approvers.join(', ')})`;
+    return undefined;
+  }
+
+  private refuse(what: string, by: string, gate: string | undefined, reason: string): string {
+    this.note({ kind: 'refused', gate, by, at: now(), text: `${what}: ${reason}` });
+    return reason;
+  }
+
+  private strict(refusal: string | undefined): string {
+    if (refusal) throw failure(ErrorType.Refused, { runbook: this.runbook }, refusal);
+    return 'accepted';
+  }
+
+  private note(record: MessageRecord): void {
+    this.status.messages.push(record);
+    this.audit(record.kind, { step: record.gate, actor: record.by, detail: { text: record.text } });
+    this.publish();
+  }
+
+  private find(name: string): StepStatus {
+    const step = this.status.steps.find((s) => s.name === name);
+    if (!step) throw new Error(`runbook ${this.runbook} has no step ${q(name)}`);
+    return step;
+  }
+
+  private begin(step: StepStatus): void {
+    step.state = 'running';
+    step.startedAt = now();
+    step.endedAt = undefined;
+    step.error = undefined;
+    this.status.currentStep = step.name;
+    this.publish();
+  }
+
+  private end(step: StepStatus, state: StepStatus['state']): void {
+    step.state = state;
+    step.endedAt = now();
+    this.publish();
+  }
+
+  private setState(state: RunState): void {
+    this.status.state = state;
+    this.publish();
+  }
+
+  private publish(): void {
+    setCurrentDetails(renderMarkdown(this.status));
+    const step = this.status.currentStep ?? '';
+    const state = this.status.state;
+    if (step === this.published.step && state === this.published.state) return;
+    this.published = { step, state };
+    upsertSearchAttributes([
+      { key: searchAttributes.step, value: step || null },
+      { key: searchAttributes.state, value: state },
+    ]);
+  }
+
+  private audit(kind: string, entry: { step?: string; actor?: string; detail?: Record<string, unknown> }): void {
+    this.audits.push(
+      recordAudit({
+        seq: ++this.auditSeq,
+        at: now(),
+        runbook: this.runbook,
+        target: this.input.target,
+        kind,
+        step: entry.step,
+        actor: entry.actor,
+        detail: entry.detail ?? {},
+      }),
+    );
+  }
+
+  private async flush(): Promise<void> {
+    // Writes started while waiting (a late signal) are awaited too.
+    for (let done = 0; done < this.audits.length; done = this.audits.length) {
+      await Promise.all(this.audits.slice(done));
+    }
+  }
+}
+
+function message(err: unknown): string {
+  if (err instanceof ActivityFailure && err.cause) return err.cause.message;
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** An update validator that insists on the named string fields. */
+function needs(...fields: string[]) {
+  return (arg: unknown): void => {
+    const value = (arg ?? {}) as Record<string, unknown>;
+    const missing = fields.filter((f) => typeof value[f] !== 'string' || value[f] === '');
+    if (missing.length) throw new Error(`missing ${missing.map((f) => q(f)).join(', ')}`);
+  };
+}

@@ -1,0 +1,149 @@
+// What a test file uses: its own target clusters, workers (in-process or killable processes), a client.
+import { Client as TemporalClient, Connection, type WorkflowHandle } from '@temporalio/client';
+import execa from 'execa';
+import { DefaultLogger, Runtime } from '@temporalio/worker';
+import { Client } from 'pg';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { parse, stringify } from 'yaml';
+import type { Activities } from '../../src/activities';
+import { statusQuery } from '../../src/shared/messages';
+import type { RunbookStatus } from '../../src/shared/status';
+import { freePort } from '../../src/stack/ports';
+import { clusterService, copyCluster, isRunning, startCluster, stopCluster } from '../../src/stack/postgres';
+import { createWorker } from '../../src/worker/worker';
+import { repoRoot, runDir, type HarnessEnv } from './paths';
+
+// Activity retries are expected in these tests: only errors are worth printing.
+const installed = globalThis as { fermataRuntime?: boolean };
+if (!installed.fermataRuntime) {
+  Runtime.install({ logger: new DefaultLogger('ERROR') });
+  installed.fermataRuntime = true;
+}
+
+export const env: HarnessEnv = JSON.parse(readFileSync(path.join(runDir, 'env.json'), 'utf8'));
+
+/** One targets file per test file, so parallel files never see each other's targets. */
+export const targetsFile = path.join(runDir, `targets-${path.basename(expect.getState().testPath ?? 'x', '.test.ts')}.yaml`);
+process.env.FERMATA_TARGETS = targetsFile;
+
+function writeTargets(update: (doc: { audit: unknown; targets: Record<string, unknown> }) => void): void {
+  const doc = existsSync(targetsFile)
+    ? parse(readFileSync(targetsFile, 'utf8'))
+    : {
+        audit: { host: '127.0.0.1', port: env.auditPort, database: 'fermata', user: 'fermata', passwordFile: 'secrets/audit.pw' },
+        targets: {},
+      };
+  update(doc);
+  writeFileSync(targetsFile, stringify(doc));
+}
+writeTargets(() => undefined);
+
+export interface TestTarget {
+  name: string;
+  port: number;
+  dataDir: string;
+  /** A query on a separate connection of the test's own. */
+  query<T = Record<string, unknown>>(sql: string, params?: unknown[]): Promise<T[]>;
+  show(setting: string): Promise<string>;
+  start(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+/** A fresh copy of the template MIDI library cluster, running, and named in the targets file. */
+export async function newTarget(name: string): Promise<TestTarget> {
+  const port = await freePort();
+  const dataDir = path.join(runDir, 'pg', name);
+  await copyCluster(env.templateDataDir, dataDir, port);
+  await startCluster(dataDir);
+  writeTargets((doc) => {
+    doc.targets[name] = {
+      postgres: { host: '127.0.0.1', port, database: 'midi_library', user: 'fermata', passwordFile: 'secrets/target.pw' },
+      service: clusterService(dataDir),
+    };
+  });
+  const query: TestTarget['query'] = async <T,>(sql: string, params: unknown[] = []) => {
+    const client = new Client({ host: '127.0.0.1', port, user: 'fermata', password: env.targetPassword, database: 'midi_library' });
+    await client.connect();
+    try {
+      return (await client.query(sql, params)).rows as T[];
+    } finally {
+      await client.end();
+    }
+  };
+  return {
+    name,
+    port,
+    dataDir,
+    query,
+    show: async (setting) => Object.values((await query<Record<string, string>>(`SHOW ${setting}`))[0])[0],
+    start: async () => void (await startCluster(dataDir)),
+    stop: async () => void (isRunning(dataDir) && (await stopCluster(dataDir))),
+  };
+}
+
+let connection: Connection | undefined;
+export async function temporal(): Promise<TemporalClient> {
+  connection ??= await Connection.connect({ address: env.temporalAddress });
+  return new TemporalClient({ connection });
+}
+
+export interface RunningWorker {
+  stop(): Promise<void>;
+}
+
+/** A worker inside the test process; `wrap` can replace activities to inject faults. */
+export async function startWorker(wrap?: (activities: Activities) => Activities): Promise<RunningWorker> {
+  const { worker, close } = await createWorker({
+    address: env.temporalAddress,
+    namespace: 'default',
+    workflowBundlePath: env.workflowBundle,
+    wrapActivities: wrap,
+  });
+  const running = worker.run();
+  return {
+    stop: async () => {
+      worker.shutdown();
+      await running;
+      await close();
+    },
+  };
+}
+
+/** A worker in its own process, for tests that kill it. */
+export function spawnWorker(): execa.ExecaChildProcess {
+  const child = execa(path.join(repoRoot, 'node_modules', '.bin', 'tsx'), ['src/worker/main.ts'], {
+    cwd: repoRoot,
+    env: { TEMPORAL_ADDRESS: env.temporalAddress, FERMATA_TARGETS: targetsFile, FERMATA_WORKFLOW_BUNDLE: env.workflowBundle },
+    reject: false,
+    all: true,
+  });
+  return child;
+}
+
+export async function closeHarness(): Promise<void> {
+  await connection?.close();
+  connection = undefined;
+}
+
+/** Poll the status query until `predicate` holds. */
+export async function waitForStatus(
+  handle: WorkflowHandle,
+  predicate: (s: RunbookStatus) => boolean,
+  timeoutMs = 60_000,
+): Promise<RunbookStatus> {
+  const deadline = Date.now() + timeoutMs;
+  let last: RunbookStatus | undefined;
+  for (;;) {
+    try {
+      last = await handle.query(statusQuery);
+      if (predicate(last)) return last;
+    } catch {
+      // no worker polling yet
+    }
+    if (Date.now() > deadline) throw new Error(`status never matched; last: ${JSON.stringify(last, null, 1)}`);
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+export const uniqueId = (prefix: string): string => `${prefix}-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 6)}`;
