@@ -1,5 +1,5 @@
 // Stops every server global setup and the tests started.
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { isRunning, stopCluster } from '../../src/stack/postgres';
 import { runDir, type HarnessEnv } from './paths';
@@ -23,4 +23,5 @@ export default async function globalTeardown(): Promise<void> {
       }
     }
   }
+  if (!process.env.FERMATA_KEEP_TEST_DATA) rmSync(runDir, { recursive: true, force: true });
 }

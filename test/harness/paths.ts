@@ -2,7 +2,9 @@
 import path from 'node:path';
 
 export const repoRoot = path.resolve(__dirname, '..', '..');
-export const runDir = path.join(repoRoot, '.test-data', 'run');
+// One directory per test run, so that two runs on one machine never share servers or data.
+// Global setup exports it; test files (in this process or a jest worker) inherit it.
+export const runDir = (process.env.FERMATA_TEST_RUN ??= path.join(repoRoot, '.test-data', `run-${process.pid}`));
 
 export interface HarnessEnv {
   temporalAddress: string;
