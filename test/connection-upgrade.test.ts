@@ -1,11 +1,16 @@
-import { WorkflowFailedError } from '@temporalio/client';
+// The Connection Upgrade runbook against a real Temporal server and a real PostgreSQL per test.
+import { WorkflowFailedError, WorkflowUpdateFailedError, type WorkflowHandle } from '@temporalio/client';
+import { ApplicationFailure } from '@temporalio/common';
+import { Client } from 'pg';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { approveSignal, TASK_QUEUE } from '../src/shared/messages';
+import { approveSignal, approveUpdate, decideSignal, rejectSignal, TASK_QUEUE } from '../src/shared/messages';
 import type { RunbookResult } from '../src/shared/status';
-import { closeHarness, newTarget, startWorker, temporal, uniqueId, waitForStatus, type RunningWorker } from './harness/stack';
+import { closeHarness, env, newTarget, startWorker, temporal, uniqueId, waitForStatus, type RunningWorker, type TestTarget } from './harness/stack';
 
 let worker: RunningWorker;
+const handles: WorkflowHandle[] = [];
+
 beforeAll(async () => {
   worker = await startWorker();
 });
@@ -14,22 +19,236 @@ afterAll(async () => {
   await closeHarness();
 });
 
-test('happy path: approved restart, values read back from a separate connection', async () => {
-  const target = await newTarget(uniqueId('happy'));
+async function start(input: Record<string, unknown>, taskQueue = TASK_QUEUE) {
   const client = await temporal();
-  const handle = await client.workflow.start('connectionUpgrade', {
-    taskQueue: TASK_QUEUE,
-    workflowId: uniqueId('cu'),
-    args: [{ target: target.name }],
-  });
-  await waitForStatus(handle, (s) => s.pendingGate?.name === 'restart');
+  const handle = await client.workflow.start('connectionUpgrade', { taskQueue, workflowId: uniqueId('cu'), args: [input] });
+  handles.push(handle);
+  return handle;
+}
+
+const autoConf = (t: TestTarget): string => readFileSync(path.join(t.dataDir, 'postgresql.auto.conf'), 'utf8');
+const postmasterStart = async (t: TestTarget): Promise<string> =>
+  String((await t.query<{ t: Date }>('SELECT pg_postmaster_start_time() AS t'))[0].t.toISOString());
+
+async function failureOf(handle: WorkflowHandle): Promise<ApplicationFailure> {
+  const err = await handle.result().then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(WorkflowFailedError);
+  const cause = (err as WorkflowFailedError).cause;
+  expect(cause).toBeInstanceOf(ApplicationFailure);
+  return cause as ApplicationFailure;
+}
+
+test('happy path: approved restart, every value read back from a separate connection', async () => {
+  const target = await newTarget(uniqueId('happy'));
+  const handle = await start({ target: target.name });
+  const held = await waitForStatus(handle, (s) => s.pendingGate?.name === 'restart');
+  expect(held.state).toBe('waiting_approval');
   expect(await target.show('max_connections')).toBe('100');
-  await handle.signal(approveSignal, { gate: 'restart', by: 'alice' });
+
+  await handle.signal(approveSignal, { gate: 'restart', by: 'alice', comment: 'window agreed' });
   const result: RunbookResult = await handle.result();
+
   expect(result.outcome).toBe('completed');
   expect(await target.show('max_connections')).toBe('256');
   expect(await target.show('max_parallel_workers')).toBe('32');
   expect(await target.show('max_parallel_workers_per_gather')).toBe('16');
+  expect(Number(await target.show('max_worker_processes'))).toBeGreaterThanOrEqual(32);
+  expect(await target.show('shared_preload_libraries')).toContain('pg_stat_statements');
   expect(await target.query('SELECT name FROM pg_settings WHERE pending_restart')).toEqual([]);
-  console.log(JSON.stringify(result.status.steps.map((s) => [s.name, s.state, s.evidence?.summary])));
+  expect(await target.query(`SELECT extname FROM pg_extension WHERE extname = 'pg_stat_statements'`)).toHaveLength(1);
+  const plan = await target.query<{ 'QUERY PLAN': string }>(
+    `SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0; SET min_parallel_table_scan_size = 0;
+     EXPLAIN (ANALYZE) SELECT count(*) FROM files`,
+  );
+  const planText = plan.map((r) => r['QUERY PLAN']).join('\n');
+  expect(planText).toContain('Parallel Seq Scan on files');
+  expect(planText).toMatch(/Workers Launched: [1-9]/);
+
+  const restart = result.status.steps.find((s) => s.name === 'restart')!;
+  expect(restart.evidence).toMatchObject({ restarted: true });
+  expect(Number(restart.evidence!.unavailableMs)).toBeGreaterThan(0);
+  const baseline = result.status.steps.find((s) => s.name === 'baseline')!;
+  expect(baseline.evidence).toMatchObject({ fileCount: 60000, maxConnections: 256 });
+
+  // Running it again converges: nothing to change, no gate, no restart.
+  const before = await postmasterStart(target);
+  const again: RunbookResult = await (await start({ target: target.name })).result();
+  expect(again.outcome).toBe('completed');
+  expect(again.status.steps.find((s) => s.name === 'restart')!.state).toBe('skipped');
+  expect(await postmasterStart(target)).toBe(before);
+});
+
+test('reject at the restart gate: nothing restarted, postgresql.auto.conf as it was, outcome rejected', async () => {
+  const target = await newTarget(uniqueId('reject'));
+  const confBefore = autoConf(target);
+  const startedBefore = await postmasterStart(target);
+  const handle = await start({ target: target.name });
+  await waitForStatus(handle, (s) => s.pendingGate?.name === 'restart');
+  expect(autoConf(target)).not.toBe(confBefore); // applied, pending restart
+
+  await handle.signal(rejectSignal, { gate: 'restart', by: 'bob', reason: 'not during the import' });
+  const result: RunbookResult = await handle.result();
+
+  expect(result.outcome).toBe('rejected');
+  expect(autoConf(target)).toBe(confBefore);
+  expect(await postmasterStart(target)).toBe(startedBefore);
+  expect(await target.show('max_connections')).toBe('100');
+  expect(await target.show('max_parallel_workers')).toBe('8');
+  expect(result.status.steps.find((s) => s.name === 'apply')!.state).toBe('rolled_back');
+  expect(result.status.messages).toContainEqual(expect.objectContaining({ kind: 'rejected', by: 'bob', text: 'not during the import' }));
+});
+
+test('dry run: returns the plan and leaves the server untouched', async () => {
+  const target = await newTarget(uniqueId('dry'));
+  const confBefore = autoConf(target);
+  const startedBefore = await postmasterStart(target);
+  const result: RunbookResult = await (await start({ target: target.name, dryRun: true })).result();
+
+  expect(result.outcome).toBe('planned');
+  const sql = result.status.plan!.map((p) => p.text).join('\n');
+  expect(sql).toContain(`ALTER SYSTEM SET "max_connections" = '256'`);
+  expect(sql).toContain('pg_ctl restart');
+  expect(sql).toContain('CREATE EXTENSION IF NOT EXISTS pg_stat_statements');
+  expect(autoConf(target)).toBe(confBefore);
+  expect(await postmasterStart(target)).toBe(startedBefore);
+  expect(await target.show('max_connections')).toBe('100');
+});
+
+describe('bad input is refused before anything changes', () => {
+  let target: TestTarget;
+  let confBefore: string;
+  beforeAll(async () => {
+    target = await newTarget(uniqueId('bad'));
+    confBefore = autoConf(target);
+  });
+  afterAll(async () => {
+    expect(autoConf(target)).toBe(confBefore);
+    expect(await target.show('max_connections')).toBe('100');
+  });
+
+  test.each([
+    [{ maxConnections: 5 }, 'InvalidInput', /maxConnections: Number must be greater than or equal to 10/],
+    [{ maxConnections: 20000 }, 'InvalidInput', /maxConnections: Number must be less than or equal to 10000/],
+    [{ maxConnections: 'lots' }, 'InvalidInput', /maxConnections: Expected number, received string/],
+    [{ maxParallelWorkers: 4, maxParallelWorkersPerGather: 8 }, 'InvalidInput', /maxParallelWorkersPerGather: must not exceed maxParallelWorkers/],
+    [{ maxConection: 256 }, 'InvalidInput', /Unrecognized key\(s\) in object: 'maxConection'/],
+    [{ maintenanceWindow: { cron: 'every sunday', durationMinutes: 60 } }, 'InvalidInput', /maintenanceWindow.cron: invalid cron expression/],
+    [{ maintenanceWindow: { cron: '0 2 * * 0', durationMinutes: 2 } }, 'InvalidInput', /shorter than the 5 minutes/],
+  ])('%j → %s', async (extra, type, message) => {
+    const failure = await failureOf(await start({ target: target.name, ...extra }));
+    expect(failure.type).toBe(type);
+    expect(failure.message).toMatch(message);
+  });
+
+  test('unknown target', async () => {
+    const failure = await failureOf(await start({ target: 'no-such-target' }));
+    expect(failure.type).toBe('UnknownTarget');
+    expect(failure.message).toMatch(/unknown target "no-such-target" \(known: .*"/);
+  });
+
+  test('target name that is not a name', async () => {
+    const failure = await failureOf(await start({ target: 'x; DROP TABLE files' }));
+    expect(failure.type).toBe('InvalidInput');
+    expect(failure.message).toMatch(/^connectionUpgrade \/ input: target: /);
+  });
+});
+
+test('an approval from someone not in approvers is refused and recorded; the gate stays pending', async () => {
+  const target = await newTarget(uniqueId('approvers'));
+  const handle = await start({ target: target.name, approvers: ['alice'] });
+  await waitForStatus(handle, (s) => s.pendingGate?.name === 'restart');
+
+  await handle.signal(approveSignal, { gate: 'restart', by: 'mallory' });
+  await expect(handle.executeUpdate(approveUpdate, { args: [{ gate: 'restart', by: 'mallory' }] })).rejects.toThrow(WorkflowUpdateFailedError);
+  await expect(handle.executeUpdate(approveUpdate, { args: [{ gate: 'deploy', by: 'alice' }] })).rejects.toThrow(WorkflowUpdateFailedError);
+  const held = await waitForStatus(handle, (s) => s.messages.filter((m) => m.kind === 'refused').length === 3);
+  expect(held.pendingGate?.name).toBe('restart');
+  expect(held.messages.find((m) => m.kind === 'refused')!.text).toMatch(/"mallory" is not an approver \(alice\)/);
+  expect(await target.show('max_connections')).toBe('100');
+
+  expect(await handle.executeUpdate(approveUpdate, { args: [{ gate: 'restart', by: 'alice' }] })).toBe('accepted');
+  expect((await handle.result()).outcome).toBe('completed');
+  expect(await target.show('max_connections')).toBe('256');
+});
+
+test('PostgreSQL down before verification: the runbook asks for a decision, retry completes it', async () => {
+  const target = await newTarget(uniqueId('down'));
+  const taskQueue = uniqueId('faulty');
+  let stopped = false;
+  const faulty = await startWorker({
+    taskQueue,
+    wrap: (activities) => ({
+      ...activities,
+      upgradeVerify: async (...args) => {
+        if (!stopped) {
+          stopped = true;
+          await target.stop();
+        }
+        return activities.upgradeVerify(...args);
+      },
+    }),
+  });
+  try {
+    const handle = await start({ target: target.name }, taskQueue);
+    await waitForStatus(handle, (s) => s.pendingGate?.name === 'restart');
+    await handle.signal(approveSignal, { gate: 'restart', by: 'alice' });
+    const waiting = await waitForStatus(handle, (s) => s.pendingDecision !== undefined, 60_000);
+    expect(waiting.state).toBe('waiting_decision');
+    expect(waiting.pendingDecision!.step).toBe('verify');
+    expect(waiting.pendingDecision!.error).toMatch(/ECONNREFUSED|connect/);
+
+    await target.start();
+    await handle.signal(decideSignal, { action: 'retry', by: 'carol' });
+    const result: RunbookResult = await handle.result();
+    expect(result.outcome).toBe('completed');
+    expect(await target.show('max_connections')).toBe('256');
+  } finally {
+    await faulty.stop();
+  }
+});
+
+test('a maintenance window a few seconds ahead: the restart waits for it', async () => {
+  const target = await newTarget(uniqueId('window'));
+  const opens = new Date(Math.ceil((Date.now() + 8_000) / 1000) * 1000);
+  const cron = `${opens.getUTCSeconds()} ${opens.getUTCMinutes()} ${opens.getUTCHours()} ${opens.getUTCDate()} ${opens.getUTCMonth() + 1} *`;
+  const handle = await start({ target: target.name, maintenanceWindow: { cron, durationMinutes: 10, timeZone: 'UTC' } });
+  const held = await waitForStatus(handle, (s) => s.pendingGate?.name === 'restart');
+  expect(held.nextWindow?.opensAt).toBe(opens.toISOString());
+
+  await handle.signal(approveSignal, { gate: 'restart', by: 'alice' });
+  const waiting = await waitForStatus(handle, (s) => s.state === 'waiting_window');
+  expect(Date.now()).toBeLessThan(opens.getTime());
+  expect(await target.show('max_connections')).toBe('100');
+
+  const result: RunbookResult = await handle.result();
+  expect(result.outcome).toBe('completed');
+  expect(waiting.nextWindow?.opensAt).toBe(opens.toISOString());
+  const restart = result.status.steps.find((s) => s.name === 'restart')!;
+  expect(Date.parse(String(restart.evidence!.postmasterStartAfter))).toBeGreaterThanOrEqual(opens.getTime());
+  expect(await target.show('max_connections')).toBe('256');
+});
+
+test('no password of the target or the audit database in any history or the audit table', async () => {
+  expect(handles.length).toBeGreaterThan(5);
+  const secrets = [env.targetPassword, env.auditPassword];
+  for (const handle of handles) {
+    const history = JSON.stringify(await handle.fetchHistory());
+    for (const secret of secrets) expect(history).not.toContain(secret);
+  }
+  const audit = new Client({ host: '127.0.0.1', port: env.auditPort, user: 'fermata', password: env.auditPassword, database: 'fermata' });
+  await audit.connect();
+  try {
+    const { rows } = await audit.query('SELECT workflow_id, kind, actor, detail::text AS detail FROM audit WHERE workflow_id = ANY($1)', [
+      handles.map((h) => h.workflowId),
+    ]);
+    const dump = JSON.stringify(rows);
+    for (const secret of secrets) expect(dump).not.toContain(secret);
+    const kinds = new Set(rows.map((r) => r.kind));
+    for (const kind of ['started', 'gate_opened', 'approved', 'rejected', 'refused', 'decided', 'step_done', 'finished']) expect(kinds).toContain(kind);
+  } finally {
+    await audit.end();
+  }
 });

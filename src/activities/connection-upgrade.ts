@@ -165,10 +165,9 @@ export function createConnectionUpgradeActivities() {
       const target = resolveTarget(targetName);
       await onTarget(target, async (c) => {
         for (const ch of changes) await c.query(alterSystem(c, ch.name, ch.to));
-        await c.query('SELECT pg_reload_conf()');
       });
-      // Read back on a new connection: the reload signal reaches backends asynchronously.
-      const live = await readSettings(target, changes.map((ch) => ch.name));
+      await reload(target);
+      const live = await onTarget(target, (c) => settingRows(c, changes.map((ch) => ch.name)));
       const stale = changes.filter((ch) => !ch.needsRestart && live.get(ch.name)?.setting !== ch.to);
       if (stale.length) {
         throw fail(ErrorType.NotConverged, 'apply', `not live after reload: ${stale.map((ch) => `${ch.name}=${live.get(ch.name)?.setting}`).join(', ')}`);
@@ -181,18 +180,31 @@ export function createConnectionUpgradeActivities() {
       };
     },
 
-    /** Put back the recorded postgresql.auto.conf entries and reload; says what now needs a restart. */
+    /**
+     * Put back the recorded postgresql.auto.conf entries and reload; says what now needs a restart.
+     * That is decided by comparing what the files now say with what the server runs: PostgreSQL
+     * keeps a restart-only setting flagged pending_restart when its line is removed, even when the
+     * running value is already the one the files give.
+     */
     async upgradeRestore(targetName: string, changes: SettingChange[], autoConf: Record<string, string>): Promise<Evidence & { pendingRestart: string[] }> {
       const target = resolveTarget(targetName);
-      return onTarget(target, async (c) => {
+      await onTarget(target, async (c) => {
         for (const { name } of changes) {
           const before = autoConf[name];
           await c.query(before === undefined ? `ALTER SYSTEM RESET ${c.escapeIdentifier(name)}` : alterSystem(c, name, before));
         }
-        await c.query('SELECT pg_reload_conf()');
-        const pending = (await pendingRestart(c)).filter((n) => managed.includes(n));
-        return { summary: `restored ${changes.map((ch) => ch.name).join(', ')}; pending restart: ${pending.join(', ') || 'none'}`, pendingRestart: pending };
       });
+      await reload(target);
+      const { rows } = await onTarget(target, (c) =>
+        c.query<{ name: string }>(
+          `SELECT s.name FROM pg_settings s
+             LEFT JOIN LATERAL (SELECT f.setting FROM pg_file_settings f WHERE f.name = s.name ORDER BY f.seqno DESC LIMIT 1) f ON true
+            WHERE s.name = ANY($1) AND s.context = 'postmaster' AND coalesce(f.setting, s.boot_val) IS DISTINCT FROM s.setting`,
+          [changes.map((ch) => ch.name)],
+        ),
+      );
+      const pending = rows.map((r) => r.name);
+      return { summary: `restored ${changes.map((ch) => ch.name).join(', ')}; restart needed for: ${pending.join(', ') || 'none'}`, pendingRestart: pending };
     },
 
     /**
@@ -209,7 +221,7 @@ export function createConnectionUpgradeActivities() {
       if (before && before.pending.length === 0) return { summary: 'nothing pending restart: not restarted', restarted: false };
       if (before) await onTarget(target, (c) => c.query('CHECKPOINT')); // a short shutdown checkpoint
       const started = Date.now();
-      const command = await controlService(target.host, target.service, 'restart');
+      const command = await heartbeating(controlService(target.host, target.service, 'restart'));
       const unavailableMs = (await waitForConnections(target)) - started;
       const after = await onTarget(target, (c) => value<Date>(c, 'SELECT pg_postmaster_start_time()'));
       return {
@@ -300,12 +312,21 @@ export function createConnectionUpgradeActivities() {
   };
 }
 
-async function readSettings(target: Target, names: string[]): Promise<Map<string, SettingRow>> {
-  const deadline = Date.now() + 5_000;
-  for (;;) {
-    const rows = await onTarget(target, (c) => settingRows(c, names));
-    if (Date.now() > deadline || [...rows.values()].every((r) => r.context === 'postmaster' || !r.pending_restart)) return rows;
-    await delay(200);
+/**
+ * Reload the configuration and wait until new connections run with it: the postmaster handles the
+ * reload signal asynchronously, and a backend forked before that still reports the old state.
+ */
+async function reload(target: Target): Promise<void> {
+  const loadTime = 'SELECT pg_conf_load_time()::text';
+  const before = await onTarget(target, async (c) => {
+    const at = await value(c, loadTime);
+    await c.query('SELECT pg_reload_conf()');
+    return at;
+  });
+  const deadline = Date.now() + 10_000;
+  while ((await onTarget(target, (c) => value(c, loadTime))) === before) {
+    if (Date.now() > deadline) throw fail(ErrorType.NotConverged, 'reload', 'the server has not reloaded its configuration after 10 s');
+    await delay(50);
   }
 }
 
@@ -374,6 +395,17 @@ async function parallelScan(c: Client): Promise<Evidence & { parallel: boolean; 
     costsZeroed: forced,
     plan,
   };
+}
+
+/** Heartbeat while a long command runs, so a dead worker is noticed by the heartbeat timeout. */
+async function heartbeating<T>(work: Promise<T>): Promise<T> {
+  heartbeat();
+  const timer = setInterval(() => heartbeat(), 2_000);
+  try {
+    return await work;
+  } finally {
+    clearInterval(timer);
+  }
 }
 
 const delay = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));

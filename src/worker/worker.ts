@@ -12,6 +12,8 @@ export interface FermataWorkerOptions {
   namespace: string;
   /** A prebuilt workflow bundle (tests build one once); by default the workflows are bundled now. */
   workflowBundlePath?: string;
+  /** Default `runbooks`; tests that inject faults use a queue of their own. */
+  taskQueue?: string;
   /** Replace activities, e.g. to inject a fault in a test. */
   wrapActivities?: (activities: Activities) => Activities;
 }
@@ -49,7 +51,7 @@ export async function createWorker(options: FermataWorkerOptions): Promise<{ wor
   const worker = await Worker.create({
     connection,
     namespace: options.namespace,
-    taskQueue: TASK_QUEUE,
+    taskQueue: options.taskQueue ?? TASK_QUEUE,
     ...code,
     activities: options.wrapActivities ? options.wrapActivities(activities) : activities,
   });

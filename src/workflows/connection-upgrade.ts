@@ -10,10 +10,10 @@ import { Runbook } from './runbook';
 
 const retry: RetryPolicy = { initialInterval: '1s', backoffCoefficient: 2, maximumAttempts: 3, nonRetryableErrorTypes: nonRetryableTypes };
 const pg = proxyActivities<Activities>({ startToCloseTimeout: '2m', retry });
-// Verification polls: a value still converging is retried for about half a minute.
-const check = proxyActivities<Activities>({ startToCloseTimeout: '2m', retry: { ...retry, maximumAttempts: 8 } });
-// A restart heartbeats while it waits for the server, so a dead worker is noticed in seconds.
-const service = proxyActivities<Activities>({ startToCloseTimeout: '10m', heartbeatTimeout: '20s', retry });
+// Verification polls: a value still converging is retried for about ten seconds.
+const check = proxyActivities<Activities>({ startToCloseTimeout: '2m', retry: { ...retry, maximumAttempts: 5, maximumInterval: '4s' } });
+// A restart heartbeats throughout, so a dead worker is noticed in seconds and another one retries.
+const service = proxyActivities<Activities>({ startToCloseTimeout: '10m', heartbeatTimeout: '10s', retry });
 
 /** Minutes of maintenance window a restart must have left before it starts. */
 const RESTART_MINUTES = 5;

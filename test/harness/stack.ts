@@ -43,7 +43,7 @@ export interface TestTarget {
   name: string;
   port: number;
   dataDir: string;
-  /** A query on a separate connection of the test's own. */
+  /** A query (or several, ';'-separated) on a separate connection of the test's own. */
   query<T = Record<string, unknown>>(sql: string, params?: unknown[]): Promise<T[]>;
   show(setting: string): Promise<string>;
   start(): Promise<void>;
@@ -66,7 +66,9 @@ export async function newTarget(name: string): Promise<TestTarget> {
     const client = new Client({ host: '127.0.0.1', port, user: 'fermata', password: env.targetPassword, database: 'midi_library' });
     await client.connect();
     try {
-      return (await client.query(sql, params)).rows as T[];
+      const result = await client.query(sql, params);
+      // Several statements give several results: the last one is the answer.
+      return (Array.isArray(result) ? result[result.length - 1] : result).rows as T[];
     } finally {
       await client.end();
     }
@@ -93,12 +95,13 @@ export interface RunningWorker {
 }
 
 /** A worker inside the test process; `wrap` can replace activities to inject faults. */
-export async function startWorker(wrap?: (activities: Activities) => Activities): Promise<RunningWorker> {
+export async function startWorker(options: { taskQueue?: string; wrap?: (activities: Activities) => Activities } = {}): Promise<RunningWorker> {
   const { worker, close } = await createWorker({
     address: env.temporalAddress,
     namespace: 'default',
     workflowBundlePath: env.workflowBundle,
-    wrapActivities: wrap,
+    taskQueue: options.taskQueue,
+    wrapActivities: options.wrap,
   });
   const running = worker.run();
   return {

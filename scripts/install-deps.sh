@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs what Fermata needs on a Debian machine: PostgreSQL and Redis servers, the Temporal CLI
+# (for its dev server) and node_modules. Idempotent, and silent when everything is already there.
+# Run by `npm start` and by CI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TEMPORAL_CLI=github.com/temporalio/cli/cmd/temporal@v1.5.1
+
+say() { echo "install-deps: $*"; }
+as_root() { if [[ $EUID -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
+
+# Debian keeps the PostgreSQL server binaries out of PATH (src/stack/postgres.ts finds them there).
+packages=()
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || packages+=(postgresql postgresql-contrib)
+command -v redis-server >/dev/null || packages+=(redis-server)
+if ((${#packages[@]})); then
+  say "installing ${packages[*]}"
+  # The packages start system services on 5432 and 6379; the stack uses clusters of its own instead.
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
+fi
+
+if ! command -v temporal >/dev/null && [[ ! -x .tools/bin/temporal ]]; then
+  go=$(command -v go || echo /usr/local/go/bin/go)
+  if [[ ! -x $go ]]; then
+    say "the Temporal CLI is missing and building it needs Go (https://go.dev/dl), or put a temporal binary on PATH" >&2
+    exit 1
+  fi
+  say "building the Temporal CLI into .tools/bin (once, a few minutes)"
+  GOBIN="$PWD/.tools/bin" "$go" install "$TEMPORAL_CLI"
+fi
+
+# npm writes node_modules/.package-lock.json on every install: older than the lock file means stale.
+if [[ ! -d node_modules || package-lock.json -nt node_modules/.package-lock.json ]]; then
+  say "npm ci"
+  npm ci --no-audit --no-fund --loglevel=error
+fi

@@ -1,0 +1,92 @@
+// Plain text for the terminal: aligned tables, UTC times, the status view and the commands that
+// let a waiting runbook continue.
+import { q } from '../shared/errors';
+import { decisionActions } from '../shared/messages';
+import { summarize, type PlannedAction, type RunbookStatus, type StepState, type StepStatus } from '../shared/status';
+import type { Snapshot } from './snapshot';
+import { workflowLink } from './temporal';
+
+export const icon: Record<StepState, string> = {
+  pending: '·',
+  running: '▶',
+  done: '✔',
+  failed: '✖',
+  skipped: '↷',
+  rolled_back: '↺',
+};
+
+export const words = (state: string): string => state.replace(/_/g, ' ').toLowerCase();
+
+/** Rows with columns padded to their widest cell, indented. */
+export function table(rows: string[][], indent = '  '): string[] {
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((row) => row[i].length)));
+  return rows.map((row) => (indent + row.map((cell, i) => cell.padEnd(widths[i])).join('  ')).trimEnd());
+}
+
+/** A UTC time: the time of day if it is today, with the date otherwise. */
+export function when(iso?: string | Date): string {
+  if (!iso) return '';
+  const [day, time] = new Date(iso).toISOString().split(/[T.]/);
+  return day === new Date().toISOString().slice(0, 10) ? time : `${day} ${time}`;
+}
+
+/** What a step shows besides its state: its error, else its evidence. */
+export const note = (step: StepStatus): string => (step.error ? `✖ ${step.error}` : summarize(step.evidence));
+
+/** The commands that let a runbook holding at a gate or a decision continue. */
+export function waiting(id: string, s: RunbookStatus): string[] {
+  const lines: string[] = [];
+  if (s.pendingGate) {
+    const { name, does, since, approvers } = s.pendingGate;
+    lines.push(
+      `⏸ Holding at gate ${q(name)} since ${when(since)} UTC: approving will ${does}.`,
+      `  Approvers: ${approvers.length ? approvers.join(', ') : 'anyone'}.`,
+      `  Approve: fermata approve ${id} --gate ${name} --by <you> [--comment <text>]`,
+      `  Reject:  fermata reject ${id} --gate ${name} --by <you> --reason <text>`,
+    );
+  }
+  if (s.pendingDecision) {
+    const { step, error, since } = s.pendingDecision;
+    lines.push(
+      `⚠ Step ${q(step)} failed (waiting for a decision since ${when(since)} UTC): ${error}`,
+      `  Decide: fermata decide ${id} ${decisionActions.join('|')} --by <you>`,
+    );
+  }
+  return lines;
+}
+
+export function planLines(plan: PlannedAction[]): string[] {
+  return table(plan.map((a, i) => [`${i + 1}.`, a.step, a.kind, a.text]));
+}
+
+/** The whole `fermata status` view. */
+export function renderStatus(snap: Snapshot): string[] {
+  const s = snap.status;
+  const execution = `${words(snap.execution)} since ${when(snap.startTime)} UTC`;
+  const lines = [
+    s ? `${s.runbook} on ${s.target}: ${words(s.state)}` : `workflow ${snap.id}`,
+    ...table([
+      ['workflow', `${snap.id} (${execution})`],
+      ['link', workflowLink(snap.id)],
+    ]),
+    '',
+  ];
+  if (snap.problem) lines.push(`${snap.closed ? 'Failed' : 'Status unavailable'}: ${snap.problem}`, '');
+  if (!s) return lines;
+  lines.push(
+    ...table([
+      ['', 'STATE', 'STEP', 'STARTED', 'ENDED', 'EVIDENCE'],
+      ...s.steps.map((st) => [icon[st.state], words(st.state), st.title, when(st.startedAt), when(st.endedAt), note(st)]),
+    ]),
+    '',
+  );
+  const pending = waiting(snap.id, s);
+  if (pending.length) lines.push(...pending, '');
+  if (s.nextWindow) lines.push(`Maintenance window: ${s.nextWindow.opensAt} → ${s.nextWindow.closesAt}`, '');
+  if (s.error) lines.push(`Error: ${s.error}`, '');
+  if (s.plan) lines.push('Plan (dry run: nothing was changed):', ...planLines(s.plan), '');
+  if (s.messages.length) {
+    lines.push('Messages:', ...table(s.messages.map((m) => [when(m.at), m.kind, m.gate ?? '', m.by, m.text ?? ''])), '');
+  }
+  return lines;
+}

@@ -1,0 +1,33 @@
+// `fermata list`: what can be run, and where.
+import { existsSync } from 'node:fs';
+import { q } from '../shared/errors';
+import { runbookSchemas, type RunbookName } from '../shared/inputs';
+import { loadTargets, targetsPath } from '../targets';
+import { parse } from './args';
+import { table } from './format';
+
+/** One line per runbook; typed by the schemas, so a new runbook cannot be left undescribed. */
+export const runbookDescriptions: Record<RunbookName, string> = {
+  connectionUpgrade:
+    'raise max_connections, parallel workers and enable pg_stat_statements; the restart waits at gate "restart" and the maintenance window',
+};
+
+export function list(args: string[]): void {
+  parse('list', args, {}, []);
+  console.log(['Runbooks:', ...table(Object.keys(runbookSchemas).map((name) => [name, runbookDescriptions[name as RunbookName]]))].join('\n'));
+  const file = targetsPath();
+  if (!existsSync(file)) {
+    console.log(`\nTargets: none: no targets file at ${q(file)} (set FERMATA_TARGETS or run npm start)`);
+    return;
+  }
+  // A malformed file throws here, after the runbooks are out.
+  const { targets } = loadTargets(file);
+  const rows = Object.entries(targets).map(([name, t]) => [
+    name,
+    `${t.postgres.host}:${t.postgres.port}/${t.postgres.database}`,
+    t.host.kind === 'ssh' ? `${t.service.kind} via ssh ${t.host.address}` : t.service.kind,
+    t.description ?? '',
+  ]);
+  console.log(`\nTargets (${file}):`);
+  console.log(rows.length ? table([['NAME', 'POSTGRES', 'SERVICE', 'DESCRIPTION'], ...rows]).join('\n') : '  none');
+}

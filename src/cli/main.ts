@@ -1,0 +1,48 @@
+// `fermata`: the operator's command line for runbooks on Temporal.
+import { approve, decide, reject } from './answer';
+import { explainError, UsageError } from './errors';
+import { list } from './list';
+import { start } from './start';
+import { status } from './status';
+import { watch } from './watch';
+
+const usage = `Usage: fermata <command> [options]
+
+  list                                   runbooks, and the targets of the targets file
+  start <runbook> --target <name>        start a runbook (prints its workflow id and Web UI link)
+        [--input <file.json>] [--dry-run] [--id <workflow id>]
+                                         --dry-run waits for the plan and changes nothing
+  status <id>                            steps, evidence, and what the runbook waits for
+  watch <id>                             follow until the runbook ends or waits for a person
+  approve <id> --gate <gate> --by <name> [--comment <text>]
+  reject <id> --gate <gate> --by <name> --reason <text>
+  decide <id> retry|skip|abort|rollback --by <name> [--comment <text>]
+
+Environment:
+  TEMPORAL_ADDRESS    Temporal frontend (default 127.0.0.1:7233)
+  TEMPORAL_NAMESPACE  namespace (default "default")
+  FERMATA_UI_URL      Temporal Web UI, for links (default http://127.0.0.1:8233)
+  FERMATA_TARGETS     targets file (default .data/targets.yaml of the repository)`;
+
+const commands: Record<string, (args: string[]) => void | Promise<void>> = { list, start, status, watch, approve, reject, decide };
+
+async function main(argv: string[]): Promise<number> {
+  const [name, ...args] = argv;
+  if (!name || ['help', '--help', '-h'].includes(name) || args.includes('--help') || args.includes('-h')) {
+    console.log(usage);
+    return 0;
+  }
+  const command = Object.hasOwn(commands, name) ? commands[name] : undefined;
+  if (!command) throw new UsageError(`unknown command "${name}"`);
+  await command(args);
+  return 0;
+}
+
+main(process.argv.slice(2)).then(
+  (code) => (process.exitCode = code),
+  (err: unknown) => {
+    const usageError = err instanceof UsageError;
+    console.error(`fermata: ${explainError(err)}${usageError ? ' (see fermata --help)' : ''}`);
+    process.exitCode = usageError ? 2 : 1;
+  },
+);

@@ -1,0 +1,52 @@
+// One look at a runbook: Temporal's view of the execution and, when it can be had, the runbook's
+// own status — from the status query while it runs, from its result once it has completed.
+import { isGrpcDeadlineError, type Client, type WorkflowHandle } from '@temporalio/client';
+import { WorkflowNotFoundError } from '@temporalio/common';
+import { q } from '../shared/errors';
+import { statusQuery } from '../shared/messages';
+import type { RunbookResult, RunbookStatus } from '../shared/status';
+import { CliError, explainError } from './errors';
+import { namespace } from './temporal';
+
+/** How long a status query may wait for a worker to answer. */
+const QUERY_TIMEOUT_MS = 3000;
+
+export interface Snapshot {
+  id: string;
+  /** Temporal's execution status: RUNNING, COMPLETED, FAILED, TERMINATED, … */
+  execution: string;
+  closed: boolean;
+  startTime: Date;
+  status?: RunbookStatus;
+  /** Why a closed workflow failed, or why its status could not be read. */
+  problem?: string;
+}
+
+/** describe(), with "not found" as the operator-facing error it is. */
+export async function describeRunbook(handle: WorkflowHandle) {
+  try {
+    return await handle.describe();
+  } catch (err) {
+    if (err instanceof WorkflowNotFoundError) throw new CliError(`workflow ${q(handle.workflowId)} not found in namespace ${q(namespace)}`);
+    throw err;
+  }
+}
+
+export async function snapshot(client: Client, id: string): Promise<Snapshot> {
+  const handle = client.workflow.getHandle(id);
+  const described = await describeRunbook(handle);
+  const base = { id, execution: described.status.name, closed: described.closeTime !== undefined, startTime: described.startTime };
+  // A completed runbook's result holds its final status: no worker needed.
+  if (described.status.name === 'COMPLETED') return { ...base, status: ((await handle.result()) as RunbookResult).status };
+  const problem = base.closed ? await handle.result().then(() => undefined, explainError) : undefined;
+  try {
+    const status = await client.withDeadline(Date.now() + QUERY_TIMEOUT_MS, () => handle.query(statusQuery));
+    return { ...base, status, problem };
+  } catch (err) {
+    const why = isGrpcDeadlineError(err) ? `no worker answered the status query within ${QUERY_TIMEOUT_MS / 1000} s` : explainError(err);
+    return { ...base, problem: problem ?? why };
+  }
+}
+
+/** Why following the runbook should stop here, if it should: it ended or waits for a person. */
+export const stopped = (s: Snapshot): boolean => s.closed || Boolean(s.status?.pendingGate || s.status?.pendingDecision);
