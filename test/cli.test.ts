@@ -97,7 +97,7 @@ test('start --dry-run prints the plan and changes nothing', async () => {
   expect(await target.show('max_connections')).toBe('100');
 });
 
-test('operator path: start, watch to the gate, status, a refused approval, approval, completion', async () => {
+test('operator path: start, watch to the gate, status, refusals, approval, completion', async () => {
   const workflowId = uniqueId('cli-op');
   const input = inputFile('approvers', JSON.stringify({ approvers: ['alice'] }));
   const started = await fermata(['start', 'connectionUpgrade', '--target', target.name, '--input', input, '--id', workflowId]);
@@ -130,13 +130,18 @@ test('operator path: start, watch to the gate, status, a refused approval, appro
   const approved = await fermata(['approve', workflowId, '--gate', 'restart', '--by', 'alice', '--comment', 'in the window']);
   expect(approved.stderr).toBe('');
   expect(approved.exitCode).toBe(0);
+
   const result: RunbookResult = await handle.result();
   expect(result.outcome).toBe('completed');
   expect(await target.show('max_connections')).toBe('256');
 
   const ended = await fermata(['watch', workflowId]);
   expect(ended.exitCode).toBe(0);
+  expect(ended.stdout).toMatch(/✔ baseline +done/);
   expect(ended.stdout).toContain('Runbook ended: completed.');
+  const final = await fermata(['status', workflowId]);
+  expect(final.stdout).toMatch(new RegExp(`^connectionUpgrade on ${target.name}: completed$`, 'm'));
+  expect(final.stdout).toMatch(/approved +restart +alice +in the window/);
 });
 
 test('status of an unknown workflow fails with "not found"', async () => {

@@ -31,7 +31,7 @@ export function when(iso?: string | Date): string {
 }
 
 /** What a step shows besides its state: its error, else its evidence. */
-export const note = (step: StepStatus): string => (step.error ? `✖ ${step.error}` : summarize(step.evidence));
+export const note = (step: StepStatus): string => step.error ?? summarize(step.evidence);
 
 /** The commands that let a runbook holding at a gate or a decision continue. */
 export function waiting(id: string, s: RunbookStatus): string[] {
@@ -62,20 +62,20 @@ export function planLines(plan: PlannedAction[]): string[] {
 /** The whole `fermata status` view. */
 export function renderStatus(snap: Snapshot): string[] {
   const s = snap.status;
-  const execution = `${words(snap.execution)} since ${when(snap.startTime)} UTC`;
+  const execution = `${words(snap.execution)}, started ${when(snap.startTime)} UTC`;
   const lines = [
-    s ? `${s.runbook} on ${s.target}: ${words(s.state)}` : `workflow ${snap.id}`,
+    s ? `${s.runbook} on ${s.target}: ${words(s.state)}` : `${snap.type}: ${words(snap.execution)}`,
     ...table([
       ['workflow', `${snap.id} (${execution})`],
       ['link', workflowLink(snap.id)],
     ]),
     '',
   ];
-  if (snap.problem) lines.push(`${snap.closed ? 'Failed' : 'Status unavailable'}: ${snap.problem}`, '');
+  if (snap.problem) lines.push(`${snap.closed ? `Ended (${words(snap.execution)})` : 'Status unavailable'}: ${snap.problem}`, '');
   if (!s) return lines;
   lines.push(
     ...table([
-      ['', 'STATE', 'STEP', 'STARTED', 'ENDED', 'EVIDENCE'],
+      ['', 'STATE', 'STEP', 'STARTED UTC', 'ENDED UTC', 'EVIDENCE'],
       ...s.steps.map((st) => [icon[st.state], words(st.state), st.title, when(st.startedAt), when(st.endedAt), note(st)]),
     ]),
     '',

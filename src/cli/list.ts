@@ -7,7 +7,7 @@ import { parse } from './args';
 import { table } from './format';
 
 /** One line per runbook; typed by the schemas, so a new runbook cannot be left undescribed. */
-export const runbookDescriptions: Record<RunbookName, string> = {
+const runbookDescriptions: Record<RunbookName, string> = {
   connectionUpgrade:
     'raise max_connections, parallel workers and enable pg_stat_statements; the restart waits at gate "restart" and the maintenance window',
 };
@@ -17,7 +17,7 @@ export function list(args: string[]): void {
   console.log(['Runbooks:', ...table(Object.keys(runbookSchemas).map((name) => [name, runbookDescriptions[name as RunbookName]]))].join('\n'));
   const file = targetsPath();
   if (!existsSync(file)) {
-    console.log(`\nTargets: none: no targets file at ${q(file)} (set FERMATA_TARGETS or run npm start)`);
+    console.log(`\nTargets: no targets file at ${q(file)} (set FERMATA_TARGETS or run npm start)`);
     return;
   }
   // A malformed file throws here, after the runbooks are out.

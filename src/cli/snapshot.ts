@@ -13,6 +13,8 @@ const QUERY_TIMEOUT_MS = 3000;
 
 export interface Snapshot {
   id: string;
+  /** The workflow type: the runbook's name. */
+  type: string;
   /** Temporal's execution status: RUNNING, COMPLETED, FAILED, TERMINATED, … */
   execution: string;
   closed: boolean;
@@ -35,7 +37,13 @@ export async function describeRunbook(handle: WorkflowHandle) {
 export async function snapshot(client: Client, id: string): Promise<Snapshot> {
   const handle = client.workflow.getHandle(id);
   const described = await describeRunbook(handle);
-  const base = { id, execution: described.status.name, closed: described.closeTime !== undefined, startTime: described.startTime };
+  const base = {
+    id,
+    type: described.type,
+    execution: described.status.name,
+    closed: described.closeTime !== undefined,
+    startTime: described.startTime,
+  };
   // A completed runbook's result holds its final status: no worker needed.
   if (described.status.name === 'COMPLETED') return { ...base, status: ((await handle.result()) as RunbookResult).status };
   const problem = base.closed ? await handle.result().then(() => undefined, explainError) : undefined;

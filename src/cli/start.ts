@@ -71,7 +71,7 @@ export async function start(args: string[]): Promise<void> {
     const final = await follow(client, workflowId);
     const plan = final.status?.plan;
     if (!plan) {
-      const why = final.problem ?? (final.status ? waiting(workflowId, final.status).join(' ') : words(final.execution));
+      const why = final.problem ?? (final.status ? waiting(workflowId, final.status).map((line) => line.trim()).join(' ') : words(final.execution));
       throw new CliError(`dry run ${workflowId} produced no plan: ${why}`);
     }
     console.log(['', 'Plan (dry run: nothing was changed):', ...planLines(plan)].join('\n'));

@@ -1,20 +1,25 @@
-// `fermata watch`: follow a runbook a poll a second, one line per change, until it ends or waits
-// for a person — then say why and how to continue.
+// `fermata watch`: poll a runbook every second and print one line per change, until it ends or
+// waits for a person — then say why and how to continue.
 import type { Client } from '@temporalio/client';
 import { q } from '../shared/errors';
 import type { RunbookStatus } from '../shared/status';
 import { parse } from './args';
-import { icon, waiting, when, note, words } from './format';
+import { icon, note, waiting, when, words } from './format';
 import { snapshot, stopped, type Snapshot } from './snapshot';
 import { withClient } from './temporal';
 
 const POLL_MS = 1000;
 
-/** Poll until the runbook ends or holds; `seen` gets every snapshot on the way. */
-export async function follow(client: Client, id: string, seen: (s: Snapshot) => void = () => undefined): Promise<Snapshot> {
+/**
+ * Poll until the runbook ends or holds; `seen` gets every status on the way. A runbook nobody
+ * answers for (no worker) is said so once, and still polled.
+ */
+export async function follow(client: Client, id: string, seen: (s: RunbookStatus) => void = () => undefined): Promise<Snapshot> {
+  let told = '';
   for (;;) {
     const snap = await snapshot(client, id);
-    seen(snap);
+    if (snap.status) seen(snap.status);
+    else if (snap.problem && !snap.closed && snap.problem !== told) console.log(`${when(new Date())}  … ${(told = snap.problem)}; still polling`);
     if (stopped(snap)) return snap;
     await new Promise((resolve) => setTimeout(resolve, POLL_MS));
   }
@@ -57,15 +62,10 @@ export async function watch(args: string[]): Promise<void> {
   const [id] = parse('watch', args, {}, ['workflow id']).positionals;
   await withClient(async (client) => {
     let last: RunbookStatus | undefined;
-    let unanswered = '';
     console.log(`Watching ${id} (Ctrl-C stops watching, not the runbook)`);
-    const final = await follow(client, id, (snap) => {
-      if (snap.status) {
-        for (const line of changes(last, snap.status)) console.log(line);
-        last = snap.status;
-      } else if (snap.problem && snap.problem !== unanswered && !snap.closed) {
-        console.log(`${when(new Date())}  … ${(unanswered = snap.problem)}; still polling`);
-      }
+    const final = await follow(client, id, (status) => {
+      for (const line of changes(last, status)) console.log(line);
+      last = status;
     });
     console.log(['', ...outcome(final)].join('\n'));
   });

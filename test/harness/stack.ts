@@ -50,8 +50,11 @@ export interface TestTarget {
   stop(): Promise<void>;
 }
 
-/** A fresh copy of the template MIDI library cluster, running, and named in the targets file. */
-export async function newTarget(name: string): Promise<TestTarget> {
+/**
+ * A fresh copy of the template MIDI library cluster, running, and named in the targets file.
+ * `binDir` points its service at other pg_ctl binaries (a slow one, say).
+ */
+export async function newTarget(name: string, { binDir }: { binDir?: string } = {}): Promise<TestTarget> {
   const port = await freePort();
   const dataDir = path.join(runDir, 'pg', name);
   await copyCluster(env.templateDataDir, dataDir, port);
@@ -59,7 +62,7 @@ export async function newTarget(name: string): Promise<TestTarget> {
   writeTargets((doc) => {
     doc.targets[name] = {
       postgres: { host: '127.0.0.1', port, database: 'midi_library', user: 'fermata', passwordFile: 'secrets/target.pw' },
-      service: clusterService(dataDir),
+      service: { ...clusterService(dataDir), ...(binDir ? { binDir } : {}) },
     };
   });
   const query: TestTarget['query'] = async <T,>(sql: string, params: unknown[] = []) => {
@@ -113,9 +116,9 @@ export async function startWorker(options: { taskQueue?: string; wrap?: (activit
   };
 }
 
-/** A worker in its own process, for tests that kill it. */
+/** A worker in its own process, for tests that kill it (node itself, not a tsx wrapper that would outlive the kill). */
 export function spawnWorker(): execa.ExecaChildProcess {
-  const child = execa(path.join(repoRoot, 'node_modules', '.bin', 'tsx'), ['src/worker/main.ts'], {
+  const child = execa(process.execPath, ['--import', 'tsx', 'src/worker/main.ts'], {
     cwd: repoRoot,
     env: { TEMPORAL_ADDRESS: env.temporalAddress, FERMATA_TARGETS: targetsFile, FERMATA_WORKFLOW_BUNDLE: env.workflowBundle },
     reject: false,
