@@ -210,6 +210,43 @@ test('PostgreSQL down before verification: the runbook asks for a decision, retr
   }
 });
 
+test('decide rollback after the restart: settings restored, restarted again, extension dropped', async () => {
+  const target = await newTarget(uniqueId('rollback'));
+  const confBefore = autoConf(target);
+  const taskQueue = uniqueId('failing-verify');
+  const failing = await startWorker({
+    taskQueue,
+    wrap: (activities) => ({
+      ...activities,
+      upgradeVerify: async () => {
+        throw ApplicationFailure.nonRetryable('injected: the application reports errors', 'NotConverged');
+      },
+    }),
+  });
+  try {
+    const handle = await start({ target: target.name }, taskQueue);
+    await waitForStatus(handle, (s) => s.pendingGate?.name === 'restart');
+    await handle.signal(approveSignal, { gate: 'restart', by: 'alice' });
+    const waiting = await waitForStatus(handle, (s) => s.pendingDecision?.step === 'verify');
+    expect(waiting.pendingDecision!.error).toMatch(/injected/);
+    expect(await target.show('max_connections')).toBe('256');
+    const restartedAt = await postmasterStart(target);
+
+    await handle.signal(decideSignal, { action: 'rollback', by: 'carol' });
+    const result: RunbookResult = await handle.result();
+
+    expect(result.outcome).toBe('rolled_back');
+    expect(autoConf(target)).toBe(confBefore);
+    expect(await target.show('max_connections')).toBe('100');
+    expect(await target.show('shared_preload_libraries')).toBe('');
+    expect(await target.query(`SELECT extname FROM pg_extension WHERE extname = 'pg_stat_statements'`)).toEqual([]);
+    expect(await postmasterStart(target)).not.toBe(restartedAt);
+    expect(result.status.steps.filter((st) => st.state === 'rolled_back').map((st) => st.name)).toEqual(['apply', 'extension']);
+  } finally {
+    await failing.stop();
+  }
+});
+
 test('a maintenance window a few seconds ahead: the restart waits for it', async () => {
   const target = await newTarget(uniqueId('window'));
   const opens = new Date(Math.ceil((Date.now() + 8_000) / 1000) * 1000);
