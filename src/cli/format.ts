@@ -2,18 +2,9 @@
 // let a waiting runbook continue.
 import { q } from '../shared/errors';
 import { decisionActions } from '../shared/messages';
-import { summarize, type PlannedAction, type RunbookStatus, type StepState, type StepStatus } from '../shared/status';
+import { stepIcon, summarize, type PlannedAction, type RunbookStatus, type StepStatus } from '../shared/status';
 import type { Snapshot } from './snapshot';
 import { workflowLink } from './temporal';
-
-export const icon: Record<StepState, string> = {
-  pending: '·',
-  running: '▶',
-  done: '✔',
-  failed: '✖',
-  skipped: '↷',
-  rolled_back: '↺',
-};
 
 export const words = (state: string): string => state.replace(/_/g, ' ').toLowerCase();
 
@@ -76,7 +67,7 @@ export function renderStatus(snap: Snapshot): string[] {
   lines.push(
     ...table([
       ['', 'STATE', 'STEP', 'STARTED UTC', 'ENDED UTC', 'EVIDENCE'],
-      ...s.steps.map((st) => [icon[st.state], words(st.state), st.title, when(st.startedAt), when(st.endedAt), note(st)]),
+      ...s.steps.map((st) => [stepIcon[st.state], words(st.state), st.title, when(st.startedAt), when(st.endedAt), note(st)]),
     ]),
     '',
   );

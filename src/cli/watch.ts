@@ -2,9 +2,9 @@
 // waits for a person — then say why and how to continue.
 import type { Client } from '@temporalio/client';
 import { q } from '../shared/errors';
-import type { RunbookStatus } from '../shared/status';
+import { stepIcon, type RunbookStatus } from '../shared/status';
 import { parse } from './args';
-import { icon, note, waiting, when, words } from './format';
+import { note, waiting, when, words } from './format';
 import { snapshot, stopped, type Snapshot } from './snapshot';
 import { withClient } from './temporal';
 
@@ -34,7 +34,7 @@ function changes(before: RunbookStatus | undefined, now: RunbookStatus): string[
     if (st.state === (was?.state ?? 'pending') && st.startedAt === was?.startedAt) continue;
     const at = st.state === 'running' ? st.startedAt : st.endedAt;
     const detail = st.state === 'running' ? st.title : note(st) || st.title;
-    lines.push(`${when(at ?? new Date())}  ${icon[st.state]} ${st.name.padEnd(width)}  ${words(st.state).padEnd(11)}  ${detail}`);
+    lines.push(`${when(at ?? new Date())}  ${stepIcon[st.state]} ${st.name.padEnd(width)}  ${words(st.state).padEnd(11)}  ${detail}`);
   }
   if (now.state !== (before?.state ?? 'running')) {
     const at = now.pendingGate?.since ?? now.pendingDecision?.since ?? new Date();

@@ -68,7 +68,7 @@ export interface RunbookResult {
   status: RunbookStatus;
 }
 
-const icon: Record<StepState, string> = {
+export const stepIcon: Record<StepState, string> = {
   pending: '·',
   running: '▶',
   done: '✔',
@@ -103,7 +103,7 @@ export function renderMarkdown(s: RunbookStatus): string {
   lines.push('| | step | state | evidence |', '|---|---|---|---|');
   for (const step of s.steps) {
     const note = step.error ? `✖ ${step.error}` : summarize(step.evidence);
-    lines.push(`| ${icon[step.state]} | ${cell(step.title)} | ${step.state.replace(/_/g, ' ')} | ${cell(note)} |`);
+    lines.push(`| ${stepIcon[step.state]} | ${cell(step.title)} | ${step.state.replace(/_/g, ' ')} | ${cell(note)} |`);
   }
   return lines.join('\n');
 }
