@@ -101,6 +101,36 @@ test('reject at the restart gate: nothing restarted, postgresql.auto.conf as it 
   expect(result.status.messages).toContainEqual(expect.objectContaining({ kind: 'rejected', by: 'bob', text: 'not during the import' }));
 });
 
+test('nobody answers the gate in time: rolled back, outcome timed_out', async () => {
+  const target = await newTarget(uniqueId('timeout'));
+  const confBefore = autoConf(target);
+  const result: RunbookResult = await (await start({ target: target.name, gateTimeoutMinutes: 0.05 })).result();
+  expect(result.outcome).toBe('timed_out');
+  expect(autoConf(target)).toBe(confBefore);
+  expect(await target.show('max_parallel_workers')).toBe('8');
+});
+
+test('the Web UI sees the runbook: current details and search attributes', async () => {
+  const target = await newTarget(uniqueId('ui'));
+  const handle = await start({ target: target.name });
+  await waitForStatus(handle, (s) => s.pendingGate?.name === 'restart');
+  const metadata = await handle.query<{ currentDetails: string }>('__temporal_workflow_metadata');
+  expect(metadata.currentDetails).toContain('Holding at gate `restart`');
+  expect(metadata.currentDetails).toMatch(/\| ✔ \| Pre-checks: server, privileges, current values \| done \|/);
+
+  const client = await temporal();
+  const listed = async (query: string) => {
+    const ids: string[] = [];
+    for await (const wf of client.workflow.list({ query })) ids.push(wf.workflowId);
+    return ids;
+  };
+  const query = `FermataRunbook = "connectionUpgrade" AND FermataTarget = "${target.name}" AND FermataState = "waiting_approval"`;
+  for (let i = 0; i < 40 && !(await listed(query)).includes(handle.workflowId); i++) await new Promise((r) => setTimeout(r, 250));
+  expect(await listed(query)).toEqual([handle.workflowId]);
+  await handle.signal(rejectSignal, { gate: 'restart', by: 'ui-test', reason: 'only looking' });
+  await handle.result();
+});
+
 test('dry run: returns the plan and leaves the server untouched', async () => {
   const target = await newTarget(uniqueId('dry'));
   const confBefore = autoConf(target);
