@@ -10,6 +10,8 @@ import { table } from './format';
 const runbookDescriptions: Record<RunbookName, string> = {
   connectionUpgrade:
     'raise max_connections, parallel workers and enable pg_stat_statements; the restart waits at gate "restart" and the maintenance window',
+  partitionMigration:
+    'move a table into hash partitions online: backfill with write capture, verify, cut over at gate "cutover", drop the old table at gate "finalize"',
 };
 
 export function list(args: string[]): void {

@@ -45,8 +45,37 @@ export const connectionUpgradeSchema = z
   });
 export type ConnectionUpgradeInput = z.infer<typeof connectionUpgradeSchema>;
 
+/** A plain SQL identifier, short enough for the suffixes the migration adds (63 bytes at most). */
+const identifier = z
+  .string()
+  .regex(/^[a-z_][a-z0-9_]{0,47}$/, 'must be a plain lower-case SQL identifier (a-z, 0-9, _; at most 48 characters)');
+
+export const partitionMigrationSchema = z
+  .object({
+    ...commonInput,
+    table: identifier.default('files'),
+    partitionKey: identifier.default('id'),
+    partitions: z.number().int().min(2).max(1024).default(256),
+    /** Keys per backfill batch; 50,000 measured fastest on the seed's `files`. */
+    batchRows: z.number().int().min(100).max(1_000_000).default(50_000),
+    throttle: z
+      .object({
+        /** Pause between batches: a plain rate limit. */
+        pauseMs: z.number().int().min(0).max(60_000).default(0),
+        /** Wait while any replica lags more than this many bytes of WAL. */
+        maxReplicaLagBytes: z.number().int().positive().optional(),
+        /** Wait while more than this many client connections are active. */
+        maxActiveConnections: z.number().int().positive().optional(),
+      })
+      .strict()
+      .default({}),
+  })
+  .strict();
+export type PartitionMigrationInput = z.infer<typeof partitionMigrationSchema>;
+
 export const runbookSchemas = {
   connectionUpgrade: connectionUpgradeSchema,
+  partitionMigration: partitionMigrationSchema,
 } as const;
 export type RunbookName = keyof typeof runbookSchemas;
 
