@@ -2,11 +2,11 @@
 // PostgreSQL holding the MIDI library, an audit PostgreSQL and a Fermata worker. Ctrl-C stops it all;
 // the data stays in the data directory and the next start reuses it.
 import { DefaultLogger, Runtime } from '@temporalio/worker';
-import type { ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { TASK_QUEUE } from '../shared/messages';
 import { defaultTargetsPath } from '../targets';
 import { createWorker } from '../worker/worker';
+import { stopDevServer, stopLeftoverDevServer } from './dev-server';
 import { ensureCluster, isInitialised, runningPort, type DurableCluster } from './cluster';
 import { requireFreePort, waitFor } from './ports';
 import { stopCluster } from './postgres';
@@ -69,6 +69,8 @@ async function checkPorts(s: Settings): Promise<void> {
 
 /** Resolves at the first SIGINT, SIGTERM or SIGHUP: Ctrl-C stops the parts in order, the worker first. */
 function stopSignal(): { requested: Promise<void>; received: () => boolean } {
+  // A closed terminal (SIGHUP) fails every later write: that must not cut the shutdown short.
+  for (const stream of [process.stdout, process.stderr]) stream.on('error', () => undefined);
   let received = false;
   const requested = new Promise<void>((resolve) => {
     const onSignal = (signal: NodeJS.Signals) => {
@@ -81,16 +83,6 @@ function stopSignal(): { requested: Promise<void>; received: () => boolean } {
   return { requested, received: () => received };
 }
 
-/** The dev server runs in a process group of its own: end all of it, forcibly if it lingers. */
-async function stopProcessGroup(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise((resolve) => child.once('exit', resolve));
-  process.kill(-child.pid!, 'SIGTERM');
-  const kill = setTimeout(() => process.kill(-child.pid!, 'SIGKILL'), 15_000);
-  await exited;
-  clearTimeout(kill);
-}
-
 // A runbook may have left the sandbox stopped.
 const stopClusterIfRunning = async (dataDir: string): Promise<void> => {
   if (runningPort(dataDir) !== undefined) await stopCluster(dataDir);
@@ -98,6 +90,9 @@ const stopClusterIfRunning = async (dataDir: string): Promise<void> => {
 
 async function main(): Promise<void> {
   const s = settings();
+  const dbFile = path.join(s.dataDir, 'temporal.db');
+  const leftover = await stopLeftoverDevServer(dbFile);
+  if (leftover) console.log(`fermata: stopped the Temporal server (pid ${leftover}) that an earlier start left running`);
   await checkPorts(s);
   Runtime.install({ logger: new DefaultLogger('WARN'), shutdownSignals: [] });
   const signal = stopSignal();
@@ -110,8 +105,8 @@ async function main(): Promise<void> {
   console.log(`fermata: starting Temporal (${address}), the sandbox (${s.sandbox.port}) and audit (${s.audit.port}) PostgreSQL, data in ${shown(s.dataDir)}`);
   if (!isInitialised(s.sandbox.dataDir)) console.log(`fermata: first start: creating the clusters and a MIDI library of ${s.sandboxFiles} files`);
   try {
-    const temporal = startDevServer({ port: s.temporal.port, uiPort: s.ui.port, dbFile: path.join(s.dataDir, 'temporal.db'), logFile: temporalLog }).then((child) => {
-      stops.push(() => stopProcessGroup(child));
+    const temporal = startDevServer({ port: s.temporal.port, uiPort: s.ui.port, dbFile, logFile: temporalLog }).then((child) => {
+      stops.push(() => stopDevServer(child));
       return child;
     });
     const cluster = async (c: DurableCluster): Promise<string> => {
@@ -136,7 +131,7 @@ async function main(): Promise<void> {
       sandboxPasswordFile: s.sandbox.passwordFile,
       sandboxDataDir: s.sandbox.dataDir,
     });
-    process.env.FERMATA_TARGETS ??= s.targetsFile;
+    process.env.FERMATA_TARGETS ??= s.targetsFile; // an explicit targets file (more targets) wins
     await waitFor(`Temporal Web UI on ${uiUrl}`, async () => (await fetch(uiUrl)).ok);
     const { worker, close } = await createWorker({ address, namespace: 'default' });
     const running = worker.run();
@@ -145,7 +140,7 @@ async function main(): Promise<void> {
       await running.catch(() => undefined); // a failure was reported when it happened
       await close();
     };
-    printSummary(s, address, uiUrl);
+    printSummary(s, address, uiUrl, dbFile);
 
     const serverExit = new Promise<never>((_, reject) =>
       server.once('exit', () => reject(new Error(`the Temporal server exited unexpectedly: see ${shown(temporalLog)}`))),
@@ -161,16 +156,20 @@ async function main(): Promise<void> {
   }
 }
 
-function printSummary(s: Settings, address: string, uiUrl: string): void {
+function printSummary(s: Settings, address: string, uiUrl: string, dbFile: string): void {
   const targets = process.env.FERMATA_TARGETS!;
   const input = JSON.stringify({ target: SANDBOX_TARGET });
-  // The CLI and the Temporal CLI find the targets file and the server by default only at the defaults.
-  const cliEnv = path.resolve(targets) === defaultTargetsPath ? '' : `FERMATA_TARGETS=${shown(targets)} `;
+  // The CLIs assume the default ports and targets file: name whatever differs.
+  const cliEnv = [
+    s.temporal.port === 7233 ? '' : `TEMPORAL_ADDRESS=${address} `,
+    s.ui.port === 8233 ? '' : `FERMATA_UI_URL=${uiUrl} `,
+    path.resolve(targets) === defaultTargetsPath ? '' : `FERMATA_TARGETS=${shown(targets)} `,
+  ].join('');
   const temporalCli = `${shown(temporalBinary())}${s.temporal.port === 7233 ? '' : ` --address ${address}`}`;
   console.log(`
 Fermata stack ready
   Temporal Web UI  ${uiUrl}
-  Temporal         ${address}, namespace default (history in ${shown(path.join(s.dataDir, 'temporal.db'))})
+  Temporal         ${address}, namespace default (history in ${shown(dbFile)})
   Sandbox target   "${SANDBOX_TARGET}": PostgreSQL 127.0.0.1:${s.sandbox.port}, database ${SANDBOX_DATABASE}, user fermata, password in ${shown(s.sandbox.passwordFile)}
   Audit database   PostgreSQL 127.0.0.1:${s.audit.port}, database ${AUDIT_DATABASE}, password in ${shown(s.audit.passwordFile)}
   Worker           task queue "${TASK_QUEUE}", targets from ${shown(targets)}
