@@ -1,11 +1,15 @@
 // Every activity the worker registers, built once from the worker's dependencies.
 import type { AuditLog } from './audit';
 import { createConnectionUpgradeActivities } from './connection-upgrade';
+import { createPartitionMigrationActivities } from './partition-migration';
+import { createRedisActivities } from './redis';
 
 export function createActivities(audit: AuditLog) {
   return {
     ...audit.activities(),
     ...createConnectionUpgradeActivities(),
+    ...createPartitionMigrationActivities(),
+    ...createRedisActivities(),
   };
 }
 

@@ -1,2 +1,4 @@
 // The workflow types the worker registers: one runbook per file.
 export { connectionUpgrade } from './connection-upgrade';
+export { partitionMigration } from './partition-migration';
+export { redisDeployment } from './redis-deployment';

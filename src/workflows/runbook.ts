@@ -168,6 +168,12 @@ export class Runbook {
     }
   }
 
+  /** Show how far a running step has got (rows copied, rate, ETA) in the status and the UI. */
+  progress(name: string, evidence: Evidence): void {
+    this.find(name).evidence = evidence;
+    this.publish();
+  }
+
   /** Mark a step as not needed, with the reason as evidence. */
   skip(name: string, reason: string): void {
     const step = this.find(name);
@@ -192,7 +198,7 @@ export class Runbook {
       this.audit('gate_timed_out', { step: name, detail: { minutes } });
       throw new Stop('timed_out', true);
     }
-    if (this.gateAnswer !== (true as boolean)) throw new Stop('rejected', true);
+    if (!this.approved()) throw new Stop('rejected', true);
   }
 
   /** Wait on a durable timer until the maintenance window has `needMinutes` left. */
@@ -226,6 +232,11 @@ export class Runbook {
     this.status.plan = plan;
     for (const step of this.status.steps) if (step.state === 'pending') step.evidence = { summary: 'dry run' };
     return 'planned';
+  }
+
+  // A method, so that TypeScript does not narrow the field to what it was before the wait.
+  private approved(): boolean {
+    return this.gateAnswer === true;
   }
 
   private async rollBack(): Promise<void> {

@@ -1,0 +1,607 @@
+// Activities of the Partition Migration runbook: an online move of a table into hash partitions.
+// A trigger captures writes into a partitioned shadow while batches copy the rest; verification
+// compares both in one snapshot; the cut-over renames in one short transaction and leaves a
+// reverse trigger so the old table stays current until the migration is finalized.
+import { activityInfo, heartbeat } from '@temporalio/activity';
+import type { Client } from 'pg';
+import { ErrorType, failure, q } from '../shared/errors';
+import type { PartitionMigrationInput } from '../shared/inputs';
+import type { Evidence, PlannedAction } from '../shared/status';
+import { resolveTarget, type Target } from '../targets';
+import { run } from './host';
+import { onTarget, value } from './postgres';
+
+const runbook = 'partitionMigration';
+const fail = (type: ErrorType, step: string, reason: string) => failure(type, { runbook, step }, reason);
+
+export type MigrationSpec = Pick<PartitionMigrationInput, 'target' | 'table' | 'partitionKey' | 'partitions' | 'batchRows' | 'throttle'>;
+
+/** Names derived from the table: every object the migration creates is recognisable as its own. */
+export function names(table: string) {
+  return {
+    table,
+    shadow: `${table}_fermata_new`,
+    old: `${table}_old`,
+    partition: (i: number, width: number) => `${table}_p${String(i).padStart(width, '0')}`,
+    forwardFunction: `fermata_sync_${table}`,
+    forwardTrigger: 'fermata_sync_to_shadow',
+    reverseFunction: `fermata_sync_back_${table}`,
+    reverseTrigger: 'fermata_sync_to_old',
+  };
+}
+
+export interface ForeignKey {
+  table: string;
+  name: string;
+  definition: string;
+}
+
+/** What the precheck found that the later steps need. */
+export interface TableFacts {
+  columns: string[];
+  primaryKey: string[];
+  indexes: { name: string; definition: string; primary: boolean }[];
+  /** Foreign keys of other tables that reference this one: re-pointed at the cut-over. */
+  foreignKeys: ForeignKey[];
+  /** This table's own foreign keys: the shadow gets them too (constraint names are per table). */
+  ownForeignKeys: ForeignKey[];
+  sequence: { name: string; identity: boolean } | null;
+  grants: { grantee: string; privilege: string }[];
+  rows: number;
+  bytes: number;
+  minKey: number;
+  maxKey: number;
+}
+
+export type Inventory = TableFacts & Evidence & { plan: PlannedAction[]; summary: string };
+
+/** Keys copied so far, and how fast: what the status shows while the backfill runs. */
+export interface Progress extends Evidence {
+  last: number;
+  maxKey: number;
+  copied: number;
+  batches: number;
+  done: boolean;
+  resumedFrom?: number;
+}
+
+const ident = (c: Client, name: string) => c.escapeIdentifier(name);
+
+export function createPartitionMigrationActivities() {
+  return {
+    /** Everything that must carry over, and every reason not to start; changes nothing. */
+    async partitionPrecheck(spec: MigrationSpec): Promise<Inventory> {
+      const target = resolveTarget(spec.target);
+      const n = names(spec.table);
+      return onTarget(target, async (c) => {
+        const rel = await c.query<{ oid: number; relkind: string; relrowsecurity: boolean; bytes: string; heap: string; rows: string }>(
+          `SELECT c.oid, c.relkind, c.relrowsecurity, pg_total_relation_size(c.oid) AS bytes, pg_relation_size(c.oid) AS heap,
+                  c.reltuples::bigint AS rows
+             FROM pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace
+            WHERE s.nspname = 'public' AND c.relname = $1`,
+          [spec.table],
+        );
+        const table = rel.rows[0];
+        if (!table) throw fail(ErrorType.PrecheckFailed, 'precheck', `table ${q(spec.table)} does not exist in schema public`);
+        if (table.relkind === 'p') throw fail(ErrorType.PrecheckFailed, 'precheck', `table ${q(spec.table)} is already partitioned`);
+        if (table.relkind !== 'r') throw fail(ErrorType.PrecheckFailed, 'precheck', `${q(spec.table)} is not a plain table`);
+        if (table.relrowsecurity) throw fail(ErrorType.PrecheckFailed, 'precheck', `${q(spec.table)} uses row-level security, which this runbook does not carry over`);
+
+        const columns = (
+          await c.query<{ attname: string; attgenerated: string; type: string }>(
+            `SELECT attname, attgenerated, format_type(atttypid, atttypmod) AS type FROM pg_attribute
+              WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum`,
+            [table.oid],
+          )
+        ).rows;
+        const key = columns.find((col) => col.attname === spec.partitionKey);
+        if (!key) throw fail(ErrorType.PrecheckFailed, 'precheck', `table ${q(spec.table)} has no column ${q(spec.partitionKey)}`);
+        if (!['bigint', 'integer', 'smallint'].includes(key.type)) {
+          throw fail(ErrorType.PrecheckFailed, 'precheck', `partition key ${q(spec.partitionKey)} is ${key.type}; batching by key ranges needs an integer key`);
+        }
+        if (columns.some((col) => col.attgenerated)) throw fail(ErrorType.PrecheckFailed, 'precheck', `${q(spec.table)} has generated columns, not supported yet`);
+
+        const indexes = (
+          await c.query<{ name: string; definition: string; primary: boolean; unique: boolean; columns: string[] }>(
+            `SELECT i.relname AS name, pg_get_indexdef(x.indexrelid) AS definition, x.indisprimary AS primary, x.indisunique AS unique,
+                    array(SELECT a.attname::text FROM unnest(x.indkey) WITH ORDINALITY k(attnum, i) JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum ORDER BY k.i) AS columns
+               FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid WHERE x.indrelid = $1 ORDER BY i.relname`,
+            [table.oid],
+          )
+        ).rows;
+        const primary = indexes.find((i) => i.primary);
+        if (!primary) throw fail(ErrorType.PrecheckFailed, 'precheck', `table ${q(spec.table)} has no primary key: rows cannot be matched between the copies`);
+        if (!primary.columns.includes(spec.partitionKey)) {
+          throw fail(ErrorType.PrecheckFailed, 'precheck', `partition key ${q(spec.partitionKey)} is not part of the primary key (${primary.columns.join(', ')})`);
+        }
+        const uniqueWithoutKey = indexes.filter((i) => i.unique && !i.columns.includes(spec.partitionKey));
+        if (uniqueWithoutKey.length) {
+          throw fail(ErrorType.PrecheckFailed, 'precheck', `unique indexes without the partition key cannot exist on a hash-partitioned table: ${uniqueWithoutKey.map((i) => i.name).join(', ')}`);
+        }
+        const triggers = await c.query<{ tgname: string }>('SELECT tgname FROM pg_trigger WHERE tgrelid = $1 AND NOT tgisinternal', [table.oid]);
+        const foreign = triggers.rows.filter((t) => t.tgname !== n.forwardTrigger);
+        if (foreign.length) throw fail(ErrorType.PrecheckFailed, 'precheck', `${q(spec.table)} has triggers this runbook does not carry over: ${foreign.map((t) => t.tgname).join(', ')}`);
+        const publications = await c.query('SELECT pubname FROM pg_publication_tables WHERE schemaname = $1 AND tablename = $2', ['public', spec.table]);
+        if (publications.rowCount) throw fail(ErrorType.PrecheckFailed, 'precheck', `${q(spec.table)} is published for logical replication, not supported yet`);
+
+        const tracked = await value(c, `SELECT to_regclass('public.fermata_migrations')::text`);
+        const running = tracked
+          ? await value<string | undefined>(c, `SELECT workflow_id FROM fermata_migrations WHERE table_name = $1 AND state NOT IN ('finalized', 'rolled_back')`, [spec.table])
+          : undefined;
+        const self = activityInfo().workflowExecution?.workflowId;
+        if (running && running !== self) throw fail(ErrorType.PrecheckFailed, 'precheck', `another migration of ${q(spec.table)} is in progress (workflow ${q(running)})`);
+        for (const leftover of [n.shadow, n.old]) {
+          if (!running && (await value(c, 'SELECT to_regclass($1)::text', [`public.${leftover}`]))) {
+            throw fail(ErrorType.PrecheckFailed, 'precheck', `table ${q(leftover)} already exists: a previous migration left it; drop it or roll that migration back`);
+          }
+        }
+
+        const bytes = Number(table.bytes);
+        const need = bytes + 2 * Number(table.heap); // the copy, plus WAL for the heap written twice
+        const free = await freeDisk(target, c);
+        if (free !== undefined && free < need) {
+          throw fail(ErrorType.PrecheckFailed, 'precheck', `needs about ${mb(need)} free on the data volume, ${mb(free)} available`);
+        }
+        const foreignKeys = (
+          await c.query<ForeignKey>(
+            `SELECT conrelid::regclass::text AS table, conname AS name, pg_get_constraintdef(oid) AS definition
+               FROM pg_constraint WHERE contype = 'f' AND confrelid = $1 ORDER BY 1, 2`,
+            [table.oid],
+          )
+        ).rows;
+        const ownForeignKeys = (
+          await c.query<ForeignKey>(
+            `SELECT conrelid::regclass::text AS table, conname AS name, pg_get_constraintdef(oid) AS definition
+               FROM pg_constraint WHERE contype = 'f' AND conrelid = $1 ORDER BY 2`,
+            [table.oid],
+          )
+        ).rows;
+        const sequence = (
+          await c.query<{ name: string; identity: boolean }>(
+            `SELECT pg_get_serial_sequence($1, $2) AS name, a.attidentity <> '' AS identity
+               FROM pg_attribute a WHERE a.attrelid = $3 AND a.attname = $2`,
+            [`public.${spec.table}`, spec.partitionKey, table.oid],
+          )
+        ).rows.find((r) => r.name);
+        const grants = (
+          await c.query<{ grantee: string; privilege: string }>(
+            `SELECT g.grantee::regrole::text AS grantee, g.privilege_type AS privilege
+               FROM pg_class c, aclexplode(c.relacl) g WHERE c.oid = $1 AND g.grantee <> c.relowner AND g.grantee <> 0`,
+            [table.oid],
+          )
+        ).rows;
+        const bounds = await c.query<{ min: string | null; max: string | null; count: string }>(
+          `SELECT min(${ident(c, spec.partitionKey)}) AS min, max(${ident(c, spec.partitionKey)}) AS max, count(*) AS count FROM ${ident(c, spec.table)}`,
+        );
+        const minKey = Number(bounds.rows[0].min ?? 0);
+        const maxKey = Number(bounds.rows[0].max ?? 0);
+        const rows = Number(bounds.rows[0].count);
+        const inventory = {
+          columns: columns.map((col) => col.attname),
+          primaryKey: primary.columns,
+          indexes: indexes.map(({ name, definition, primary: p }) => ({ name, definition, primary: p })),
+          foreignKeys,
+          ownForeignKeys,
+          sequence: sequence ?? null,
+          grants,
+          rows,
+          bytes,
+          minKey,
+          maxKey,
+        };
+        return {
+          ...inventory,
+          freeBytes: free,
+          neededBytes: need,
+          plan: plan(c, spec, inventory),
+          summary: `${rows} rows (${mb(bytes)}), ${indexes.length} indexes, ${foreignKeys.length} foreign keys to carry over (${foreignKeys.map((f) => f.table).join(', ') || 'none'}); ${Math.ceil((maxKey - minKey + 1) / spec.batchRows)} batches`,
+        };
+      });
+    },
+
+    /** The partitioned shadow with every partition and index, and the control row. Idempotent. */
+    async partitionCreateShadow(spec: MigrationSpec, inventory: Inventory): Promise<Evidence> {
+      const target = resolveTarget(spec.target);
+      const workflowId = activityInfo().workflowExecution?.workflowId ?? '';
+      return onTarget(target, async (c) => {
+        await c.query('BEGIN');
+        await c.query(controlTableSql);
+        await c.query(
+          `INSERT INTO fermata_migrations (table_name, workflow_id, state) VALUES ($1, $2, 'copying')
+           ON CONFLICT (table_name) DO UPDATE SET workflow_id = EXCLUDED.workflow_id, state = 'copying', last_key = NULL, updated_at = now()`,
+          [spec.table, workflowId],
+        );
+        const statements = shadowDdl(c, spec, inventory);
+        const exists = await value(c, 'SELECT to_regclass($1)::text', [`public.${names(spec.table).shadow}`]);
+        if (!exists) for (const sql of statements) await c.query(sql);
+        await c.query('COMMIT');
+        const partitions = await value<number>(c, 'SELECT count(*)::int FROM pg_inherits WHERE inhparent = to_regclass($1)', [`public.${names(spec.table).shadow}`]);
+        if (partitions !== spec.partitions) throw fail(ErrorType.PrecheckFailed, 'create-shadow', `shadow has ${partitions} partitions, expected ${spec.partitions}`);
+        return { summary: `${names(spec.table).shadow}: ${partitions} hash partitions, ${inventory.indexes.length} indexes${exists ? ' (already there)' : ''}`, partitions };
+      });
+    },
+
+    /** Drop the shadow and the control row's claim (rollback before cut-over). Idempotent. */
+    async partitionDropShadow(spec: MigrationSpec): Promise<Evidence> {
+      const target = resolveTarget(spec.target);
+      const n = names(spec.table);
+      return onTarget(target, async (c) => {
+        await lockRetrying(c, async () => {
+          await c.query(`DROP TABLE IF EXISTS ${ident(c, n.shadow)}`);
+          await c.query(`UPDATE fermata_migrations SET state = 'rolled_back', updated_at = now() WHERE table_name = $1`, [spec.table]);
+        });
+        return { summary: `${n.shadow} dropped; ${spec.table} untouched` };
+      });
+    },
+
+    /** The trigger that applies every write on the source to the shadow, installed under a short lock timeout. */
+    async partitionInstallCapture(spec: MigrationSpec, inventory: Inventory): Promise<Evidence> {
+      const target = resolveTarget(spec.target);
+      const n = names(spec.table);
+      return onTarget(target, async (c) => {
+        await c.query(syncFunction(c, n.forwardFunction, n.shadow, inventory));
+        await lockRetrying(c, async () => {
+          await c.query(`DROP TRIGGER IF EXISTS ${ident(c, n.forwardTrigger)} ON ${ident(c, spec.table)}`);
+          await c.query(
+            `CREATE TRIGGER ${ident(c, n.forwardTrigger)} AFTER INSERT OR UPDATE OR DELETE ON ${ident(c, spec.table)}
+               FOR EACH ROW EXECUTE FUNCTION ${ident(c, n.forwardFunction)}()`,
+          );
+        });
+        return { summary: `trigger ${n.forwardTrigger} on ${spec.table} copies every write to ${n.shadow}` };
+      });
+    },
+
+    async partitionRemoveCapture(spec: MigrationSpec): Promise<Evidence> {
+      const target = resolveTarget(spec.target);
+      const n = names(spec.table);
+      return onTarget(target, async (c) => {
+        await lockRetrying(c, async () => {
+          if (await value(c, 'SELECT to_regclass($1)::text', [`public.${spec.table}`])) {
+            await c.query(`DROP TRIGGER IF EXISTS ${ident(c, n.forwardTrigger)} ON ${ident(c, spec.table)}`);
+          }
+          await c.query(`DROP FUNCTION IF EXISTS ${ident(c, n.forwardFunction)}()`);
+        });
+        return { summary: `trigger ${n.forwardTrigger} removed` };
+      });
+    },
+
+    /**
+     * Copy key ranges for about `seconds`, then return the position (the workflow shows progress
+     * between calls). Batches are idempotent: ON CONFLICT DO NOTHING never overwrites a newer
+     * captured write, FOR KEY SHARE keeps a concurrent delete from being resurrected. The position
+     * is heartbeated after every batch, so a retry on another worker resumes where this one died.
+     */
+    async partitionBackfill(spec: MigrationSpec, inventory: Inventory, from: Progress, seconds = 10): Promise<Progress> {
+      const target = resolveTarget(spec.target);
+      const n = names(spec.table);
+      const resumed = activityInfo().heartbeatDetails as Progress | undefined;
+      const progress: Progress = { ...(resumed ?? from), resumedFrom: resumed ? resumed.last : from.resumedFrom };
+      const deadline = Date.now() + seconds * 1000;
+      return onTarget(target, async (c) => {
+        const columns = inventory.columns.map((col) => ident(c, col)).join(', ');
+        const key = ident(c, spec.partitionKey);
+        const copy = `INSERT INTO ${ident(c, n.shadow)} (${columns})
+                      SELECT ${columns} FROM ${ident(c, spec.table)} WHERE ${key} > $1 AND ${key} <= $2 FOR KEY SHARE
+                      ON CONFLICT (${inventory.primaryKey.map((col) => ident(c, col)).join(', ')}) DO NOTHING`;
+        while (progress.last < progress.maxKey && Date.now() < deadline) {
+          await throttle(c, spec);
+          const upper = Math.min(progress.last + spec.batchRows, progress.maxKey);
+          const { rowCount } = await c.query(copy, [progress.last, upper]);
+          progress.copied += rowCount ?? 0;
+          progress.batches += 1;
+          // Skip a gap in the keys in one step instead of batch by batch.
+          const next = rowCount ? upper : Number((await value(c, `SELECT min(${key}) - 1 FROM ${ident(c, spec.table)} WHERE ${key} > $1`, [upper])) ?? progress.maxKey);
+          progress.last = Math.min(Math.max(next, upper), progress.maxKey);
+          await c.query('UPDATE fermata_migrations SET last_key = $2, updated_at = now() WHERE table_name = $1', [spec.table, progress.last]);
+          heartbeat(progress);
+        }
+        progress.done = progress.last >= progress.maxKey;
+        progress.summary = `${progress.copied} rows copied in ${progress.batches} batches, key ${progress.last} of ${progress.maxKey}`;
+        return progress;
+      });
+    },
+
+    /**
+     * Compare source and shadow per key range, each range in one statement (one snapshot): counts
+     * and a checksum of the rows' text. Exact under load, because the trigger commits with the
+     * write it copies. Then ANALYZE the shadow (autovacuum never analyzes a partitioned parent).
+     */
+    async partitionVerify(spec: MigrationSpec, left: string, right: string, chunk = 200_000): Promise<Evidence> {
+      const target = resolveTarget(spec.target);
+      return onTarget(target, async (c) => {
+        const mismatches = await compare(c, spec.partitionKey, left, right, chunk);
+        if (mismatches.ranges.length) {
+          throw fail(ErrorType.NotConverged, 'verify', `${left} and ${right} differ in key ranges ${mismatches.ranges.slice(0, 5).join(', ')}${mismatches.ranges.length > 5 ? ', …' : ''}`);
+        }
+        await c.query(`ANALYZE ${ident(c, right)}`);
+        return { summary: `${mismatches.rows} rows equal in ${mismatches.chunks} key ranges (count and checksum)`, rows: mismatches.rows, ranges: mismatches.chunks };
+      });
+    },
+
+    /**
+     * The cut-over, one transaction under a lock timeout (a timeout is retried by the activity's
+     * retry policy; it never queues behind a long transaction, which would block readers too).
+     */
+    async partitionCutover(spec: MigrationSpec, inventory: Inventory): Promise<Evidence> {
+      const target = resolveTarget(spec.target);
+      const n = names(spec.table);
+      return onTarget(target, async (c) => {
+        const state = await value<string | null>(c, 'SELECT state FROM fermata_migrations WHERE table_name = $1', [spec.table]);
+        if (state === 'cut_over') return { summary: 'already cut over', writeBlockMs: 0 };
+        const long = await c.query<{ pid: number; seconds: number }>(
+          `SELECT pid, extract(epoch FROM now() - xact_start)::int AS seconds FROM pg_stat_activity
+            WHERE xact_start < now() - interval '30 seconds' AND pid <> pg_backend_pid() AND backend_type = 'client backend'`,
+        );
+        if (long.rowCount) throw fail(ErrorType.NotConverged, 'cutover', `waiting for long transactions to end first: ${long.rows.map((r) => `pid ${r.pid} (${r.seconds} s)`).join(', ')}`);
+        await c.query(syncFunction(c, n.reverseFunction, n.old, inventory));
+        let writeBlockMs = 0;
+        let rows = 0;
+        await lockRetrying(c, async () => {
+          await c.query(`LOCK TABLE ${ident(c, spec.table)}, ${ident(c, n.shadow)} IN ACCESS EXCLUSIVE MODE`);
+          const locked = Date.now();
+          for (const fk of inventory.foreignKeys) await c.query(`LOCK TABLE ${fk.table} IN SHARE ROW EXCLUSIVE MODE`);
+          const counts = await c.query<{ source: string; shadow: string }>(
+            `SELECT (SELECT count(*) FROM ${ident(c, spec.table)}) AS source, (SELECT count(*) FROM ${ident(c, n.shadow)}) AS shadow`,
+          );
+          if (counts.rows[0].source !== counts.rows[0].shadow) {
+            throw fail(ErrorType.NotConverged, 'cutover', `final check: ${counts.rows[0].source} rows in ${spec.table}, ${counts.rows[0].shadow} in ${n.shadow}`);
+          }
+          rows = Number(counts.rows[0].source);
+          for (const sql of swap(c, spec, inventory, 'forward')) await c.query(sql);
+          await c.query(`UPDATE fermata_migrations SET state = 'cut_over', updated_at = now() WHERE table_name = $1`, [spec.table]);
+          await c.query('COMMIT');
+          writeBlockMs = Date.now() - locked;
+        });
+        // Validating scans the referencing tables under a lock that lets writes through.
+        for (const fk of inventory.foreignKeys) await c.query(`ALTER TABLE ${fk.table} VALIDATE CONSTRAINT ${ident(c, fk.name)}`);
+        await c.query(`ANALYZE ${ident(c, spec.table)}`);
+        return { summary: `cut over: writes blocked for ${writeBlockMs} ms; ${rows} rows; ${spec.table}_old kept current by a reverse trigger`, writeBlockMs, rows };
+      });
+    },
+
+    /** Swap back (rollback after cut-over): the original table returns with every write made since. Idempotent. */
+    async partitionSwapBack(spec: MigrationSpec, inventory: Inventory): Promise<Evidence> {
+      const target = resolveTarget(spec.target);
+      const n = names(spec.table);
+      return onTarget(target, async (c) => {
+        const state = await value<string | null>(c, 'SELECT state FROM fermata_migrations WHERE table_name = $1', [spec.table]);
+        if (state !== 'cut_over') return { summary: 'not cut over: nothing to swap back' };
+        let writeBlockMs = 0;
+        await lockRetrying(c, async () => {
+          await c.query(`LOCK TABLE ${ident(c, spec.table)}, ${ident(c, n.old)} IN ACCESS EXCLUSIVE MODE`);
+          const locked = Date.now();
+          for (const fk of inventory.foreignKeys) await c.query(`LOCK TABLE ${fk.table} IN SHARE ROW EXCLUSIVE MODE`);
+          for (const sql of swap(c, spec, inventory, 'back')) await c.query(sql);
+          await c.query(`UPDATE fermata_migrations SET state = 'copying', updated_at = now() WHERE table_name = $1`, [spec.table]);
+          await c.query('COMMIT');
+          writeBlockMs = Date.now() - locked;
+        });
+        for (const fk of inventory.foreignKeys) await c.query(`ALTER TABLE ${fk.table} VALIDATE CONSTRAINT ${ident(c, fk.name)}`);
+        return { summary: `swapped back: ${spec.table} is the original table again (writes blocked ${writeBlockMs} ms)`, writeBlockMs };
+      });
+    },
+
+    /** After cut-over: lookups by key touch one partition, and the application's typical queries run. */
+    async partitionPostVerify(spec: MigrationSpec): Promise<Evidence> {
+      const target = resolveTarget(spec.target);
+      return onTarget(target, async (c) => {
+        const key = await value<string>(c, `SELECT ${ident(c, spec.partitionKey)}::text FROM ${ident(c, spec.table)} LIMIT 1`);
+        const { rows } = await c.query(`EXPLAIN SELECT * FROM ${ident(c, spec.table)} WHERE ${ident(c, spec.partitionKey)} = $1`, [key ?? 1]);
+        const plan = rows.map((r) => r['QUERY PLAN'] as string).join('\n');
+        const scanned = new Set(plan.match(new RegExp(`${spec.table}_p\\d+`, 'g')) ?? []);
+        if (scanned.size !== 1) throw fail(ErrorType.NotConverged, 'post-verify', `a lookup by ${spec.partitionKey} touches ${scanned.size} partitions:\n${plan}`);
+        const queries: Record<string, string> = {};
+        if (spec.table === 'files' && (await value(c, `SELECT to_regclass('public.file_tags')::text`))) {
+          queries.tagLookup = 'SELECT f.id, f.filename FROM files f JOIN file_tags ft ON ft.file_id = f.id WHERE ft.tag_id = 1 LIMIT 100';
+        }
+        if (spec.table === 'files' && (await value(c, `SELECT to_regclass('public.musical_metadata')::text`))) {
+          queries.bpmRange = 'SELECT f.id, m.bpm FROM files f JOIN musical_metadata m ON m.file_id = f.id WHERE m.bpm BETWEEN 120 AND 130 LIMIT 100';
+        }
+        const results: Record<string, number> = {};
+        for (const [name, sql] of Object.entries(queries)) results[name] = (await c.query(sql)).rowCount ?? 0;
+        return { summary: `lookup by ${spec.partitionKey} scans 1 partition (${[...scanned][0]}); ${Object.entries(results).map(([k, v]) => `${k}: ${v} rows`).join(', ')}`, plan, queries: results };
+      });
+    },
+
+    /** Drop the old table and the triggers: from here on there is no way back. Idempotent. */
+    async partitionFinalize(spec: MigrationSpec): Promise<Evidence> {
+      const target = resolveTarget(spec.target);
+      const n = names(spec.table);
+      return onTarget(target, async (c) => {
+        await lockRetrying(c, async () => {
+          await c.query(`DROP TRIGGER IF EXISTS ${ident(c, n.reverseTrigger)} ON ${ident(c, spec.table)}`);
+          await c.query(`DROP FUNCTION IF EXISTS ${ident(c, n.reverseFunction)}()`);
+          await c.query(`DROP TABLE IF EXISTS ${ident(c, n.old)}`);
+          await c.query(`DROP FUNCTION IF EXISTS ${ident(c, n.forwardFunction)}()`);
+          await c.query(`UPDATE fermata_migrations SET state = 'finalized', updated_at = now() WHERE table_name = $1`, [spec.table]);
+        });
+        return { summary: `${n.old} and the sync triggers dropped` };
+      });
+    },
+  };
+}
+
+const controlTableSql = `CREATE TABLE IF NOT EXISTS fermata_migrations (
+  table_name  text PRIMARY KEY,
+  workflow_id text NOT NULL,
+  state       text NOT NULL,
+  last_key    bigint,
+  updated_at  timestamptz NOT NULL DEFAULT now()
+)`;
+
+/** CREATE statements of the shadow: columns and defaults as the source, partitions, then indexes. */
+function shadowDdl(c: Client, spec: MigrationSpec, inventory: TableFacts): string[] {
+  const n = names(spec.table);
+  const width = String(spec.partitions - 1).length;
+  const shadow = ident(c, n.shadow);
+  const statements = [
+    `CREATE TABLE ${shadow} (LIKE ${ident(c, spec.table)} INCLUDING ALL EXCLUDING INDEXES) PARTITION BY HASH (${ident(c, spec.partitionKey)})`,
+  ];
+  for (let i = 0; i < spec.partitions; i++) {
+    statements.push(`CREATE TABLE ${ident(c, n.partition(i, width))} PARTITION OF ${shadow} FOR VALUES WITH (MODULUS ${spec.partitions}, REMAINDER ${i})`);
+  }
+  statements.push(`ALTER TABLE ${shadow} ADD CONSTRAINT ${ident(c, `${n.shadow}_pkey`)} PRIMARY KEY (${inventory.primaryKey.map((col) => ident(c, col)).join(', ')})`);
+  for (const index of inventory.indexes.filter((i) => !i.primary)) statements.push(shadowIndex(c, index, spec.table, n.shadow));
+  for (const fk of inventory.ownForeignKeys) statements.push(`ALTER TABLE ${shadow} ADD CONSTRAINT ${ident(c, fk.name)} ${fk.definition}`);
+  for (const g of inventory.grants) statements.push(`GRANT ${g.privilege} ON ${shadow} TO ${g.grantee}`);
+  return statements;
+}
+
+/** The source index's definition aimed at the shadow, under a name of its own until the cut-over. */
+function shadowIndex(c: Client, index: { name: string; definition: string }, table: string, shadow: string): string {
+  const match = /^CREATE (UNIQUE )?INDEX (\S+) ON (?:public\.)?(\S+) (USING .*)$/.exec(index.definition);
+  if (!match || match[3] !== table) throw new Error(`cannot read index definition ${q(index.definition)}`);
+  return `CREATE ${match[1] ?? ''}INDEX ${ident(c, `${index.name}_fm`)} ON ${ident(c, shadow)} ${match[4]}`;
+}
+
+/** A trigger function that applies each write on its table to `into`, by primary key. */
+function syncFunction(c: Client, name: string, into: string, inventory: TableFacts): string {
+  const cols = inventory.columns.map((col) => ident(c, col));
+  const pk = inventory.primaryKey.map((col) => ident(c, col));
+  const match = (row: string) => pk.map((col) => `${col} = ${row}.${col}`).join(' AND ');
+  const updates = cols.filter((col) => !pk.includes(col));
+  return `CREATE OR REPLACE FUNCTION ${ident(c, name)}() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+  IF TG_OP IN ('DELETE', 'UPDATE') THEN
+    DELETE FROM ${ident(c, into)} WHERE ${match('OLD')};
+    IF TG_OP = 'DELETE' THEN RETURN NULL; END IF;
+  END IF;
+  INSERT INTO ${ident(c, into)} (${cols.join(', ')}) VALUES (${cols.map((col) => `NEW.${col}`).join(', ')})
+  ON CONFLICT (${pk.join(', ')}) DO ${updates.length ? `UPDATE SET (${updates.join(', ')}) = ROW(${updates.map((col) => `EXCLUDED.${col}`).join(', ')})` : 'NOTHING'};
+  RETURN NULL;
+END $fn$`;
+}
+
+/**
+ * The renames of a cut-over (`forward`) or a swap back (`back`): tables, indexes, the sequence,
+ * sync triggers and the foreign keys that reference the table (re-added NOT VALID, validated after).
+ */
+function swap(c: Client, spec: MigrationSpec, inventory: TableFacts, direction: 'forward' | 'back'): string[] {
+  const n = names(spec.table);
+  const [live, parked, incoming] = direction === 'forward' ? [spec.table, n.old, n.shadow] : [spec.table, n.shadow, n.old];
+  const id = (name: string) => ident(c, name);
+  const indexSuffix = { forward: ['', '_old', '_fm'], back: ['', '_fm', '_old'] }[direction];
+  const statements = [
+    ...inventory.foreignKeys.map((fk) => `ALTER TABLE ${fk.table} DROP CONSTRAINT ${id(fk.name)}`),
+    `DROP TRIGGER IF EXISTS ${id(direction === 'forward' ? n.forwardTrigger : n.reverseTrigger)} ON ${id(live)}`,
+    `ALTER TABLE ${id(live)} RENAME TO ${id(parked)}`,
+    `ALTER TABLE ${id(incoming)} RENAME TO ${id(live)}`,
+  ];
+  for (const index of inventory.indexes) {
+    const [, parkedSuffix, incomingSuffix] = indexSuffix;
+    const liveName = index.primary ? `${spec.table}_pkey` : index.name;
+    const incomingName = index.primary ? (direction === 'forward' ? `${n.shadow}_pkey` : `${liveName}_old`) : `${index.name}${incomingSuffix}`;
+    const parkedName = index.primary ? (direction === 'forward' ? `${liveName}_old` : `${n.shadow}_pkey`) : `${index.name}${parkedSuffix}`;
+    statements.push(`ALTER INDEX ${id(liveName)} RENAME TO ${id(parkedName)}`, `ALTER INDEX ${id(incomingName)} RENAME TO ${id(liveName)}`);
+  }
+  if (inventory.sequence) {
+    const serial = (table: string) => `pg_get_serial_sequence(${c.escapeLiteral(`public.${table}`)}, ${c.escapeLiteral(spec.partitionKey)})`;
+    statements.push(
+      inventory.sequence.identity
+        ? // Each table has an identity sequence of its own: move the live one past every key either handed out.
+          `SELECT setval(${serial(live)}, greatest((SELECT max(${id(spec.partitionKey)}) FROM ${id(live)}),
+             coalesce(pg_sequence_last_value(${serial(parked)}::regclass), 0), 1))`
+        : `ALTER SEQUENCE ${inventory.sequence.name} OWNED BY ${id(live)}.${id(spec.partitionKey)}`,
+    );
+  }
+  statements.push(
+    `CREATE TRIGGER ${id(direction === 'forward' ? n.reverseTrigger : n.forwardTrigger)} AFTER INSERT OR UPDATE OR DELETE ON ${id(live)}
+       FOR EACH ROW EXECUTE FUNCTION ${id(direction === 'forward' ? n.reverseFunction : n.forwardFunction)}()`,
+    ...inventory.foreignKeys.map((fk) => `ALTER TABLE ${fk.table} ADD CONSTRAINT ${id(fk.name)} ${fk.definition} NOT VALID`),
+  );
+  return statements;
+}
+
+/** Run `work` in a transaction with a short lock timeout; a timeout (55P03) is retried with backoff. */
+async function lockRetrying(c: Client, work: () => Promise<void>, attempts = 10): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    await c.query('BEGIN');
+    await c.query(`SET LOCAL lock_timeout = '2s'`);
+    try {
+      await work();
+      await c.query('COMMIT'); // a no-op warning when `work` committed itself
+      return;
+    } catch (err) {
+      await c.query('ROLLBACK');
+      if ((err as { code?: string }).code !== '55P03' || attempt === attempts) throw err;
+      heartbeat();
+      await delay(Math.min(200 * 2 ** attempt, 5_000));
+    }
+  }
+}
+
+/** Count and checksum both tables per key range in one statement each; the ranges that differ. */
+async function compare(c: Client, key: string, left: string, right: string, chunk: number) {
+  const k = ident(c, key);
+  const bounds = await c.query<{ min: string | null; max: string | null }>(
+    `SELECT least((SELECT min(${k}) FROM ${ident(c, left)}), (SELECT min(${k}) FROM ${ident(c, right)})) AS min,
+            greatest((SELECT max(${k}) FROM ${ident(c, left)}), (SELECT max(${k}) FROM ${ident(c, right)})) AS max`,
+  );
+  const min = Number(bounds.rows[0].min ?? 0);
+  const max = Number(bounds.rows[0].max ?? 0);
+  const side = (table: string) =>
+    `(SELECT count(*)::bigint AS n, coalesce(sum(hashtextextended(t::text, 0)), 0) AS h FROM ${ident(c, table)} t WHERE ${k} >= $1 AND ${k} < $2)`;
+  const ranges: string[] = [];
+  let rows = 0;
+  let chunks = 0;
+  for (let from = min; from <= max; from += chunk) {
+    const { rows: r } = await c.query(`SELECT l.n AS ln, l.h AS lh, r.n AS rn, r.h AS rh FROM ${side(left)} l, ${side(right)} r`, [from, from + chunk]);
+    if (r[0].ln !== r[0].rn || r[0].lh !== r[0].rh) ranges.push(`[${from}, ${from + chunk})`);
+    rows += Number(r[0].ln);
+    chunks += 1;
+    heartbeat();
+  }
+  return { ranges, rows, chunks };
+}
+
+/** Wait while replicas lag or the server is busy, as the throttle settings ask. */
+async function throttle(c: Client, spec: MigrationSpec): Promise<void> {
+  const { pauseMs, maxReplicaLagBytes, maxActiveConnections } = spec.throttle;
+  if (pauseMs) await delay(pauseMs);
+  for (;;) {
+    const lag = maxReplicaLagBytes
+      ? Number(await value(c, 'SELECT coalesce(max(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)), 0) FROM pg_stat_replication'))
+      : 0;
+    const active = maxActiveConnections
+      ? Number(await value(c, `SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND backend_type = 'client backend'`))
+      : 0;
+    if ((!maxReplicaLagBytes || lag <= maxReplicaLagBytes) && (!maxActiveConnections || active <= maxActiveConnections)) return;
+    heartbeat();
+    await delay(1_000);
+  }
+}
+
+/** Free bytes on the data directory's volume, when the host can be asked. */
+async function freeDisk(target: Target, c: Client): Promise<number | undefined> {
+  const dataDirectory = await value<string>(c, 'SHOW data_directory').catch(() => undefined);
+  if (!dataDirectory) return undefined;
+  const result = await run(target.host, ['df', '-B1', '--output=avail', dataDirectory]).catch(() => undefined);
+  const free = Number(result?.stdout.trim().split('\n').pop());
+  return Number.isFinite(free) ? free : undefined;
+}
+
+/** The dry run's plan: the DDL, the batch plan and the cut-over. */
+function plan(c: Client, spec: MigrationSpec, inventory: TableFacts): PlannedAction[] {
+  const n = names(spec.table);
+  const ddl = shadowDdl(c, spec, inventory);
+  const batches = Math.ceil((inventory.maxKey - inventory.minKey + 1) / spec.batchRows);
+  return [
+    ...ddl.slice(0, 2).map((text): PlannedAction => ({ step: 'create-shadow', kind: 'sql', text })),
+    { step: 'create-shadow', kind: 'sql', text: `… ${spec.partitions - 1} more partitions, then the primary key and ${inventory.indexes.length - 1} indexes:` },
+    ...ddl.slice(spec.partitions + 1).map((text): PlannedAction => ({ step: 'create-shadow', kind: 'sql', text })),
+    { step: 'capture', kind: 'sql', text: syncFunction(c, n.forwardFunction, n.shadow, inventory) },
+    { step: 'capture', kind: 'sql', text: `CREATE TRIGGER ${n.forwardTrigger} AFTER INSERT OR UPDATE OR DELETE ON ${spec.table} FOR EACH ROW EXECUTE FUNCTION ${n.forwardFunction}()` },
+    {
+      step: 'backfill',
+      kind: 'sql',
+      text: `${batches} batches of ${spec.batchRows} keys from ${inventory.minKey} to ${inventory.maxKey}: INSERT INTO ${n.shadow} SELECT … WHERE ${spec.partitionKey} > $last AND ${spec.partitionKey} <= $last + ${spec.batchRows} FOR KEY SHARE ON CONFLICT DO NOTHING`,
+    },
+    { step: 'verify', kind: 'check', text: `count(*) and sum(hashtextextended(row::text, 0)) per key range of ${spec.table} and ${n.shadow}; ANALYZE ${n.shadow}` },
+    { step: 'cutover', kind: 'check', text: 'gate "cutover", then the maintenance window' },
+    ...swap(c, spec, inventory, 'forward').map((text): PlannedAction => ({ step: 'cutover', kind: 'sql', text })),
+    { step: 'finalize', kind: 'sql', text: `gate "finalize", then DROP TABLE ${n.old} and the sync triggers` },
+  ];
+}
+
+const mb = (bytes: number) => `${(bytes / 1024 / 1024).toFixed(1)} MB`;
+const delay = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));

@@ -1,0 +1,76 @@
+// Seed phase 3.2: `files` into PARTITION BY HASH (id), online. Writes are captured by a trigger
+// while batches copy the rest; the cut-over is one short transaction behind gate "cutover"; the
+// old table stays current until gate "finalize", so rollback loses no write.
+import type { RetryPolicy } from '@temporalio/common';
+import { proxyActivities } from '@temporalio/workflow';
+import type { Activities } from '../activities';
+import type { Progress } from '../activities/partition-migration';
+import { nonRetryableTypes } from '../shared/errors';
+import { parseInput, partitionMigrationSchema } from '../shared/inputs';
+import type { RunbookResult } from '../shared/status';
+import { Runbook } from './runbook';
+
+const retry: RetryPolicy = { initialInterval: '1s', backoffCoefficient: 2, maximumAttempts: 5, nonRetryableErrorTypes: nonRetryableTypes };
+const pg = proxyActivities<Activities>({ startToCloseTimeout: '10m', heartbeatTimeout: '30s', retry });
+// Backfill chunks run about 10 s and heartbeat every batch: a dead worker is replaced within 20 s,
+// and the retry resumes from the last heartbeated batch.
+const copy = proxyActivities<Activities>({ startToCloseTimeout: '5m', heartbeatTimeout: '20s', retry: { ...retry, maximumAttempts: 10 } });
+
+/** Minutes of maintenance window the cut-over must have left before it starts. */
+const CUTOVER_MINUTES = 5;
+
+export async function partitionMigration(raw: unknown): Promise<RunbookResult> {
+  const input = parseInput('partitionMigration', partitionMigrationSchema, raw);
+  const { target, table, partitionKey, partitions, batchRows, throttle } = input;
+  const spec = { target, table, partitionKey, partitions, batchRows, throttle };
+  const rb = new Runbook('partitionMigration', input, [
+    ['precheck', 'Pre-checks: table, key, indexes, foreign keys, disk'],
+    ['create-shadow', 'Create the partitioned shadow table'],
+    ['capture', 'Install the trigger that captures writes'],
+    ['backfill', 'Copy rows in key-range batches'],
+    ['verify', 'Compare counts and checksums per key range'],
+    ['cutover', 'Cut over (gate "cutover", window)'],
+    ['post-verify', 'Verify the partitioned table'],
+    ['finalize', 'Drop the old table and triggers (gate "finalize")'],
+  ]);
+  rb.announceWindow(CUTOVER_MINUTES);
+
+  return rb.run(async () => {
+    const inventory = await rb.step('precheck', () => pg.partitionPrecheck(spec), { required: true, precheck: true });
+    if (input.dryRun) return rb.planned(inventory.plan);
+
+    await rb.step('create-shadow', () => pg.partitionCreateShadow(spec, inventory), { rollback: () => pg.partitionDropShadow(spec) });
+    await rb.step('capture', () => pg.partitionInstallCapture(spec, inventory), { rollback: () => pg.partitionRemoveCapture(spec) });
+    await rb.step('backfill', async () => {
+      const started = Date.now();
+      let progress: Progress = { last: inventory.minKey - 1, maxKey: inventory.maxKey, copied: 0, batches: 0, done: false };
+      while (!progress.done) {
+        progress = await copy.partitionBackfill(spec, inventory, progress);
+        const seconds = Math.max((Date.now() - started) / 1000, 0.001);
+        const keysPerSecond = (progress.last - inventory.minKey + 1) / seconds;
+        const eta = Math.round((progress.maxKey - progress.last) / Math.max(keysPerSecond, 1));
+        const percent = Math.floor((100 * progress.copied) / Math.max(inventory.rows, 1));
+        rb.progress('backfill', {
+          ...progress,
+          summary: `${progress.copied} of ~${inventory.rows} rows (${percent}%), ${Math.round(progress.copied / seconds)} rows/s, ETA ${eta} s`,
+          rowsPerSecond: Math.round(progress.copied / seconds),
+          etaSeconds: eta,
+        });
+      }
+      return { ...progress, summary: `${progress.copied} rows copied in ${progress.batches} batches${progress.resumedFrom !== undefined ? `, resumed at key ${progress.resumedFrom}` : ''}` };
+    });
+    await rb.step('verify', () => pg.partitionVerify(spec, table, `${table}_fermata_new`));
+
+    await rb.gate('cutover', `swap ${table} for its partitioned copy in one short transaction (writes wait about a second); ${table}_old stays current for rollback`);
+    await rb.window(CUTOVER_MINUTES);
+    await rb.step('cutover', () => pg.partitionCutover(spec, inventory), { rollback: () => pg.partitionSwapBack(spec, inventory) });
+    await rb.step('post-verify', async () => {
+      const compared = await pg.partitionVerify(spec, table, `${table}_old`);
+      const checked = await pg.partitionPostVerify(spec);
+      return { ...checked, summary: `${compared.summary}; ${checked.summary}`, compared };
+    });
+
+    await rb.gate('finalize', `drop ${table}_old and the sync triggers: after this the migration cannot be rolled back`);
+    await rb.step('finalize', () => pg.partitionFinalize(spec));
+  });
+}

@@ -1,0 +1,69 @@
+// Seed phase 1.3: the Redis cache of the MIDI library, started after gate "deploy" from a config file
+// the runbook writes, verified, proven durable across a restart, and checked against the seed's cache
+// conventions and monitoring targets. A second run converges the Redis it finds instead of failing.
+import type { RetryPolicy } from '@temporalio/common';
+import { proxyActivities, workflowInfo } from '@temporalio/workflow';
+import type { Activities } from '../activities';
+import { nonRetryableTypes } from '../shared/errors';
+import { parseInput, redisDeploymentSchema } from '../shared/inputs';
+import type { RunbookResult } from '../shared/status';
+import { Runbook } from './runbook';
+
+const retry: RetryPolicy = { initialInterval: '1s', backoffCoefficient: 2, maximumAttempts: 3, nonRetryableErrorTypes: nonRetryableTypes };
+const redis = proxyActivities<Activities>({ startToCloseTimeout: '1m', retry });
+// Verification polls a little (an AOF rewrite finishing), then asks a person.
+const check = proxyActivities<Activities>({ startToCloseTimeout: '1m', retry: { ...retry, maximumAttempts: 4, maximumInterval: '2s' } });
+// Starts and restarts heartbeat, so a dead worker is noticed in seconds and another one retries.
+const service = proxyActivities<Activities>({ startToCloseTimeout: '10m', heartbeatTimeout: '10s', retry });
+
+/** Minutes of maintenance window the start (and the durability restart after it) must have left. */
+const DEPLOY_MINUTES = 5;
+
+export async function redisDeployment(raw: unknown): Promise<RunbookResult> {
+  const input = parseInput('redisDeployment', redisDeploymentSchema, raw);
+  const rb = new Runbook('redisDeployment', input, [
+    ['precheck', 'Pre-checks: host, redis-server or docker, port, memory'],
+    ['start', 'Start Redis from its config file (gate "deploy", window)'],
+    ['verify', 'Verify: PING, CONFIG GET, INFO persistence, the config file'],
+    ['durability', 'Durability: a sentinel key survives a restart'],
+    ['smoke', 'Cache conventions: one key per family with its TTL, invalidation'],
+    ['monitoring', 'Monitoring snapshot: hit ratio, memory, evictions'],
+  ]);
+  rb.announceWindow(DEPLOY_MINUTES);
+
+  return rb.run(async () => {
+    const pre = await rb.step('precheck', () => redis.redisPrecheck(input), { required: true, precheck: true });
+    if (input.dryRun) return rb.planned(pre.plan);
+
+    const changing = pre.state !== 'running' || pre.changes.length > 0;
+    if (changing) {
+      await rb.gate('deploy', pre.does);
+      await rb.step(
+        'start',
+        async () => {
+          await rb.window(DEPLOY_MINUTES);
+          return service.redisStart(input);
+        },
+        { required: true, rollback: () => service.redisRollback(input, pre.state, pre.before) },
+      );
+    } else rb.skip('start', pre.summary);
+
+    let verifications = 0;
+    await rb.step('verify', async () => {
+      // A retry after a decision starts Redis again if it has died: the operator has seen why.
+      const restarted = verifications++ ? await service.redisStart(input) : undefined;
+      const verified = await check.redisVerify(input);
+      return restarted ? { ...verified, restarted } : verified;
+    });
+
+    const { workflowId, runId } = workflowInfo();
+    if (!changing) rb.skip('durability', 'nothing changed: Redis not restarted');
+    else if (!input.appendonly && !input.save) rb.skip('durability', 'persistence is off (appendonly false, save ""): nothing to prove');
+    else {
+      const sentinel = { key: `fermata:sentinel:${workflowId}`, value: `${runId} ${new Date().toISOString()}` };
+      await rb.step('durability', () => service.redisDurability(input, sentinel));
+    }
+    await rb.step('smoke', () => redis.redisSmoke(input, `fermata:smoke:${workflowId}:`));
+    await rb.step('monitoring', () => redis.redisMonitoring(input));
+  });
+}

@@ -1,0 +1,260 @@
+// The Partition Migration runbook on a real PostgreSQL holding the MIDI library, with writers running.
+import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
+import { ApplicationFailure } from '@temporalio/common';
+import { Client } from 'pg';
+import { approveSignal, rejectSignal, TASK_QUEUE } from '../src/shared/messages';
+import type { RunbookResult } from '../src/shared/status';
+import { closeHarness, env, newTarget, spawnWorker, startWorker, temporal, uniqueId, waitForStatus, type RunningWorker, type TestTarget } from './harness/stack';
+
+let worker: RunningWorker | undefined;
+afterAll(async () => {
+  await worker?.stop();
+  await closeHarness();
+});
+const withWorker = async () => (worker ??= await startWorker());
+
+async function start(input: Record<string, unknown>): Promise<WorkflowHandle> {
+  const client = await temporal();
+  return client.workflow.start('partitionMigration', { taskQueue: TASK_QUEUE, workflowId: uniqueId('pm'), args: [input] });
+}
+
+/** Count and checksum of a table's rows, read by the test itself. */
+async function fingerprint(t: TestTarget, table: string): Promise<{ rows: string; sum: string }> {
+  const [row] = await t.query<{ rows: string; sum: string }>(`SELECT count(*) AS rows, coalesce(sum(hashtextextended(x::text, 0)), 0)::text AS sum FROM ${table} x`);
+  return row;
+}
+
+const relkind = async (t: TestTarget, table: string) =>
+  (await t.query<{ relkind: string | null }>(`SELECT (SELECT relkind FROM pg_class WHERE oid = to_regclass($1))::text AS relkind`, [table]))[0].relkind;
+
+/**
+ * Writers that insert, update and delete `files` rows and add `file_tags`, each write mirrored in
+ * the same statement into `files_reference`, a plain copy: afterwards both must hold the same rows.
+ */
+function startWriters(t: TestTarget, count: number) {
+  let running = true;
+  const stats = { attempted: 0, failed: 0, errors: [] as string[] };
+  const loops = Array.from({ length: count }, async (_, w) => {
+    const c = new Client({ host: '127.0.0.1', port: t.port, user: 'fermata', password: env.targetPassword, database: 'midi_library' });
+    await c.connect();
+    let i = 0;
+    while (running) {
+      const id = 1 + w + count * Math.floor(Math.random() * (60_000 / count)); // each writer owns its own ids
+      const op = i++ % 4;
+      stats.attempted++;
+      try {
+        if (op === 0) {
+          await c.query(
+            `WITH ins AS (INSERT INTO files (filename, filepath, content_hash, file_size_bytes)
+                          VALUES ($1, $1, decode(md5($1), 'hex'), 1234) RETURNING *)
+             INSERT INTO files_reference SELECT * FROM ins`,
+            [`new_${w}_${i}_${Date.now()}.mid`],
+          );
+        } else if (op === 1) {
+          await c.query(
+            `WITH up AS (UPDATE files SET filename = $2, analyzed_at = now() WHERE id = $1 RETURNING *)
+             UPDATE files_reference r SET filename = up.filename, analyzed_at = up.analyzed_at FROM up WHERE r.id = up.id`,
+            [id, `renamed_${i}.mid`],
+          );
+        } else if (op === 2) {
+          await c.query(`WITH del AS (DELETE FROM files WHERE id = $1 RETURNING id) DELETE FROM files_reference r USING del WHERE r.id = del.id`, [id]);
+        } else {
+          await c.query(`INSERT INTO file_tags (file_id, tag_id) SELECT $1, 1 + $1 % 20 WHERE EXISTS (SELECT 1 FROM files WHERE id = $1) ON CONFLICT DO NOTHING`, [id + count]);
+        }
+      } catch (err) {
+        stats.failed++;
+        stats.errors.push((err as Error).message);
+      }
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    await c.end();
+  });
+  return {
+    stats,
+    stop: async () => {
+      running = false;
+      await Promise.all(loops);
+      return stats;
+    },
+  };
+}
+
+test('online migration to 256 hash partitions with writers running: same rows as a reference, no writer error', async () => {
+  await withWorker();
+  const target = await newTarget(uniqueId('pm-happy'));
+  await target.query('CREATE TABLE files_reference AS SELECT * FROM files');
+  const writers = startWriters(target, 3);
+  try {
+    const handle = await start({ target: target.name, batchRows: 2000, throttle: { pauseMs: 20 } });
+    const copying = await waitForStatus(handle, (s) => s.currentStep === 'backfill' && Number(s.steps.find((st) => st.name === 'backfill')?.evidence?.copied ?? 0) > 0);
+    expect(copying.steps.find((st) => st.name === 'backfill')!.evidence!.summary).toMatch(/rows \(\d+%\), \d+ rows\/s, ETA \d+ s/);
+    await waitForStatus(handle, (s) => s.pendingGate?.name === 'cutover', 120_000);
+    await handle.signal(approveSignal, { gate: 'cutover', by: 'dba' });
+    await waitForStatus(handle, (s) => s.pendingGate?.name === 'finalize', 60_000);
+    expect(await relkind(target, 'files')).toBe('p');
+    expect(await fingerprint(target, 'files_old')).toEqual(await fingerprint(target, 'files')); // kept current by the reverse trigger
+    await new Promise((r) => setTimeout(r, 500)); // writes on the partitioned table
+    await handle.signal(approveSignal, { gate: 'finalize', by: 'dba' });
+    const result: RunbookResult = await handle.result();
+    const stats = await writers.stop();
+
+    expect(result.outcome).toBe('completed');
+    expect(stats.errors).toEqual([]);
+    expect(stats.attempted).toBeGreaterThan(100);
+    expect(await fingerprint(target, 'files')).toEqual(await fingerprint(target, 'files_reference'));
+    expect(await target.query(`SELECT count(*)::int AS n FROM pg_inherits WHERE inhparent = 'files'::regclass`)).toEqual([{ n: 256 }]);
+    expect(await relkind(target, 'files_old')).toBeNull();
+    expect(await relkind(target, 'files_fermata_new')).toBeNull();
+    const fks = await target.query<{ conrelid: string; convalidated: boolean }>(
+      `SELECT conrelid::regclass::text AS conrelid, convalidated FROM pg_constraint WHERE contype = 'f' AND confrelid = 'files'::regclass ORDER BY 1`,
+    );
+    expect(fks).toEqual([
+      { conrelid: 'file_instruments', convalidated: true },
+      { conrelid: 'file_tags', convalidated: true },
+      { conrelid: 'musical_metadata', convalidated: true },
+    ]);
+    expect(await target.query(`SELECT tgname FROM pg_trigger WHERE tgrelid = 'files'::regclass AND NOT tgisinternal`)).toEqual([]);
+    // New rows get fresh ids after the cut-over.
+    const [{ id }] = await target.query<{ id: string }>(`INSERT INTO files (filename, filepath, content_hash, file_size_bytes) VALUES ('x', 'x', 'x', 1) RETURNING id`);
+    const [{ max }] = await target.query<{ max: string }>('SELECT max(id) AS max FROM files_reference');
+    expect(Number(id)).toBeGreaterThan(Number(max));
+
+    const cutover = result.status.steps.find((s) => s.name === 'cutover')!;
+    expect(Number(cutover.evidence!.writeBlockMs)).toBeLessThan(1000);
+    const post = result.status.steps.find((s) => s.name === 'post-verify')!;
+    expect(post.evidence!.summary).toMatch(/scans 1 partition \(files_p\d{3}\); tagLookup: \d+ rows, bpmRange: \d+ rows/);
+  } finally {
+    await writers.stop();
+  }
+});
+
+test('dry run lists the DDL and the batch plan and changes nothing', async () => {
+  await withWorker();
+  const target = await newTarget(uniqueId('pm-dry'));
+  const result: RunbookResult = await (await start({ target: target.name, partitions: 8, batchRows: 10000, dryRun: true })).result();
+  expect(result.outcome).toBe('planned');
+  const text = result.status.plan!.map((p) => p.text).join('\n');
+  expect(text).toContain('CREATE TABLE "files_fermata_new" (LIKE "files" INCLUDING ALL EXCLUDING INDEXES) PARTITION BY HASH ("id")');
+  expect(text).toContain('FOR VALUES WITH (MODULUS 8, REMAINDER 0)');
+  expect(text).toContain('6 batches of 10000 keys from 1 to 60000');
+  expect(text).toContain('ALTER TABLE "files" RENAME TO "files_old"');
+  expect(await relkind(target, 'files')).toBe('r');
+  expect(await relkind(target, 'files_fermata_new')).toBeNull();
+  expect(await target.query(`SELECT to_regclass('fermata_migrations') AS t`)).toEqual([{ t: null }]);
+});
+
+describe('bad input is refused before anything changes', () => {
+  let target: TestTarget;
+  beforeAll(async () => {
+    await withWorker();
+    target = await newTarget(uniqueId('pm-bad'));
+    await target.query('CREATE TABLE no_pk (id bigint, name text); CREATE TABLE keyed (id bigint PRIMARY KEY, code text UNIQUE)');
+  });
+  afterAll(async () => {
+    // Only the control table stays, recording what happened.
+    expect(await target.query(`SELECT relname FROM pg_class WHERE (relname LIKE '%fermata%' AND relname NOT LIKE 'fermata_migrations%') OR relkind = 'p'`)).toEqual([]);
+    expect(await target.query(`SELECT table_name, state FROM fermata_migrations`)).toEqual([{ table_name: 'file_tags', state: 'rolled_back' }]);
+  });
+
+  test.each([
+    [{ table: 'files; DROP TABLE tags' }, 'InvalidInput', /table: must be a plain lower-case SQL identifier/],
+    [{ partitions: 2.5 }, 'InvalidInput', /partitions: Expected integer, received float/],
+    [{ partitions: 1 }, 'InvalidInput', /partitions: Number must be greater than or equal to 2/],
+    [{ partitions: 4096 }, 'InvalidInput', /partitions: Number must be less than or equal to 1024/],
+    [{ table: 'nonexistent' }, 'PrecheckFailed', /table "nonexistent" does not exist/],
+    [{ table: 'no_pk' }, 'PrecheckFailed', /table "no_pk" has no primary key/],
+    [{ table: 'file_tags', partitionKey: 'tag_id', partitions: 4 }, 'PrecheckFailed', /^(?!x)/],
+    [{ table: 'keyed' }, 'PrecheckFailed', /unique indexes without the partition key .*keyed_code_key/],
+    [{ partitionKey: 'filename' }, 'PrecheckFailed', /partition key "filename" is text/],
+  ])('%j → %s', async (extra, type, message) => {
+    const handle = await start({ target: target.name, ...extra });
+    if ('table' in extra && extra.table === 'file_tags') {
+      // tag_id is part of file_tags' primary key: accepted. Reject at the first gate to leave nothing behind.
+      await waitForStatus(handle, (s) => s.pendingGate?.name === 'cutover', 60_000);
+      await handle.signal(rejectSignal, { gate: 'cutover', by: 'test', reason: 'only checking the precheck' });
+      expect((await handle.result()).outcome).toBe('rejected');
+      return;
+    }
+    const err = await handle.result().then(() => undefined, (e: unknown) => e);
+    expect(err).toBeInstanceOf(WorkflowFailedError);
+    const cause = (err as WorkflowFailedError).cause as ApplicationFailure;
+    expect(cause.type).toBe(type);
+    expect(cause.message).toMatch(message);
+  });
+});
+
+test('reject at cutover: shadow and trigger gone, source untouched', async () => {
+  await withWorker();
+  const target = await newTarget(uniqueId('pm-reject'));
+  const before = await fingerprint(target, 'files');
+  const handle = await start({ target: target.name, partitions: 16 });
+  await waitForStatus(handle, (s) => s.pendingGate?.name === 'cutover', 60_000);
+  expect(await relkind(target, 'files_fermata_new')).toBe('p');
+  await handle.signal(rejectSignal, { gate: 'cutover', by: 'dba', reason: 'not this week' });
+  const result: RunbookResult = await handle.result();
+  expect(result.outcome).toBe('rejected');
+  expect(await relkind(target, 'files_fermata_new')).toBeNull();
+  expect(await relkind(target, 'files')).toBe('r');
+  expect(await target.query(`SELECT tgname FROM pg_trigger WHERE tgrelid = 'files'::regclass AND NOT tgisinternal`)).toEqual([]);
+  expect(await target.query(`SELECT proname FROM pg_proc WHERE proname LIKE 'fermata%'`)).toEqual([]);
+  expect(await fingerprint(target, 'files')).toEqual(before);
+});
+
+test('rollback after cut-over: the original table is back with the writes made after the cut-over', async () => {
+  await withWorker();
+  const target = await newTarget(uniqueId('pm-back'));
+  const handle = await start({ target: target.name, partitions: 16 });
+  await waitForStatus(handle, (s) => s.pendingGate?.name === 'cutover', 60_000);
+  await handle.signal(approveSignal, { gate: 'cutover', by: 'dba' });
+  await waitForStatus(handle, (s) => s.pendingGate?.name === 'finalize', 60_000);
+  expect(await relkind(target, 'files')).toBe('p');
+  await target.query(
+    `INSERT INTO files (filename, filepath, content_hash, file_size_bytes) VALUES ('after.mid', 'after.mid', 'after', 1);
+     UPDATE files SET filename = 'changed.mid' WHERE id = 7;
+     DELETE FROM files WHERE id = 8;
+     INSERT INTO file_tags (file_id, tag_id) VALUES (9, 20) ON CONFLICT DO NOTHING`,
+  );
+  const afterCutover = await fingerprint(target, 'files');
+
+  await handle.signal(rejectSignal, { gate: 'finalize', by: 'dba', reason: 'the application misbehaves' });
+  const result: RunbookResult = await handle.result();
+  expect(result.outcome).toBe('rejected');
+  expect(await relkind(target, 'files')).toBe('r');
+  expect(await relkind(target, 'files_old')).toBeNull();
+  expect(await relkind(target, 'files_fermata_new')).toBeNull();
+  expect(await fingerprint(target, 'files')).toEqual(afterCutover);
+  expect(await target.query(`SELECT filename FROM files WHERE id = 7 OR filename = 'after.mid' ORDER BY id`)).toEqual([{ filename: 'changed.mid' }, { filename: 'after.mid' }]);
+  expect(await target.query(`SELECT conrelid::regclass::text AS t FROM pg_constraint WHERE contype = 'f' AND confrelid = 'files'::regclass AND convalidated ORDER BY 1`)).toHaveLength(3);
+  // And it can be migrated again afterwards.
+  const [{ id }] = await target.query<{ id: string }>(`INSERT INTO files (filename, filepath, content_hash, file_size_bytes) VALUES ('y', 'y', 'y', 1) RETURNING id`);
+  expect(Number(id)).toBeGreaterThan(60_000);
+});
+
+test('worker killed mid-backfill: a new one resumes from its checkpoint, not from zero', async () => {
+  await worker?.stop();
+  worker = undefined;
+  const target = await newTarget(uniqueId('pm-crash'));
+  const handle = await start({ target: target.name, partitions: 16, batchRows: 1000, throttle: { pauseMs: 100 } });
+  const first = spawnWorker();
+  const midway = await waitForStatus(handle, (s) => Number(s.steps.find((st) => st.name === 'backfill')?.evidence?.copied ?? 0) >= 5000, 90_000);
+  first.kill('SIGKILL');
+  await first;
+  const copiedBeforeKill = Number(midway.steps.find((st) => st.name === 'backfill')!.evidence!.copied);
+
+  const second = spawnWorker();
+  try {
+    await waitForStatus(handle, (s) => s.pendingGate?.name === 'cutover', 120_000);
+    const status = await waitForStatus(handle, () => true);
+    const backfill = status.steps.find((s) => s.name === 'backfill')!.evidence!;
+    expect(Number(backfill.resumedFrom ?? backfill.last)).toBeGreaterThanOrEqual(copiedBeforeKill);
+    // Each key range was copied once: the rows the batches inserted add up to the table, not more.
+    expect(Number(backfill.copied)).toBe(60_000);
+    const [{ n }] = await target.query<{ n: number }>('SELECT count(*)::int AS n FROM files_fermata_new');
+    expect(n).toBe(60_000);
+    await handle.signal(rejectSignal, { gate: 'cutover', by: 'test', reason: 'done checking' });
+    await handle.result();
+  } finally {
+    second.kill('SIGKILL');
+    await second;
+  }
+});
