@@ -1,5 +1,6 @@
-// The targets file: where each named target's PostgreSQL is, how to control its service, and on
-// which host commands run. Passwords live in the environment or in files, never in the file itself.
+// The targets file: where each named target's PostgreSQL is, how to control its service, on which
+// host commands run, and where a Redis deployment keeps its files. Passwords live in the environment
+// or in files, never in the file itself.
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { parse } from 'yaml';
@@ -49,12 +50,29 @@ const hostSchema = z.discriminatedUnion('kind', [
     .strict(),
 ]);
 
+/** Where a Redis deployment lives on the target's host (see runbooks/redis-deployment.md). */
+const redisSchema = z
+  .object({
+    /** Each port gets `<dataRoot>/redis-<port>/`: config file, data, log and pid file. Relative: to the targets file. */
+    dataRoot: z.string().min(1),
+    /** The address Redis listens on, and the worker connects to (a wildcard: loopback, or the ssh host's address). */
+    bindAddress: z.string().min(1).default('127.0.0.1'),
+    /** Directory of redis-server; by default the one on PATH. */
+    binDir: z.string().optional(),
+    /** A password (requirepass) from the environment or a file, never inline. */
+    passwordEnv: z.string().min(1).optional(),
+    passwordFile: z.string().min(1).optional(),
+    password: z.never({ invalid_type_error: 'inline passwords are not allowed: use passwordEnv or passwordFile' }).optional(),
+  })
+  .strict();
+
 const targetSchema = z
   .object({
     description: z.string().optional(),
     postgres: postgresSchema,
     service: serviceSchema,
     host: hostSchema.default({ kind: 'local' }),
+    redis: redisSchema.optional(),
   })
   .strict();
 
@@ -67,6 +85,7 @@ const fileSchema = z
   .strict();
 
 export type PostgresEndpoint = z.infer<typeof postgresSchema>;
+export type RedisPlacement = z.infer<typeof redisSchema>;
 export type ServiceControl = z.infer<typeof serviceSchema>;
 export type Host = z.infer<typeof hostSchema>;
 export type Target = z.infer<typeof targetSchema> & { name: string };
@@ -91,12 +110,17 @@ export function loadTargets(file = targetsPath()): TargetsFile {
   }
   const parsed = fileSchema.safeParse(parse(text));
   if (!parsed.success) throw failure(ErrorType.InvalidTargets, where, `${file}: ${explain(parsed.error)}`);
-  const absolute = (endpoint: PostgresEndpoint): PostgresEndpoint =>
-    endpoint.passwordFile ? { ...endpoint, passwordFile: path.resolve(path.dirname(file), endpoint.passwordFile) } : endpoint;
+  const resolve = (relative: string) => path.resolve(path.dirname(file), relative);
+  const absolute = <T extends Secret>(endpoint: T): T => (endpoint.passwordFile ? { ...endpoint, passwordFile: resolve(endpoint.passwordFile) } : endpoint);
   const { audit, targets } = parsed.data;
   return {
     audit: audit && absolute(audit),
-    targets: Object.fromEntries(Object.entries(targets).map(([name, t]) => [name, { ...t, postgres: absolute(t.postgres) }])),
+    targets: Object.fromEntries(
+      Object.entries(targets).map(([name, t]) => [
+        name,
+        { ...t, postgres: absolute(t.postgres), ...(t.redis ? { redis: absolute({ ...t.redis, dataRoot: resolve(t.redis.dataRoot) }) } : {}) },
+      ]),
+    ),
   };
 }
 
@@ -110,8 +134,11 @@ export function resolveTarget(name: string, file = targetsPath()): Target {
   return { ...target, name };
 }
 
+/** Where a password is: an environment variable or a file. */
+type Secret = { passwordEnv?: string; passwordFile?: string };
+
 /** The password of an endpoint, read from where it points; undefined when it names none. */
-export function password(endpoint: PostgresEndpoint): string | undefined {
+export function password(endpoint: Secret): string | undefined {
   if (endpoint.passwordEnv) {
     const value = process.env[endpoint.passwordEnv];
     if (value === undefined) throw failure(ErrorType.InvalidTargets, where, `environment variable ${q(endpoint.passwordEnv)} is not set`);

@@ -6,7 +6,7 @@ import { ErrorType, failure, q } from '../shared/errors';
 import type { ConnectionUpgradeInput } from '../shared/inputs';
 import type { Evidence, PlannedAction } from '../shared/status';
 import { resolveTarget, type Target } from '../targets';
-import { controlService, serviceCommand } from './host';
+import { controlService, heartbeating, serviceCommand } from './host';
 import { onTarget, value, withClient } from './postgres';
 
 const runbook = 'connectionUpgrade';
@@ -395,17 +395,6 @@ async function parallelScan(c: Client): Promise<Evidence & { parallel: boolean; 
     costsZeroed: forced,
     plan,
   };
-}
-
-/** Heartbeat while a long command runs, so a dead worker is noticed by the heartbeat timeout. */
-async function heartbeating<T>(work: Promise<T>): Promise<T> {
-  heartbeat();
-  const timer = setInterval(() => heartbeat(), 2_000);
-  try {
-    return await work;
-  } finally {
-    clearInterval(timer);
-  }
 }
 
 const delay = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));

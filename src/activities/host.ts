@@ -1,4 +1,5 @@
 // Commands on a target's host (this machine or over ssh), and control of its PostgreSQL service.
+import { heartbeat } from '@temporalio/activity';
 import execa from 'execa';
 import { ErrorType, failure, q } from '../shared/errors';
 import type { Host, ServiceControl } from '../targets';
@@ -12,6 +13,8 @@ export interface RunOptions {
   /** Run as this OS user (via runuser) when we are root and it is someone else. */
   asUser?: string;
   timeoutMs?: number;
+  /** Standard input for the command (a file's content, say): over ssh too, and never in the argv. */
+  input?: string;
 }
 
 /** The argv that runs `argv` on `host` as `asUser`. */
@@ -38,7 +41,8 @@ export async function run(host: Host, argv: string[], options: RunOptions = {}):
   const [file, ...args] = commandFor(host, argv, options);
   const command = argv.map(shellQuote).join(' ');
   const started = Date.now();
-  const result = await execa(file, args, { reject: false, timeout: options.timeoutMs ?? 300_000, stdin: 'ignore' });
+  const stdio = options.input === undefined ? { stdin: 'ignore' as const } : { input: options.input };
+  const result = await execa(file, args, { reject: false, timeout: options.timeoutMs ?? 300_000, ...stdio });
   const outcome = { command, exitCode: result.exitCode, stdout: result.stdout, stderr: result.stderr, ms: Date.now() - started };
   if (result.exitCode !== 0 || result.timedOut) {
     const reason = result.timedOut ? 'timed out' : `exited with ${result.exitCode}`;
@@ -74,4 +78,15 @@ export function serviceCommand(service: ServiceControl, action: ServiceAction): 
 export async function controlService(host: Host, service: ServiceControl, action: ServiceAction): Promise<CommandResult> {
   const { argv, asUser } = serviceCommand(service, action);
   return run(host, argv, { asUser });
+}
+
+/** Heartbeat while a long command runs, so a dead worker is noticed by the heartbeat timeout. */
+export async function heartbeating<T>(work: Promise<T>): Promise<T> {
+  heartbeat();
+  const timer = setInterval(() => heartbeat(), 2_000);
+  try {
+    return await work;
+  } finally {
+    clearInterval(timer);
+  }
 }

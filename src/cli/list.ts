@@ -12,6 +12,8 @@ const runbookDescriptions: Record<RunbookName, string> = {
     'raise max_connections, parallel workers and enable pg_stat_statements; the restart waits at gate "restart" and the maintenance window',
   partitionMigration:
     'move a table into hash partitions online: backfill with write capture, verify, cut over at gate "cutover", drop the old table at gate "finalize"',
+  redisDeployment:
+    'deploy the Redis cache (process or docker) after gate "deploy": config file, persistence verified, a restart survived, cache keys and monitoring checked',
 };
 
 export function list(args: string[]): void {

@@ -15,6 +15,8 @@ export const ErrorType = {
   NotConverged: 'NotConverged',
   /** A host command (pg_ctl, systemctl, docker, ssh) exited non-zero. */
   CommandFailed: 'CommandFailed',
+  /** A port the runbook needs is held by a program it did not start. Nothing was stopped; retrying looks again. */
+  PortInUse: 'PortInUse',
   /** A gate approval, rejection or decision was refused. */
   Refused: 'Refused',
 } as const;

@@ -1,6 +1,7 @@
 // Input schemas of every runbook: the workflow, the CLI and the tests validate with the same ones.
 import { z } from 'zod';
 import { ErrorType, failure } from './errors';
+import { parseSize } from './size';
 import { windowProblem } from './window';
 
 const name = z.string().min(1).max(100).regex(/^[A-Za-z0-9_.-]+$/, 'letters, digits, "_", "." and "-" only');
@@ -73,9 +74,57 @@ export const partitionMigrationSchema = z
   .strict();
 export type PartitionMigrationInput = z.infer<typeof partitionMigrationSchema>;
 
+/** The eight eviction policies Redis knows. */
+export const maxmemoryPolicies = [
+  'noeviction',
+  'allkeys-lru',
+  'allkeys-lfu',
+  'allkeys-random',
+  'volatile-lru',
+  'volatile-lfu',
+  'volatile-random',
+  'volatile-ttl',
+] as const;
+
+export const redisDeploymentSchema = z
+  .object({
+    ...commonInput,
+    port: z.number().int().min(1).max(65535).default(6379),
+    /** Redis units: "10gb" and "256mb" are powers of 1024, "1g" of 1000; plain digits are bytes. Parsed to bytes. */
+    maxmemory: z
+      .string()
+      .default('10gb')
+      .transform((text, ctx) => {
+        const bytes = parseSize(text);
+        if (bytes === undefined) ctx.addIssue({ code: z.ZodIssueCode.custom, message: `unparsable size ${JSON.stringify(text)} (e.g. "10gb", "256mb", or bytes)` });
+        else if (bytes < 1024 ** 2) ctx.addIssue({ code: z.ZodIssueCode.custom, message: `${JSON.stringify(text)} is below 1mb, too small for a cache` });
+        return bytes ?? 0;
+      }),
+    maxmemoryPolicy: z.enum(maxmemoryPolicies).default('allkeys-lru'),
+    appendonly: z.boolean().default(true),
+    /** RDB save points as "<seconds> <changes>" pairs, normalised to single spaces; "" disables them. */
+    save: z
+      .string()
+      .default('900 1 300 10 60 10000')
+      .transform((text, ctx) => {
+        const numbers = text.trim().split(/\s+/).filter(Boolean);
+        if (numbers.length % 2 || numbers.some((n) => !/^[1-9]\d*$/.test(n))) {
+          ctx.addIssue({ code: z.ZodIssueCode.custom, message: `invalid save policy ${JSON.stringify(text)}: pairs of positive integers "<seconds> <changes>", or "" for none` });
+        }
+        return numbers.join(' ');
+      }),
+    /** `process`: a redis-server the runbook starts on the target's host; `docker`: a redis:7-alpine container. */
+    driver: z.enum(['process', 'docker']).default('process'),
+    /** Rollback deletes the data directory (or volume) too, when this run created it. */
+    purgeOnRollback: z.boolean().default(false),
+  })
+  .strict();
+export type RedisDeploymentInput = z.infer<typeof redisDeploymentSchema>;
+
 export const runbookSchemas = {
   connectionUpgrade: connectionUpgradeSchema,
   partitionMigration: partitionMigrationSchema,
+  redisDeployment: redisDeploymentSchema,
 } as const;
 export type RunbookName = keyof typeof runbookSchemas;
 

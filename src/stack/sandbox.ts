@@ -70,6 +70,8 @@ export function writeTargets(t: StackTargets): void {
         postgres: { host: '127.0.0.1', port: t.sandboxPort, database: SANDBOX_DATABASE, user: 'fermata', passwordFile: relative(t.sandboxPasswordFile) },
         service: clusterService(t.sandboxDataDir),
         host: { kind: 'local' },
+        // The Redis runbook keeps redis-<port>/ here, next to the targets file.
+        redis: { dataRoot: 'redis', bindAddress: '127.0.0.1' },
       },
     },
   };

@@ -12,6 +12,7 @@ export default async function globalTeardown(): Promise<void> {
       if (isRunning(dataDir)) await stopCluster(dataDir).catch(() => undefined);
     }
   }
+  await stopRedisServers(path.join(runDir, 'redis'));
   const envFile = path.join(runDir, 'env.json');
   if (existsSync(envFile)) {
     const { temporalPid } = JSON.parse(readFileSync(envFile, 'utf8')) as HarnessEnv;
@@ -24,4 +25,31 @@ export default async function globalTeardown(): Promise<void> {
     }
   }
   if (!process.env.FERMATA_KEEP_TEST_DATA) rmSync(runDir, { recursive: true, force: true });
+}
+
+/**
+ * Stop the redis-servers the Redis runbook started under `root` (`<root>/<target>/redis-<port>/redis.pid`)
+ * and wait until they have exited. A pid file can outlive its server, so the pid must still name a redis-server.
+ */
+export async function stopRedisServers(root: string): Promise<void> {
+  if (!existsSync(root)) return;
+  const running = (pid: number): boolean => {
+    try {
+      return readFileSync(`/proc/${pid}/comm`, 'utf8').trim() === 'redis-server' && !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+    } catch {
+      return false;
+    }
+  };
+  const pids: number[] = [];
+  for (const target of readdirSync(root)) {
+    for (const deployment of readdirSync(path.join(root, target))) {
+      const pidFile = path.join(root, target, deployment, 'redis.pid');
+      const pid = existsSync(pidFile) ? Number(readFileSync(pidFile, 'utf8')) : 0;
+      if (pid && running(pid)) {
+        process.kill(pid, 'SIGTERM');
+        pids.push(pid);
+      }
+    }
+  }
+  for (let i = 0; i < 100 && pids.some(running); i++) await new Promise((r) => setTimeout(r, 100));
 }

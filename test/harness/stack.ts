@@ -1,6 +1,7 @@
 // What a test file uses: its own target clusters, workers (in-process or killable processes), a client.
 import { Client as TemporalClient, Connection, type WorkflowHandle } from '@temporalio/client';
 import execa from 'execa';
+import Redis from 'ioredis';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { Client } from 'pg';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
@@ -153,3 +154,33 @@ export async function waitForStatus(
 }
 
 export const uniqueId = (prefix: string): string => `${prefix}-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 6)}`;
+
+export interface RedisTestTarget {
+  name: string;
+  /** The target's redis.dataRoot: the runbook keeps `redis-<port>/` in it. */
+  dataRoot: string;
+  /** The directory (config, data, log, pid file) of the deployment on `port`. */
+  dir(port: number): string;
+  /** A client of the test's own. */
+  client(port: number, password?: string): Redis;
+}
+
+let redisPostgres: Promise<TestTarget> | undefined;
+
+/**
+ * A target with a `redis` section whose data lives under the run directory. Every target needs a
+ * PostgreSQL; the Redis runbook never touches it, so the Redis targets of a test file share one.
+ */
+export async function newRedisTarget(name: string, redis: { binDir?: string; passwordFile?: string } = {}): Promise<RedisTestTarget> {
+  const postgres = await (redisPostgres ??= newTarget(uniqueId('redis-host')));
+  const dataRoot = path.join(runDir, 'redis', name);
+  writeTargets((doc) => {
+    doc.targets[name] = { ...(doc.targets[postgres.name] as object), redis: { dataRoot, ...redis } };
+  });
+  return {
+    name,
+    dataRoot,
+    dir: (port) => path.join(dataRoot, `redis-${port}`),
+    client: (port, password) => new Redis({ host: '127.0.0.1', port, password, lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null }),
+  };
+}
