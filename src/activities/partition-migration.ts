@@ -235,7 +235,7 @@ export function createPartitionMigrationActivities() {
     },
 
     /** The trigger that applies every write on the source to the shadow, installed under a short lock timeout. */
-    async partitionInstallCapture(spec: MigrationSpec, inventory: Inventory): Promise<Evidence> {
+    async partitionInstallCapture(spec: MigrationSpec, inventory: Inventory): Promise<Evidence & { minKey: number; maxKey: number }> {
       const target = resolveTarget(spec.target);
       const n = names(spec.table);
       return onTarget(target, async (c) => {
@@ -247,7 +247,13 @@ export function createPartitionMigrationActivities() {
                FOR EACH ROW EXECUTE FUNCTION ${ident(c, n.forwardFunction)}()`,
           );
         });
-        return { summary: `trigger ${n.forwardTrigger} on ${spec.table} copies every write to ${n.shadow}` };
+        // Every write not captured committed before the trigger took its lock: the backfill covers
+        // exactly the keys present now (the precheck's bounds could miss rows inserted since).
+        const key = ident(c, spec.partitionKey);
+        const bounds = await c.query<{ min: string | null; max: string | null }>(`SELECT min(${key}) AS min, max(${key}) AS max FROM ${ident(c, spec.table)}`);
+        const minKey = Number(bounds.rows[0].min ?? 0);
+        const maxKey = Number(bounds.rows[0].max ?? 0);
+        return { summary: `trigger ${n.forwardTrigger} on ${spec.table} copies every write to ${n.shadow}; backfill keys ${minKey}..${maxKey}`, minKey, maxKey };
       });
     },
 
@@ -271,7 +277,7 @@ export function createPartitionMigrationActivities() {
      * captured write, FOR KEY SHARE keeps a concurrent delete from being resurrected. The position
      * is heartbeated after every batch, so a retry on another worker resumes where this one died.
      */
-    async partitionBackfill(spec: MigrationSpec, inventory: Inventory, from: Progress, seconds = 10): Promise<Progress> {
+    async partitionBackfill(spec: MigrationSpec, inventory: Inventory, from: Progress, seconds = 3): Promise<Progress> {
       const target = resolveTarget(spec.target);
       const n = names(spec.table);
       const resumed = activityInfo().heartbeatDetails as Progress | undefined;
@@ -408,11 +414,13 @@ export function createPartitionMigrationActivities() {
       const target = resolveTarget(spec.target);
       const n = names(spec.table);
       return onTarget(target, async (c) => {
+        // One lock at a time: with the trigger gone first, no writer touches the old table any more.
         await lockRetrying(c, async () => {
           await c.query(`DROP TRIGGER IF EXISTS ${ident(c, n.reverseTrigger)} ON ${ident(c, spec.table)}`);
-          await c.query(`DROP FUNCTION IF EXISTS ${ident(c, n.reverseFunction)}()`);
+        });
+        await lockRetrying(c, async () => {
           await c.query(`DROP TABLE IF EXISTS ${ident(c, n.old)}`);
-          await c.query(`DROP FUNCTION IF EXISTS ${ident(c, n.forwardFunction)}()`);
+          await c.query(`DROP FUNCTION IF EXISTS ${ident(c, n.reverseFunction)}(), ${ident(c, n.forwardFunction)}()`);
           await c.query(`UPDATE fermata_migrations SET state = 'finalized', updated_at = now() WHERE table_name = $1`, [spec.table]);
         });
         return { summary: `${n.old} and the sync triggers dropped` };
@@ -512,20 +520,30 @@ function swap(c: Client, spec: MigrationSpec, inventory: TableFacts, direction: 
   return statements;
 }
 
-/** Run `work` in a transaction with a short lock timeout; a timeout (55P03) is retried with backoff. */
+/**
+ * Run `work` in a transaction with a short lock timeout, retried with backoff on a lock timeout
+ * (55P03) or a deadlock (40P01). Writers take the table and its referencing tables in either
+ * order (a cascade delete goes parent → child, an FK check child → parent), so a cut-over can
+ * deadlock with them: its short deadlock_timeout makes it, not a writer, the one that gives way.
+ */
 async function lockRetrying(c: Client, work: () => Promise<void>, attempts = 10): Promise<void> {
   for (let attempt = 1; ; attempt++) {
     await c.query('BEGIN');
     await c.query(`SET LOCAL lock_timeout = '2s'`);
+    await c.query('SAVEPOINT deadlock_timeout');
+    await c.query(`SET LOCAL deadlock_timeout = '50ms'`).then(
+      () => c.query('RELEASE SAVEPOINT deadlock_timeout'),
+      () => c.query('ROLLBACK TO SAVEPOINT deadlock_timeout'), // needs a superuser; the default then applies
+    );
     try {
       await work();
       await c.query('COMMIT'); // a no-op warning when `work` committed itself
       return;
     } catch (err) {
       await c.query('ROLLBACK');
-      if ((err as { code?: string }).code !== '55P03' || attempt === attempts) throw err;
+      if (!['55P03', '40P01'].includes((err as { code?: string }).code ?? '') || attempt === attempts) throw err;
       heartbeat();
-      await delay(Math.min(200 * 2 ** attempt, 5_000));
+      await delay(Math.min(100 * 2 ** attempt, 5_000));
     }
   }
 }

@@ -12,7 +12,7 @@ import { Runbook } from './runbook';
 
 const retry: RetryPolicy = { initialInterval: '1s', backoffCoefficient: 2, maximumAttempts: 5, nonRetryableErrorTypes: nonRetryableTypes };
 const pg = proxyActivities<Activities>({ startToCloseTimeout: '10m', heartbeatTimeout: '30s', retry });
-// Backfill chunks run about 10 s and heartbeat every batch: a dead worker is replaced within 20 s,
+// Backfill chunks run about 3 s (progress shows between them) and heartbeat every batch: a dead worker is replaced within 20 s,
 // and the retry resumes from the last heartbeated batch.
 const copy = proxyActivities<Activities>({ startToCloseTimeout: '5m', heartbeatTimeout: '20s', retry: { ...retry, maximumAttempts: 10 } });
 
@@ -40,14 +40,17 @@ export async function partitionMigration(raw: unknown): Promise<RunbookResult> {
     if (input.dryRun) return rb.planned(inventory.plan);
 
     await rb.step('create-shadow', () => pg.partitionCreateShadow(spec, inventory), { rollback: () => pg.partitionDropShadow(spec) });
-    await rb.step('capture', () => pg.partitionInstallCapture(spec, inventory), { rollback: () => pg.partitionRemoveCapture(spec) });
+    const captured = await rb.step('capture', () => pg.partitionInstallCapture(spec, inventory), {
+      required: true,
+      rollback: () => pg.partitionRemoveCapture(spec),
+    });
     await rb.step('backfill', async () => {
       const started = Date.now();
-      let progress: Progress = { last: inventory.minKey - 1, maxKey: inventory.maxKey, copied: 0, batches: 0, done: false };
+      let progress: Progress = { last: captured.minKey - 1, maxKey: captured.maxKey, copied: 0, batches: 0, done: false };
       while (!progress.done) {
         progress = await copy.partitionBackfill(spec, inventory, progress);
         const seconds = Math.max((Date.now() - started) / 1000, 0.001);
-        const keysPerSecond = (progress.last - inventory.minKey + 1) / seconds;
+        const keysPerSecond = (progress.last - captured.minKey + 1) / seconds;
         const eta = Math.round((progress.maxKey - progress.last) / Math.max(keysPerSecond, 1));
         const percent = Math.floor((100 * progress.copied) / Math.max(inventory.rows, 1));
         rb.progress('backfill', {
