@@ -61,7 +61,9 @@ afterAll(async () => {
 test('list shows the runbooks and the targets', async () => {
   const run = await fermata(['list']);
   expect(run.exitCode).toBe(0);
-  expect(run.stdout).toMatch(/^ {2}connectionUpgrade {2}\S/m);
+  expect(run.stdout).toMatch(/^ {2}connectionUpgrade +\S/m);
+  expect(run.stdout).toMatch(/^ {2}partitionMigration +\S/m);
+  expect(run.stdout).toMatch(/^ {2}redisDeployment +\S/m);
   expect(run.stdout).toContain(`${target.name}  127.0.0.1:${target.port}/midi_library`);
 });
 
@@ -78,7 +80,7 @@ test('start refuses bad calls before anything starts, one line each', async () =
     fermata(['start', 'connectionUpgrade', '--target', target.name, '--bogus']),
     fermata(['start', 'connectionUpgrade', '--target', target.name], { TEMPORAL_ADDRESS: '127.0.0.1:1' }),
   ]);
-  expectFailure(runbook, 1, /unknown runbook "connectionUpgrad" \(known: "connectionUpgrade"\)/);
+  expectFailure(runbook, 1, /unknown runbook "connectionUpgrad" \(known: "connectionUpgrade", "partitionMigration", "redisDeployment"\)/);
   expectFailure(unknownTarget, 1, new RegExp(`unknown target "nowhere" in .* \\(known: .*"${target.name}"`));
   expectFailure(json, 1, new RegExp(`input file "${badJson}" is not valid JSON: .*position`));
   expectFailure(range, 1, /invalid input for connectionUpgrade: maxConnections: Number must be greater than or equal to 10$/);
