@@ -33,6 +33,8 @@ fi
 
 # npm writes node_modules/.package-lock.json on every install: older than the lock file means stale.
 if [[ ! -d node_modules || package-lock.json -nt node_modules/.package-lock.json ]]; then
-  say "npm ci"
-  npm ci --no-audit --no-fund --loglevel=error
+  # Not `npm ci`: the lock names platform builds of @swc/core that this registry does not serve
+  # (404), which `npm ci` treats as an out-of-sync lock. `npm install` follows the lock all the same.
+  say "npm install (from package-lock.json)"
+  npm install --no-audit --no-fund --loglevel=error
 fi

@@ -1,7 +1,7 @@
 // The Partition Migration runbook on a real PostgreSQL holding the MIDI library, with writers running.
 import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
-import { Client } from 'pg';
+import { startWriters } from '../src/fixtures/midi-writers';
 import { approveSignal, rejectSignal, TASK_QUEUE } from '../src/shared/messages';
 import type { RunbookResult } from '../src/shared/status';
 import { closeHarness, env, newTarget, spawnWorker, startWorker, temporal, uniqueId, waitForStatus, type RunningWorker, type TestTarget } from './harness/stack';
@@ -34,63 +34,11 @@ async function sameRows(t: TestTarget, a: string, b: string): Promise<boolean> {
 const relkind = async (t: TestTarget, table: string) =>
   (await t.query<{ relkind: string | null }>(`SELECT (SELECT relkind FROM pg_class WHERE oid = to_regclass($1))::text AS relkind`, [table]))[0].relkind;
 
-/**
- * Writers that insert, update and delete `files` rows and add `file_tags`, each write mirrored in
- * the same statement into `files_reference`, a plain copy: afterwards both must hold the same rows.
- */
-function startWriters(t: TestTarget, count: number) {
-  let running = true;
-  const stats = { attempted: 0, failed: 0, errors: [] as string[] };
-  const loops = Array.from({ length: count }, async (_, w) => {
-    const c = new Client({ host: '127.0.0.1', port: t.port, user: 'fermata', password: env.targetPassword, database: 'midi_library' });
-    await c.connect();
-    let i = 0;
-    while (running) {
-      const id = 1 + w + count * Math.floor(Math.random() * (60_000 / count)); // each writer owns its own ids
-      const op = i++ % 4;
-      stats.attempted++;
-      try {
-        if (op === 0) {
-          await c.query(
-            `WITH ins AS (INSERT INTO files (filename, filepath, content_hash, file_size_bytes)
-                          VALUES ($1::text, $1::text, decode(md5($1::text), 'hex'), 1234) RETURNING *)
-             INSERT INTO files_reference SELECT * FROM ins`,
-            [`new_${w}_${i}_${Date.now()}.mid`],
-          );
-        } else if (op === 1) {
-          await c.query(
-            `WITH up AS (UPDATE files SET filename = $2, analyzed_at = now() WHERE id = $1 RETURNING *)
-             UPDATE files_reference r SET filename = up.filename, analyzed_at = up.analyzed_at FROM up WHERE r.id = up.id`,
-            [id, `renamed_${i}.mid`],
-          );
-        } else if (op === 2) {
-          await c.query(`WITH del AS (DELETE FROM files WHERE id = $1 RETURNING id) DELETE FROM files_reference r USING del WHERE r.id = del.id`, [id]);
-        } else {
-          await c.query(`INSERT INTO file_tags (file_id, tag_id) SELECT $1::bigint, 1 + $1::bigint % 20 WHERE EXISTS (SELECT 1 FROM files WHERE id = $1::bigint) ON CONFLICT DO NOTHING`, [id + count]);
-        }
-      } catch (err) {
-        stats.failed++;
-        stats.errors.push((err as Error).message);
-      }
-      await new Promise((r) => setTimeout(r, 2));
-    }
-    await c.end();
-  });
-  return {
-    stats,
-    stop: async () => {
-      running = false;
-      await Promise.all(loops);
-      return stats;
-    },
-  };
-}
-
 test('online migration to 256 hash partitions with writers running: same rows as a reference, no writer error', async () => {
   await withWorker();
   const target = await newTarget(uniqueId('pm-happy'));
   await target.query('CREATE TABLE files_reference AS SELECT * FROM files');
-  const writers = startWriters(target, 3);
+  const writers = startWriters({ host: '127.0.0.1', port: target.port, user: 'fermata', password: env.targetPassword, database: 'midi_library' }, 3, 60_000);
   try {
     const handle = await start({ target: target.name, batchRows: 2000, throttle: { pauseMs: 150 } });
     const copying = await waitForStatus(handle, (s) => s.currentStep === 'backfill' && Number(s.steps.find((st) => st.name === 'backfill')?.evidence?.copied ?? 0) > 0);

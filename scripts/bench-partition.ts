@@ -1,0 +1,107 @@
+// `npm run bench:partition -- --rows N`: the online migration against the in-database limit, side
+// by side on one PostgreSQL with the same generated data. Prints JSON; see runbooks/partition-migration.md.
+import { MockActivityEnvironment } from '@temporalio/testing';
+import { Client } from 'pg';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { stringify } from 'yaml';
+import { createPartitionMigrationActivities, type MigrationSpec, type Progress } from '../src/activities/partition-migration';
+import { createSchema, generateFiles } from '../src/fixtures/midi-library';
+import { startWriters } from '../src/fixtures/midi-writers';
+import { freePort } from '../src/stack/ports';
+import { clusterService, initCluster, startCluster, stopCluster } from '../src/stack/postgres';
+
+const { values } = parseArgs({ options: { rows: { type: 'string', default: '1720000' }, 'batch-rows': { type: 'string', default: '50000' } } });
+const rows = Number(values.rows);
+const WRITERS = 2;
+const WRITER_PAUSE_MS = 10; // two writers, each about 100 writes/s at most
+
+async function main(): Promise<void> {
+  const dir = path.resolve(__dirname, '..', '.test-data', `bench-${process.pid}`);
+  mkdirSync(dir, { recursive: true });
+  const password = randomBytes(12).toString('hex');
+  const port = await freePort();
+  const dataDir = path.join(dir, 'pg');
+  await initCluster({ dataDir, port, user: 'fermata', password });
+  await startCluster(dataDir);
+  try {
+    const connection = { host: '127.0.0.1', port, user: 'fermata', password, database: 'midi_library' };
+    const admin = new Client({ ...connection, database: 'postgres' });
+    await admin.connect();
+    await admin.query('CREATE DATABASE midi_library');
+    await admin.end();
+    const db = new Client(connection);
+    await db.connect();
+    await createSchema(db);
+    await generateFiles(db, rows);
+    await db.query('CREATE TABLE files_reference AS SELECT * FROM files');
+    await db.query('CHECKPOINT');
+
+    writeFileSync(path.join(dir, 'pw'), password);
+    process.env.FERMATA_TARGETS = path.join(dir, 'targets.yaml');
+    writeFileSync(
+      process.env.FERMATA_TARGETS,
+      stringify({ targets: { bench: { postgres: { ...connection, password: undefined, passwordFile: 'pw' }, service: clusterService(dataDir) } } }),
+    );
+    const acts = createPartitionMigrationActivities();
+    const mock = new MockActivityEnvironment();
+    const env = { run: <A extends unknown[], R>(fn: (...args: A) => Promise<R>, ...args: A): Promise<R> => mock.run(fn as never, ...args) as Promise<R> };
+    const spec: MigrationSpec = { target: 'bench', table: 'files', partitionKey: 'id', partitions: 256, batchRows: Number(values['batch-rows']), throttle: { pauseMs: 0 } };
+    const inventory = await env.run(acts.partitionPrecheck, spec);
+
+    // The in-database limit: one INSERT … SELECT into an identical partitioned table.
+    await env.run(acts.partitionCreateShadow, spec, inventory);
+    let started = Date.now();
+    await db.query('INSERT INTO files_fermata_new SELECT * FROM files');
+    const bulkSeconds = (Date.now() - started) / 1000;
+    await env.run(acts.partitionDropShadow, spec);
+    await db.query('CHECKPOINT');
+
+    // The runbook's online path, with writers running throughout.
+    const writers = startWriters(connection, WRITERS, rows, WRITER_PAUSE_MS);
+    await env.run(acts.partitionCreateShadow, spec, inventory);
+    started = Date.now();
+    const captured = await env.run(acts.partitionInstallCapture, spec, inventory);
+    let progress: Progress = { last: captured.minKey - 1, maxKey: captured.maxKey, copied: 0, batches: 0, done: false };
+    while (!progress.done) progress = await env.run(acts.partitionBackfill, spec, inventory, progress, 3);
+    await env.run(acts.partitionVerify, spec, 'files', 'files_fermata_new');
+    const onlineSeconds = (Date.now() - started) / 1000;
+    const cutover = await env.run(acts.partitionCutover, spec, inventory);
+    await new Promise((r) => setTimeout(r, 1000)); // writes after the cut-over too
+    const stats = await writers.stop();
+    const [equal] = (
+      await db.query(`SELECT (SELECT count(*)::text || sum(hashtextextended(f::text, 0))::text FROM files f) =
+                             (SELECT count(*)::text || sum(hashtextextended(r::text, 0))::text FROM files_reference r) AS equal`)
+    ).rows;
+    await db.end();
+    console.log(
+      JSON.stringify(
+        {
+          rows,
+          batch_rows: spec.batchRows,
+          partitions: spec.partitions,
+          writers: `${WRITERS} connections, insert/update/delete/tag, ${WRITER_PAUSE_MS} ms pause between writes`,
+          bulk_seconds: bulkSeconds,
+          online_seconds: onlineSeconds,
+          ratio: Number((bulkSeconds / onlineSeconds).toFixed(3)),
+          cutover_write_block_ms: cutover.writeBlockMs,
+          writes_attempted: stats.attempted,
+          writes_failed: stats.failed,
+          checksum_equal: equal.equal,
+        },
+        null,
+        2,
+      ),
+    );
+  } finally {
+    await stopCluster(dataDir).catch(() => undefined);
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+main().catch((err) => {
+  console.error(`bench:partition: ${err instanceof Error ? err.message : err}`);
+  process.exit(1);
+});
