@@ -1,12 +1,12 @@
 // The Connection Upgrade runbook against a real Temporal server and a real PostgreSQL per test.
-import { WorkflowFailedError, WorkflowUpdateFailedError, type WorkflowHandle } from '@temporalio/client';
+import { WorkflowUpdateFailedError, type WorkflowHandle } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import { Client } from 'pg';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { approveSignal, approveUpdate, decideSignal, rejectSignal, TASK_QUEUE } from '../src/shared/messages';
 import type { RunbookResult } from '../src/shared/status';
-import { closeHarness, env, newTarget, startWorker, temporal, uniqueId, waitForStatus, type RunningWorker, type TestTarget } from './harness/stack';
+import { closeHarness, env, newTarget, startWorker, temporal, uniqueId, waitForStatus, type RunningWorker, type TestTarget, failureOf } from './harness/stack';
 
 let worker: RunningWorker;
 const handles: WorkflowHandle[] = [];
@@ -29,17 +29,6 @@ async function start(input: Record<string, unknown>, taskQueue = TASK_QUEUE) {
 const autoConf = (t: TestTarget): string => readFileSync(path.join(t.dataDir, 'postgresql.auto.conf'), 'utf8');
 const postmasterStart = async (t: TestTarget): Promise<string> =>
   String((await t.query<{ t: Date }>('SELECT pg_postmaster_start_time() AS t'))[0].t.toISOString());
-
-async function failureOf(handle: WorkflowHandle): Promise<ApplicationFailure> {
-  const err = await handle.result().then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(WorkflowFailedError);
-  const cause = (err as WorkflowFailedError).cause;
-  expect(cause).toBeInstanceOf(ApplicationFailure);
-  return cause as ApplicationFailure;
-}
 
 test('happy path: approved restart, every value read back from a separate connection', async () => {
   const target = await newTarget(uniqueId('happy'));

@@ -1,10 +1,9 @@
 // The Partition Migration runbook on a real PostgreSQL holding the MIDI library, with writers running.
-import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
-import { ApplicationFailure } from '@temporalio/common';
+import type { WorkflowHandle } from '@temporalio/client';
 import { startWriters } from '../src/fixtures/midi-writers';
 import { approveSignal, rejectSignal, TASK_QUEUE } from '../src/shared/messages';
 import type { RunbookResult } from '../src/shared/status';
-import { closeHarness, env, newTarget, spawnWorker, startWorker, temporal, uniqueId, waitForStatus, type RunningWorker, type TestTarget } from './harness/stack';
+import { closeHarness, env, newTarget, spawnWorker, startWorker, temporal, uniqueId, waitForStatus, type RunningWorker, type TestTarget, failureOf } from './harness/stack';
 
 let worker: RunningWorker | undefined;
 afterAll(async () => {
@@ -131,9 +130,7 @@ describe('bad input is refused before anything changes', () => {
       expect((await handle.result()).outcome).toBe('rejected');
       return;
     }
-    const err = await handle.result().then(() => undefined, (e: unknown) => e);
-    expect(err).toBeInstanceOf(WorkflowFailedError);
-    const cause = (err as WorkflowFailedError).cause as ApplicationFailure;
+    const cause = await failureOf(handle);
     expect(cause.type).toBe(type);
     expect(cause.message).toMatch(message);
   });

@@ -1,6 +1,6 @@
 // The Redis Deployment runbook against a real Temporal server, with real redis-servers the runbook
 // starts itself on free ports. Docker is not running here: its driver is tested by its commands.
-import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
+import type { WorkflowHandle } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import execa from 'execa';
 import { chmodSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
@@ -24,8 +24,7 @@ import {
   uniqueId,
   waitForStatus,
   type RedisTestTarget,
-  type RunningWorker,
-} from './harness/stack';
+  type RunningWorker, failureOf } from './harness/stack';
 
 // The in-process worker has a queue of its own: the crash test's worker processes poll `runbooks`.
 const taskQueue = uniqueId('redis');
@@ -46,17 +45,6 @@ async function start(input: Record<string, unknown>, queue = taskQueue) {
   const handle = await client.workflow.start('redisDeployment', { taskQueue: queue, workflowId: uniqueId('redis'), args: [input] });
   handles.push(handle);
   return handle;
-}
-
-async function failureOf(handle: WorkflowHandle): Promise<ApplicationFailure> {
-  const err = await handle.result().then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(WorkflowFailedError);
-  const cause = (err as WorkflowFailedError).cause;
-  expect(cause).toBeInstanceOf(ApplicationFailure);
-  return cause as ApplicationFailure;
 }
 
 const approve = (handle: WorkflowHandle) => handle.executeUpdate(approveUpdate, { args: [{ gate: 'deploy', by: 'alice' }] });

@@ -1,5 +1,6 @@
 // What a test file uses: its own target clusters, workers (in-process or killable processes), a client.
-import { Client as TemporalClient, Connection, type WorkflowHandle } from '@temporalio/client';
+import { Client as TemporalClient, Connection, WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
+import { ApplicationFailure } from '@temporalio/common';
 import execa from 'execa';
 import Redis from 'ioredis';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
@@ -183,4 +184,16 @@ export async function newRedisTarget(name: string, redis: { binDir?: string; pas
     dir: (port) => path.join(dataRoot, `redis-${port}`),
     client: (port, password) => new Redis({ host: '127.0.0.1', port, password, lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null }),
   };
+}
+
+/** The ApplicationFailure a workflow failed with (and that it did fail). */
+export async function failureOf(handle: WorkflowHandle): Promise<ApplicationFailure> {
+  const err = await handle.result().then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(WorkflowFailedError);
+  const cause = (err as WorkflowFailedError).cause;
+  expect(cause).toBeInstanceOf(ApplicationFailure);
+  return cause as ApplicationFailure;
 }
