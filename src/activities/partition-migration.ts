@@ -283,20 +283,26 @@ export function createPartitionMigrationActivities() {
       const resumed = activityInfo().heartbeatDetails as Progress | undefined;
       const progress: Progress = { ...(resumed ?? from), resumedFrom: resumed ? resumed.last : from.resumedFrom };
       const deadline = Date.now() + seconds * 1000;
-      return onTarget(target, async (c) => {
+      // Two connections copy adjacent ranges side by side: one INSERT … SELECT uses one core.
+      return onTarget(target, (c) => onTarget(target, async (second) => {
         const columns = inventory.columns.map((col) => ident(c, col)).join(', ');
         const key = ident(c, spec.partitionKey);
         const copy = `INSERT INTO ${ident(c, n.shadow)} (${columns})
                       SELECT ${columns} FROM ${ident(c, spec.table)} WHERE ${key} > $1 AND ${key} <= $2 FOR KEY SHARE
                       ON CONFLICT (${inventory.primaryKey.map((col) => ident(c, col)).join(', ')}) DO NOTHING`;
+        const lanes = [c, second];
         while (progress.last < progress.maxKey && Date.now() < deadline) {
           await throttle(c, spec);
-          const upper = Math.min(progress.last + spec.batchRows, progress.maxKey);
-          const { rowCount } = await c.query(copy, [progress.last, upper]);
-          progress.copied += rowCount ?? 0;
-          progress.batches += 1;
+          const ranges = lanes.map((_, i) => [progress.last + i * spec.batchRows, progress.last + (i + 1) * spec.batchRows].map((k) => Math.min(k, progress.maxKey)));
+          const counts = await Promise.all(
+            lanes.map((lane, i) => (ranges[i][0] < ranges[i][1] ? lane.query(copy, ranges[i]).then((r) => r.rowCount ?? 0) : 0)),
+          );
+          const rows = counts.reduce((a, b) => a + b, 0);
+          const upper = ranges[ranges.length - 1][1];
+          progress.copied += rows;
+          progress.batches += ranges.filter(([low, high]) => low < high).length;
           // Skip a gap in the keys in one step instead of batch by batch.
-          const next = rowCount ? upper : Number((await value(c, `SELECT min(${key}) - 1 FROM ${ident(c, spec.table)} WHERE ${key} > $1`, [upper])) ?? progress.maxKey);
+          const next = rows ? upper : Number((await value(c, `SELECT min(${key}) - 1 FROM ${ident(c, spec.table)} WHERE ${key} > $1`, [upper])) ?? progress.maxKey);
           progress.last = Math.min(Math.max(next, upper), progress.maxKey);
           await c.query('UPDATE fermata_migrations SET last_key = $2, updated_at = now() WHERE table_name = $1', [spec.table, progress.last]);
           heartbeat(progress);
@@ -304,7 +310,7 @@ export function createPartitionMigrationActivities() {
         progress.done = progress.last >= progress.maxKey;
         progress.summary = `${progress.copied} rows copied in ${progress.batches} batches, key ${progress.last} of ${progress.maxKey}`;
         return progress;
-      });
+      }));
     },
 
     /**
