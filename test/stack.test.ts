@@ -6,9 +6,8 @@ import { Client } from 'pg';
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { runningPort } from '../src/stack/cluster';
 import { freePort, portIsFree, waitFor } from '../src/stack/ports';
-import { stopCluster } from '../src/stack/postgres';
+import { runningPort, stopCluster } from '../src/stack/postgres';
 import { repoRoot } from '../src/stack/temporal';
 import { loadTargets } from '../src/targets';
 

@@ -4,7 +4,7 @@ import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { run } from '../activities/host';
-import { configure, initCluster, OS_USER, pgBinDir, startCluster, stopCluster } from './postgres';
+import { configure, initCluster, OS_USER, pgBinDir, runningPort, startCluster, stopCluster } from './postgres';
 
 export interface DurableCluster {
   dataDir: string;
@@ -14,19 +14,6 @@ export interface DurableCluster {
 }
 
 export const isInitialised = (dataDir: string): boolean => existsSync(path.join(dataDir, 'PG_VERSION'));
-
-/** The port of the cluster's live postmaster; undefined when none runs (a stale pid file included). */
-export function runningPort(dataDir: string): number | undefined {
-  const pidFile = path.join(dataDir, 'postmaster.pid');
-  if (!existsSync(pidFile)) return undefined;
-  const [pid, , , port] = readFileSync(pidFile, 'utf8').split('\n');
-  try {
-    process.kill(Number(pid), 0);
-    return Number(port);
-  } catch {
-    return undefined;
-  }
-}
 
 /**
  * Make the cluster run on its port: initdb it on first use, otherwise move it to the port asked for

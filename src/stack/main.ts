@@ -7,9 +7,9 @@ import { TASK_QUEUE } from '../shared/messages';
 import { defaultTargetsPath } from '../targets';
 import { createWorker } from '../worker/worker';
 import { stopDevServer, stopLeftoverDevServer } from './dev-server';
-import { ensureCluster, isInitialised, runningPort, type DurableCluster } from './cluster';
+import { ensureCluster, isInitialised, type DurableCluster } from './cluster';
 import { requireFreePort, waitFor } from './ports';
-import { stopCluster } from './postgres';
+import { runningPort, stopCluster } from './postgres';
 import { AUDIT_DATABASE, ensureLibrary, SANDBOX_DATABASE, SANDBOX_TARGET, writeTargets } from './sandbox';
 import { repoRoot, startDevServer, temporalBinary } from './temporal';
 

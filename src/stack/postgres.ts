@@ -1,6 +1,6 @@
 // Throwaway PostgreSQL clusters for the sandbox and the tests. initdb refuses to run as root, so as
 // root every command runs as the `postgres` OS user.
-import { chownSync, existsSync, mkdirSync, readdirSync, rmSync, writeFileSync, appendFileSync } from 'node:fs';
+import { appendFileSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import execa from 'execa';
 import { controlService, run } from '../activities/host';
@@ -72,8 +72,17 @@ export async function copyCluster(from: string, to: string, port: number): Promi
 export const startCluster = (dataDir: string) => controlService(local, clusterService(dataDir), 'start');
 export const stopCluster = (dataDir: string) => controlService(local, clusterService(dataDir), 'stop');
 
-export function isRunning(dataDir: string): boolean {
-  return existsSync(path.join(dataDir, 'postmaster.pid'));
+/** The port of the cluster's live postmaster; undefined when none runs (a stale pid file included). */
+export function runningPort(dataDir: string): number | undefined {
+  const pidFile = path.join(dataDir, 'postmaster.pid');
+  if (!existsSync(pidFile)) return undefined;
+  const [pid, , , port] = readFileSync(pidFile, 'utf8').split('\n');
+  try {
+    process.kill(Number(pid), 0);
+    return Number(port);
+  } catch {
+    return undefined;
+  }
 }
 
 function uid(user: string): number {

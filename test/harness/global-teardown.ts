@@ -1,7 +1,7 @@
 // Stops every server global setup and the tests started.
 import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
-import { isRunning, stopCluster } from '../../src/stack/postgres';
+import { runningPort, stopCluster } from '../../src/stack/postgres';
 import { runDir, type HarnessEnv } from './paths';
 
 export default async function globalTeardown(): Promise<void> {
@@ -9,7 +9,7 @@ export default async function globalTeardown(): Promise<void> {
   if (existsSync(pgDir)) {
     for (const name of readdirSync(pgDir)) {
       const dataDir = path.join(pgDir, name);
-      if (isRunning(dataDir)) await stopCluster(dataDir).catch(() => undefined);
+      if (runningPort(dataDir) !== undefined) await stopCluster(dataDir).catch(() => undefined);
     }
   }
   await stopRedisServers(path.join(runDir, 'redis'));

@@ -12,7 +12,7 @@ import type { Activities } from '../../src/activities';
 import { statusQuery } from '../../src/shared/messages';
 import type { RunbookStatus } from '../../src/shared/status';
 import { freePort } from '../../src/stack/ports';
-import { clusterService, copyCluster, isRunning, startCluster, stopCluster } from '../../src/stack/postgres';
+import { clusterService, copyCluster, runningPort, startCluster, stopCluster } from '../../src/stack/postgres';
 import { createWorker } from '../../src/worker/worker';
 import { repoRoot, runDir, type HarnessEnv } from './paths';
 
@@ -85,7 +85,7 @@ export async function newTarget(name: string, { binDir }: { binDir?: string } = 
     query,
     show: async (setting) => Object.values((await query<Record<string, string>>(`SHOW ${setting}`))[0])[0],
     start: async () => void (await startCluster(dataDir)),
-    stop: async () => void (isRunning(dataDir) && (await stopCluster(dataDir))),
+    stop: async () => void (runningPort(dataDir) !== undefined && (await stopCluster(dataDir))),
   };
 }
 
