@@ -49,7 +49,7 @@ export async function startDevServer(options: DevServerOptions): Promise<ChildPr
   const child = spawn(temporalBinary(), args, { stdio: ['ignore', log, log], detached: true });
   let exited = false;
   child.once('exit', () => (exited = true));
-  await waitFor(`Temporal dev server on 127.0.0.1:${options.port} (log: ${options.logFile})`, async () => {
+  const ready = async (): Promise<boolean> => {
     if (exited) throw new Error(`temporal server exited: see ${options.logFile}`);
     const connection = await Connection.connect({ address: `127.0.0.1:${options.port}`, connectTimeout: 1000 });
     try {
@@ -58,6 +58,13 @@ export async function startDevServer(options: DevServerOptions): Promise<ChildPr
     } finally {
       await connection.close();
     }
-  });
+  };
+  try {
+    await waitFor(`Temporal dev server on 127.0.0.1:${options.port} (log: ${options.logFile})`, ready);
+  } catch (err) {
+    // It runs in a process group of its own: nothing else would end it.
+    if (!exited) process.kill(-child.pid!, 'SIGKILL');
+    throw err;
+  }
   return child;
 }
