@@ -128,7 +128,7 @@ export function createConnectionUpgradeActivities() {
             WHERE sourcefile LIKE '%postgresql.auto.conf' AND name = ANY($1) AND applied IS NOT NULL`,
           [managed],
         );
-        const statementsInstalled = Boolean(await value<number>(c, 'SELECT count(*)::int FROM pg_extension WHERE extname = $1', [STATEMENTS]));
+        const statementsInstalled = await hasStatements(c);
         const needsRestart = changes.some((ch) => ch.needsRestart && ch.from !== ch.to);
         const restart = serviceCommand(target.service, 'restart').argv.join(' ');
         const plan: PlannedAction[] = [
@@ -239,7 +239,7 @@ export function createConnectionUpgradeActivities() {
     async upgradeCreateExtension(targetName: string): Promise<Evidence> {
       const target = resolveTarget(targetName);
       return onTarget(target, async (c) => {
-        const existed = Boolean(await value<number>(c, 'SELECT count(*)::int FROM pg_extension WHERE extname = $1', [STATEMENTS]));
+        const existed = await hasStatements(c);
         await c.query(`CREATE EXTENSION IF NOT EXISTS ${STATEMENTS}`);
         const version = await value(c, 'SELECT extversion FROM pg_extension WHERE extname = $1', [STATEMENTS]);
         return { summary: existed ? `${STATEMENTS} ${version} already installed` : `${STATEMENTS} ${version} created`, created: !existed, version };

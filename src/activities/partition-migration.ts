@@ -170,12 +170,7 @@ export function createPartitionMigrationActivities() {
             [table.oid],
           )
         ).rows;
-        const bounds = await c.query<{ min: string | null; max: string | null; count: string }>(
-          `SELECT min(${ident(c, spec.partitionKey)}) AS min, max(${ident(c, spec.partitionKey)}) AS max, count(*) AS count FROM ${ident(c, spec.table)}`,
-        );
-        const minKey = Number(bounds.rows[0].min ?? 0);
-        const maxKey = Number(bounds.rows[0].max ?? 0);
-        const rows = Number(bounds.rows[0].count);
+        const { minKey, maxKey, rows } = await keyBounds(c, spec);
         const inventory = {
           columns: columns.map((col) => col.attname),
           primaryKey: primary.columns,
@@ -249,10 +244,7 @@ export function createPartitionMigrationActivities() {
         });
         // Every write not captured committed before the trigger took its lock: the backfill covers
         // exactly the keys present now (the precheck's bounds could miss rows inserted since).
-        const key = ident(c, spec.partitionKey);
-        const bounds = await c.query<{ min: string | null; max: string | null }>(`SELECT min(${key}) AS min, max(${key}) AS max FROM ${ident(c, spec.table)}`);
-        const minKey = Number(bounds.rows[0].min ?? 0);
-        const maxKey = Number(bounds.rows[0].max ?? 0);
+        const { minKey, maxKey } = await keyBounds(c, spec);
         return { summary: `trigger ${n.forwardTrigger} on ${spec.table} copies every write to ${n.shadow}; backfill keys ${minKey}..${maxKey}`, minKey, maxKey };
       });
     },
@@ -552,6 +544,15 @@ async function lockRetrying(c: Client, work: () => Promise<void>, attempts = 10)
       await delay(Math.min(100 * 2 ** attempt, 5_000));
     }
   }
+}
+
+/** The lowest and highest key of the table, and its row count. */
+async function keyBounds(c: Client, spec: MigrationSpec): Promise<{ minKey: number; maxKey: number; rows: number }> {
+  const key = ident(c, spec.partitionKey);
+  const { rows } = await c.query<{ min: string | null; max: string | null; count: string }>(
+    `SELECT min(${key}) AS min, max(${key}) AS max, count(*) AS count FROM ${ident(c, spec.table)}`,
+  );
+  return { minKey: Number(rows[0].min ?? 0), maxKey: Number(rows[0].max ?? 0), rows: Number(rows[0].count) };
 }
 
 /** Count and checksum both tables per key range in one statement each; the ranges that differ. */
