@@ -1,17 +1,15 @@
 // Seed phases 1.1 and 1.2: max_connections 100→256, parallel workers 32/16 and pg_stat_statements,
 // with the restart held at an approval gate and inside the maintenance window.
-import type { RetryPolicy } from '@temporalio/common';
 import { proxyActivities } from '@temporalio/workflow';
 import type { Activities } from '../activities';
-import { nonRetryableTypes } from '../shared/errors';
 import { connectionUpgradeSchema, parseInput } from '../shared/inputs';
 import type { RunbookResult } from '../shared/status';
-import { Runbook } from './runbook';
+import { Runbook, stepRetry } from './runbook';
 
-const retry: RetryPolicy = { initialInterval: '1s', backoffCoefficient: 2, maximumAttempts: 3, nonRetryableErrorTypes: nonRetryableTypes };
+const retry = stepRetry();
 const pg = proxyActivities<Activities>({ startToCloseTimeout: '2m', retry });
 // Verification polls: a value still converging is retried for about ten seconds.
-const check = proxyActivities<Activities>({ startToCloseTimeout: '2m', retry: { ...retry, maximumAttempts: 5, maximumInterval: '4s' } });
+const check = proxyActivities<Activities>({ startToCloseTimeout: '2m', retry: stepRetry({ maximumAttempts: 5, maximumInterval: '4s' }) });
 // A restart heartbeats throughout, so a dead worker is noticed in seconds and another one retries.
 const service = proxyActivities<Activities>({ startToCloseTimeout: '10m', heartbeatTimeout: '10s', retry });
 

@@ -1,20 +1,18 @@
 // Seed phase 3.2: `files` into PARTITION BY HASH (id), online. Writes are captured by a trigger
 // while batches copy the rest; the cut-over is one short transaction behind gate "cutover"; the
 // old table stays current until gate "finalize", so rollback loses no write.
-import type { RetryPolicy } from '@temporalio/common';
 import { proxyActivities } from '@temporalio/workflow';
 import type { Activities } from '../activities';
 import type { Progress } from '../activities/partition-migration';
-import { nonRetryableTypes } from '../shared/errors';
 import { parseInput, partitionMigrationSchema } from '../shared/inputs';
 import type { RunbookResult } from '../shared/status';
-import { Runbook } from './runbook';
+import { Runbook, stepRetry } from './runbook';
 
-const retry: RetryPolicy = { initialInterval: '1s', backoffCoefficient: 2, maximumAttempts: 5, nonRetryableErrorTypes: nonRetryableTypes };
+const retry = stepRetry({ maximumAttempts: 5 });
 const pg = proxyActivities<Activities>({ startToCloseTimeout: '10m', heartbeatTimeout: '30s', retry });
-// Backfill chunks run about 3 s (progress shows between them) and heartbeat every batch: a dead worker is replaced within 20 s,
-// and the retry resumes from the last heartbeated batch.
-const copy = proxyActivities<Activities>({ startToCloseTimeout: '5m', heartbeatTimeout: '20s', retry: { ...retry, maximumAttempts: 10 } });
+// Backfill chunks run about 3 s (progress shows between them) and heartbeat every batch: a dead
+// worker is replaced within 20 s, and the retry resumes from the last heartbeated batch.
+const copy = proxyActivities<Activities>({ startToCloseTimeout: '5m', heartbeatTimeout: '20s', retry: stepRetry({ maximumAttempts: 10 }) });
 
 /** Minutes of maintenance window the cut-over must have left before it starts. */
 const CUTOVER_MINUTES = 5;

@@ -1,18 +1,16 @@
 // Seed phase 1.3: the Redis cache of the MIDI library, started after gate "deploy" from a config file
 // the runbook writes, verified, proven durable across a restart, and checked against the seed's cache
 // conventions and monitoring targets. A second run converges the Redis it finds instead of failing.
-import type { RetryPolicy } from '@temporalio/common';
 import { proxyActivities, workflowInfo } from '@temporalio/workflow';
 import type { Activities } from '../activities';
-import { nonRetryableTypes } from '../shared/errors';
 import { parseInput, redisDeploymentSchema } from '../shared/inputs';
 import type { RunbookResult } from '../shared/status';
-import { Runbook } from './runbook';
+import { Runbook, stepRetry } from './runbook';
 
-const retry: RetryPolicy = { initialInterval: '1s', backoffCoefficient: 2, maximumAttempts: 3, nonRetryableErrorTypes: nonRetryableTypes };
+const retry = stepRetry();
 const redis = proxyActivities<Activities>({ startToCloseTimeout: '1m', retry });
 // Verification polls a little (an AOF rewrite finishing), then asks a person.
-const check = proxyActivities<Activities>({ startToCloseTimeout: '1m', retry: { ...retry, maximumAttempts: 4, maximumInterval: '2s' } });
+const check = proxyActivities<Activities>({ startToCloseTimeout: '1m', retry: stepRetry({ maximumAttempts: 4, maximumInterval: '2s' }) });
 // Starts and restarts heartbeat, so a dead worker is noticed in seconds and another one retries.
 const service = proxyActivities<Activities>({ startToCloseTimeout: '10m', heartbeatTimeout: '10s', retry });
 

@@ -11,8 +11,9 @@ import {
   sleep,
   upsertSearchAttributes,
 } from '@temporalio/workflow';
+import type { RetryPolicy } from '@temporalio/common';
 import type { Activities } from '../activities';
-import { ErrorType, failure, q } from '../shared/errors';
+import { ErrorType, failure, nonRetryableTypes, q } from '../shared/errors';
 import type { CommonInput } from '../shared/inputs';
 import { nextSlot } from '../shared/window';
 import {
@@ -43,6 +44,18 @@ import {
 const { recordAudit } = proxyActivities<Activities>({
   startToCloseTimeout: '30s',
   retry: { initialInterval: '1s', maximumInterval: '30s' },
+});
+
+/**
+ * How a runbook's step activities retry: a few attempts with backoff, never for an error that
+ * retrying cannot fix; after the last one the runbook asks a person (see `Runbook.step`).
+ */
+export const stepRetry = (overrides: RetryPolicy = {}): RetryPolicy => ({
+  initialInterval: '1s',
+  backoffCoefficient: 2,
+  maximumAttempts: 3,
+  nonRetryableErrorTypes: nonRetryableTypes,
+  ...overrides,
 });
 
 /** Ends the gated path early; `undo` says whether applied steps are rolled back first. */
