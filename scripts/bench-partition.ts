@@ -66,7 +66,7 @@ async function main(): Promise<void> {
     const captured = await env.run(acts.partitionInstallCapture, spec, inventory);
     let progress: Progress = { last: captured.minKey - 1, maxKey: captured.maxKey, copied: 0, batches: 0, done: false };
     while (!progress.done) progress = await env.run(acts.partitionBackfill, spec, inventory, progress, 3);
-    await env.run(acts.partitionVerify, spec, 'files', 'files_fermata_new');
+    await env.run(acts.partitionVerify, spec, 'shadow');
     const onlineSeconds = (Date.now() - started) / 1000;
     const cutover = await env.run(acts.partitionCutover, spec, inventory);
     await new Promise((r) => setTimeout(r, 1000)); // writes after the cut-over too

@@ -308,16 +308,18 @@ export function createPartitionMigrationActivities() {
     /**
      * Compare source and shadow per key range, each range in one statement (one snapshot): counts
      * and a checksum of the rows' text. Exact under load, because the trigger commits with the
-     * write it copies. Then ANALYZE the shadow (autovacuum never analyzes a partitioned parent).
+     * write it copies. `against` is the shadow before the cut-over (then ANALYZEd: autovacuum never
+     * analyzes a partitioned parent) and the old table after it.
      */
-    async partitionVerify(spec: MigrationSpec, left: string, right: string, chunk = 200_000): Promise<Evidence> {
+    async partitionVerify(spec: MigrationSpec, against: 'shadow' | 'old', chunk = 200_000): Promise<Evidence> {
       const target = resolveTarget(spec.target);
+      const [left, right] = [spec.table, names(spec.table)[against]];
       return onTarget(target, async (c) => {
         const mismatches = await compare(c, spec.partitionKey, left, right, chunk);
         if (mismatches.ranges.length) {
           throw fail(ErrorType.NotConverged, 'verify', `${left} and ${right} differ in key ranges ${mismatches.ranges.slice(0, 5).join(', ')}${mismatches.ranges.length > 5 ? ', …' : ''}`);
         }
-        await c.query(`ANALYZE ${ident(c, right)}`);
+        if (against === 'shadow') await c.query(`ANALYZE ${ident(c, right)}`);
         return { summary: `${mismatches.rows} rows equal in ${mismatches.chunks} key ranges (count and checksum)`, rows: mismatches.rows, ranges: mismatches.chunks };
       });
     },
@@ -338,9 +340,7 @@ export function createPartitionMigrationActivities() {
         );
         if (long.rowCount) throw fail(ErrorType.NotConverged, 'cutover', `waiting for long transactions to end first: ${long.rows.map((r) => `pid ${r.pid} (${r.seconds} s)`).join(', ')}`);
         await c.query(syncFunction(c, n.reverseFunction, n.old, inventory));
-        let writeBlockMs = 0;
-        let rows = 0;
-        await lockRetrying(c, async () => {
+        const { locked, rows } = await lockRetrying(c, async () => {
           await c.query(`LOCK TABLE ${ident(c, spec.table)}, ${ident(c, n.shadow)} IN ACCESS EXCLUSIVE MODE`);
           const locked = Date.now();
           for (const fk of inventory.foreignKeys) await c.query(`LOCK TABLE ${fk.table} IN SHARE ROW EXCLUSIVE MODE`);
@@ -350,12 +350,11 @@ export function createPartitionMigrationActivities() {
           if (counts.rows[0].source !== counts.rows[0].shadow) {
             throw fail(ErrorType.NotConverged, 'cutover', `final check: ${counts.rows[0].source} rows in ${spec.table}, ${counts.rows[0].shadow} in ${n.shadow}`);
           }
-          rows = Number(counts.rows[0].source);
           for (const sql of swap(c, spec, inventory, 'forward')) await c.query(sql);
           await c.query(`UPDATE fermata_migrations SET state = 'cut_over', updated_at = now() WHERE table_name = $1`, [spec.table]);
-          await c.query('COMMIT');
-          writeBlockMs = Date.now() - locked;
+          return { locked, rows: Number(counts.rows[0].source) };
         });
+        const writeBlockMs = Date.now() - locked; // until the commit
         // Validating scans the referencing tables under a lock that lets writes through.
         for (const fk of inventory.foreignKeys) await c.query(`ALTER TABLE ${fk.table} VALIDATE CONSTRAINT ${ident(c, fk.name)}`);
         await c.query(`ANALYZE ${ident(c, spec.table)}`);
@@ -370,16 +369,15 @@ export function createPartitionMigrationActivities() {
       return onTarget(target, async (c) => {
         const state = await value<string | null>(c, 'SELECT state FROM fermata_migrations WHERE table_name = $1', [spec.table]);
         if (state !== 'cut_over') return { summary: 'not cut over: nothing to swap back' };
-        let writeBlockMs = 0;
-        await lockRetrying(c, async () => {
+        const locked = await lockRetrying(c, async () => {
           await c.query(`LOCK TABLE ${ident(c, spec.table)}, ${ident(c, n.old)} IN ACCESS EXCLUSIVE MODE`);
           const locked = Date.now();
           for (const fk of inventory.foreignKeys) await c.query(`LOCK TABLE ${fk.table} IN SHARE ROW EXCLUSIVE MODE`);
           for (const sql of swap(c, spec, inventory, 'back')) await c.query(sql);
           await c.query(`UPDATE fermata_migrations SET state = 'copying', updated_at = now() WHERE table_name = $1`, [spec.table]);
-          await c.query('COMMIT');
-          writeBlockMs = Date.now() - locked;
+          return locked;
         });
+        const writeBlockMs = Date.now() - locked;
         for (const fk of inventory.foreignKeys) await c.query(`ALTER TABLE ${fk.table} VALIDATE CONSTRAINT ${ident(c, fk.name)}`);
         return { summary: `swapped back: ${spec.table} is the original table again (writes blocked ${writeBlockMs} ms)`, writeBlockMs };
       });
@@ -524,7 +522,7 @@ function swap(c: Client, spec: MigrationSpec, inventory: TableFacts, direction: 
  * order (a cascade delete goes parent → child, an FK check child → parent), so a cut-over can
  * deadlock with them: its short deadlock_timeout makes it, not a writer, the one that gives way.
  */
-async function lockRetrying(c: Client, work: () => Promise<void>, attempts = 10): Promise<void> {
+async function lockRetrying<T>(c: Client, work: () => Promise<T>, attempts = 10): Promise<T> {
   for (let attempt = 1; ; attempt++) {
     await c.query('BEGIN');
     await c.query(`SET LOCAL lock_timeout = '2s'`);
@@ -534,9 +532,9 @@ async function lockRetrying(c: Client, work: () => Promise<void>, attempts = 10)
       () => c.query('ROLLBACK TO SAVEPOINT deadlock_timeout'), // needs a superuser; the default then applies
     );
     try {
-      await work();
-      await c.query('COMMIT'); // a no-op warning when `work` committed itself
-      return;
+      const result = await work();
+      await c.query('COMMIT');
+      return result;
     } catch (err) {
       await c.query('ROLLBACK');
       if (!['55P03', '40P01'].includes((err as { code?: string }).code ?? '') || attempt === attempts) throw err;

@@ -60,13 +60,13 @@ export async function partitionMigration(raw: unknown): Promise<RunbookResult> {
       }
       return { ...progress, summary: `${progress.copied} rows copied in ${progress.batches} batches${progress.resumedFrom !== undefined ? `, resumed at key ${progress.resumedFrom}` : ''}` };
     });
-    await rb.step('verify', () => pg.partitionVerify(spec, table, `${table}_fermata_new`));
+    await rb.step('verify', () => pg.partitionVerify(spec, 'shadow'));
 
     await rb.gate('cutover', `swap ${table} for its partitioned copy in one short transaction (writes wait about a second); ${table}_old stays current for rollback`);
     await rb.window(CUTOVER_MINUTES);
     await rb.step('cutover', () => pg.partitionCutover(spec, inventory), { rollback: () => pg.partitionSwapBack(spec, inventory) });
     await rb.step('post-verify', async () => {
-      const compared = await pg.partitionVerify(spec, table, `${table}_old`);
+      const compared = await pg.partitionVerify(spec, 'old');
       const checked = await pg.partitionPostVerify(spec);
       return { ...checked, summary: `${compared.summary}; ${checked.summary}`, compared };
     });
