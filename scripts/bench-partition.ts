@@ -89,6 +89,7 @@ async function main(): Promise<void> {
           cutover_write_block_ms: cutover.writeBlockMs,
           writes_attempted: stats.attempted,
           writes_failed: stats.failed,
+          write_max_latency_ms: stats.maxLatencyMs,
           checksum_equal: equal.equal,
         },
         null,

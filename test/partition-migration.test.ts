@@ -78,6 +78,10 @@ test('online migration to 256 hash partitions with writers running: same rows as
 
     const cutover = result.status.steps.find((s) => s.name === 'cutover')!;
     expect(Number(cutover.evidence!.writeBlockMs)).toBeLessThan(1000);
+    // Seen from the application: no write waited for longer than the cut-over's lock timeout.
+    expect(stats.maxLatencyMs).toBeLessThan(2000);
+    const plan = (await target.query<{ 'QUERY PLAN': string }>('EXPLAIN SELECT * FROM files WHERE id = 4242')).map((r) => r['QUERY PLAN']).join('\n');
+    expect(new Set(plan.match(/files_p\d{3}/g))).toEqual(new Set([expect.stringMatching(/^files_p\d{3}$/)]));
     const post = result.status.steps.find((s) => s.name === 'post-verify')!;
     expect(post.evidence!.summary).toMatch(/scans 1 partition \(files_p\d{3}\); tagLookup: \d+ rows, bpmRange: \d+ rows/);
   } finally {
