@@ -8,6 +8,7 @@ import type { Evidence, PlannedAction } from '../shared/status';
 import { resolveTarget, type Target } from '../targets';
 import { controlService, heartbeating, serviceCommand } from './host';
 import { onTarget, value, withClient } from './postgres';
+import { waitFor } from '../stack/ports';
 
 const runbook = 'connectionUpgrade';
 const STATEMENTS = 'pg_stat_statements';
@@ -323,26 +324,22 @@ async function reload(target: Target): Promise<void> {
     await c.query('SELECT pg_reload_conf()');
     return at;
   });
-  const deadline = Date.now() + 10_000;
-  while ((await onTarget(target, (c) => value(c, loadTime))) === before) {
-    if (Date.now() > deadline) throw fail(ErrorType.NotConverged, 'reload', 'the server has not reloaded its configuration after 10 s');
-    await delay(50);
-  }
+  const reloaded = async () => (await onTarget(target, (c) => value(c, loadTime))) !== before;
+  await waitFor('a configuration reload', reloaded, 10_000, 50).catch(() => {
+    throw fail(ErrorType.NotConverged, 'reload', 'the server has not reloaded its configuration after 10 s');
+  });
 }
 
 /** Poll until the server answers a query; returns when it did. Heartbeats while it waits. */
 async function waitForConnections(target: Target, timeoutMs = 300_000): Promise<number> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
+  const answers = async () => {
     heartbeat();
-    try {
-      await withClient({ endpoint: target.postgres }, (c) => c.query('SELECT 1'));
-      return Date.now();
-    } catch (err) {
-      if (Date.now() > deadline) throw err;
-      await delay(100);
-    }
-  }
+    await withClient({ endpoint: target.postgres }, (c) => c.query('SELECT 1'));
+    return true;
+  };
+  // Polled every 100 ms: the wait is also the measure of how long the server was unavailable.
+  await waitFor(`PostgreSQL of ${target.name}`, answers, timeoutMs, 100);
+  return Date.now();
 }
 
 async function hasStatements(c: Client): Promise<boolean> {
@@ -397,4 +394,3 @@ async function parallelScan(c: Client): Promise<Evidence & { parallel: boolean; 
   };
 }
 
-const delay = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
