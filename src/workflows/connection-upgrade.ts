@@ -27,9 +27,8 @@ export async function connectionUpgrade(raw: unknown): Promise<RunbookResult> {
     ['verify', 'Verify from a fresh connection'],
     ['baseline', 'Baseline report'],
   ]);
-  rb.announceWindow(RESTART_MINUTES);
-
   return rb.run(async () => {
+    rb.announceWindow(RESTART_MINUTES); // a window too short for the step is bad input: refused here, audited
     const pre = await rb.step('precheck', () => pg.upgradePrecheck(input), { required: true, precheck: true });
     if (input.dryRun) return rb.planned(pre.plan);
 

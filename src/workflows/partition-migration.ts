@@ -31,9 +31,8 @@ export async function partitionMigration(raw: unknown): Promise<RunbookResult> {
     ['post-verify', 'Verify the partitioned table'],
     ['finalize', 'Drop the old table and triggers (gate "finalize")'],
   ]);
-  rb.announceWindow(CUTOVER_MINUTES);
-
   return rb.run(async () => {
+    rb.announceWindow(CUTOVER_MINUTES); // a window too short for the step is bad input: refused here, audited
     const inventory = await rb.step('precheck', () => pg.partitionPrecheck(spec), { required: true, precheck: true });
     if (input.dryRun) return rb.planned(inventory.plan);
 

@@ -27,9 +27,8 @@ export async function redisDeployment(raw: unknown): Promise<RunbookResult> {
     ['smoke', 'Cache conventions: one key per family with its TTL, invalidation'],
     ['monitoring', 'Monitoring snapshot: hit ratio, memory, evictions'],
   ]);
-  rb.announceWindow(DEPLOY_MINUTES);
-
   return rb.run(async () => {
+    rb.announceWindow(DEPLOY_MINUTES); // a window too short for the step is bad input: refused here, audited
     const pre = await rb.step('precheck', () => redis.redisPrecheck(input), { required: true, precheck: true });
     if (input.dryRun) return rb.planned(pre.plan);
 
