@@ -1,6 +1,7 @@
 // The targets file: where each named target's PostgreSQL is, how to control its service, on which
-// host commands run, and where a Redis deployment keeps its files. Passwords live in the environment
-// or in files, never in the file itself.
+// host commands run, where a Redis deployment keeps its files, and which webhook hears about its
+// gates. Passwords live in the environment or in files, never in the file itself; webhook URLs
+// (Slack's carry a token) stay in this file, the environment or a file, and never leave the worker.
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { parse } from 'yaml';
@@ -66,6 +67,18 @@ const redisSchema = z
   })
   .strict();
 
+/** Where a webhook's URL is: inline, in an environment variable, or in a file (relative: to this file). */
+const webhookSchema = z
+  .object({
+    url: z.string().min(1).optional(),
+    urlEnv: z.string().min(1).optional(),
+    urlFile: z.string().min(1).optional(),
+  })
+  .strict()
+  .refine((w) => [w.url, w.urlEnv, w.urlFile].filter(Boolean).length === 1, { message: 'give exactly one of url, urlEnv, urlFile' });
+
+const webhookName = z.string().regex(/^[A-Za-z0-9_.-]{1,100}$/, 'letters, digits, "_", "." and "-" only');
+
 const targetSchema = z
   .object({
     description: z.string().optional(),
@@ -73,6 +86,8 @@ const targetSchema = z
     service: serviceSchema,
     host: hostSchema.default({ kind: 'local' }),
     redis: redisSchema.optional(),
+    /** The webhook told when a run on this target opens a gate or waits for a decision: a name from `webhooks`, or one of its own. */
+    notify: z.union([webhookName, webhookSchema]).optional(),
   })
   .strict();
 
@@ -80,11 +95,21 @@ const fileSchema = z
   .object({
     /** Where the audit table lives (a database the worker creates if missing). */
     audit: postgresSchema.optional(),
+    /** Named webhooks, for targets' `notify` and for a run's input `notify`. */
+    webhooks: z.record(webhookName, webhookSchema).optional(),
     targets: z.record(targetSchema),
   })
-  .strict();
+  .strict()
+  .superRefine((file, ctx) => {
+    for (const [name, target] of Object.entries(file.targets)) {
+      if (typeof target.notify === 'string' && !Object.hasOwn(file.webhooks ?? {}, target.notify)) {
+        ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['targets', name, 'notify'], message: `no webhook ${q(target.notify)} in webhooks` });
+      }
+    }
+  });
 
 export type PostgresEndpoint = z.infer<typeof postgresSchema>;
+export type WebhookSource = z.infer<typeof webhookSchema>;
 export type RedisPlacement = z.infer<typeof redisSchema>;
 export type ServiceControl = z.infer<typeof serviceSchema>;
 export type Host = z.infer<typeof hostSchema>;
@@ -112,13 +137,20 @@ export function loadTargets(file = targetsPath()): TargetsFile {
   if (!parsed.success) throw failure(ErrorType.InvalidTargets, where, `${file}: ${explain(parsed.error)}`);
   const resolve = (relative: string) => path.resolve(path.dirname(file), relative);
   const absolute = <T extends Secret>(endpoint: T): T => (endpoint.passwordFile ? { ...endpoint, passwordFile: resolve(endpoint.passwordFile) } : endpoint);
-  const { audit, targets } = parsed.data;
+  const hook = (w: WebhookSource): WebhookSource => (w.urlFile ? { ...w, urlFile: resolve(w.urlFile) } : w);
+  const { audit, webhooks, targets } = parsed.data;
   return {
     audit: audit && absolute(audit),
+    webhooks: Object.fromEntries(Object.entries(webhooks ?? {}).map(([name, w]) => [name, hook(w)])),
     targets: Object.fromEntries(
       Object.entries(targets).map(([name, t]) => [
         name,
-        { ...t, postgres: absolute(t.postgres), ...(t.redis ? { redis: absolute({ ...t.redis, dataRoot: resolve(t.redis.dataRoot) }) } : {}) },
+        {
+          ...t,
+          postgres: absolute(t.postgres),
+          ...(t.redis ? { redis: absolute({ ...t.redis, dataRoot: resolve(t.redis.dataRoot) }) } : {}),
+          ...(t.notify && typeof t.notify !== 'string' ? { notify: hook(t.notify) } : {}),
+        },
       ]),
     ),
   };
@@ -152,4 +184,43 @@ export function password(endpoint: Secret): string | undefined {
     }
   }
   return undefined;
+}
+
+/** A webhook's name (for messages) and its URL (for the request only: it may embed a token). */
+export interface Webhook {
+  name: string;
+  url: string;
+}
+
+/**
+ * The webhook a run on `targetName` notifies: the one the run's input names (from `webhooks`), else
+ * the target's `notify`; undefined when neither names one. Errors name the webhook, never its URL.
+ */
+export function resolveWebhook(targetName: string, named?: string, file = targetsPath()): Webhook | undefined {
+  const { webhooks = {}, targets } = loadTargets(file);
+  const target = targets[targetName];
+  if (!target) throw failure(ErrorType.UnknownTarget, where, `unknown target ${q(targetName)}`);
+  const choice = named ?? target.notify;
+  if (choice === undefined) return undefined;
+  if (typeof choice !== 'string') return { name: `${targetName}.notify`, url: webhookUrl(`${targetName}.notify`, choice) };
+  const source = Object.hasOwn(webhooks, choice) ? webhooks[choice] : undefined;
+  if (!source) {
+    const known = Object.keys(webhooks).map(q).join(', ') || 'none';
+    throw failure(ErrorType.InvalidTargets, where, `unknown webhook ${q(choice)} (known: ${known})`);
+  }
+  return { name: choice, url: webhookUrl(choice, source) };
+}
+
+function webhookUrl(name: string, source: WebhookSource): string {
+  if (source.url) return source.url;
+  if (source.urlEnv) {
+    const value = process.env[source.urlEnv]?.trim();
+    if (!value) throw failure(ErrorType.InvalidTargets, where, `webhook ${q(name)}: environment variable ${q(source.urlEnv)} is not set`);
+    return value;
+  }
+  try {
+    return readFileSync(source.urlFile!, 'utf8').trim();
+  } catch {
+    throw failure(ErrorType.InvalidTargets, where, `webhook ${q(name)}: cannot read URL file ${q(source.urlFile!)}`);
+  }
 }
