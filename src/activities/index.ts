@@ -1,6 +1,7 @@
 // Every activity the worker registers, built once from the worker's dependencies.
 import type { AuditLog } from './audit';
 import { createConnectionUpgradeActivities } from './connection-upgrade';
+import { createNotifyActivities } from './notify';
 import { createPartitionMigrationActivities } from './partition-migration';
 import { createRedisActivities } from './redis';
 
@@ -10,6 +11,7 @@ export function createActivities(audit: AuditLog) {
     ...createConnectionUpgradeActivities(),
     ...createPartitionMigrationActivities(),
     ...createRedisActivities(),
+    ...createNotifyActivities(),
   };
 }
 

@@ -19,6 +19,8 @@ export const ErrorType = {
   PortInUse: 'PortInUse',
   /** A gate approval, rejection or decision was refused. */
   Refused: 'Refused',
+  /** A webhook did not take a notification (HTTP error, unreachable, timed out). Never fails a runbook. */
+  NotifyFailed: 'NotifyFailed',
 } as const;
 export type ErrorType = (typeof ErrorType)[keyof typeof ErrorType];
 

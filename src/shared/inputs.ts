@@ -28,6 +28,8 @@ export const commonInput = {
   /** Minutes a gate waits for a person before the runbook rolls back. */
   gateTimeoutMinutes: z.number().positive().optional(),
   dryRun: z.boolean().default(false),
+  /** A webhook of the targets file's `webhooks` to tell about gates and decisions, instead of the target's `notify`. */
+  notify: name.optional(),
 };
 export type CommonInput = z.infer<z.ZodObject<typeof commonInput>>;
 

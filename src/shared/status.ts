@@ -49,6 +49,21 @@ export interface MessageRecord {
   text?: string;
 }
 
+/** The last notification of a gate or a decision, and how its delivery went. */
+export interface NotificationStatus {
+  /** What it announced: gate `name` opened, or step `name` failed and waits for a decision. */
+  kind: 'gate' | 'decision';
+  name: string;
+  /** The webhook by name and host; its URL never leaves the worker. */
+  webhook?: string;
+  host?: string;
+  /** `retrying` until it is delivered, gives up (`failed`), or the gate or decision stops pending first (`abandoned`). */
+  outcome: 'delivered' | 'retrying' | 'failed' | 'abandoned';
+  attempts: number;
+  at: string;
+  error?: string;
+}
+
 export interface RunbookStatus {
   runbook: string;
   target: string;
@@ -61,6 +76,7 @@ export interface RunbookStatus {
   messages: MessageRecord[];
   plan?: PlannedAction[];
   error?: string;
+  notification?: NotificationStatus;
 }
 
 export interface RunbookResult {

@@ -5,6 +5,7 @@ import {
   ApplicationFailure,
   CancellationScope,
   condition,
+  patched,
   proxyActivities,
   setCurrentDetails,
   setHandler,
@@ -13,6 +14,7 @@ import {
 } from '@temporalio/workflow';
 import type { RetryPolicy } from '@temporalio/common';
 import type { Activities } from '../activities';
+import type { NotifyRequest } from '../activities/notify';
 import { ErrorType, failure, nonRetryableTypes, q } from '../shared/errors';
 import type { CommonInput } from '../shared/inputs';
 import { nextSlot } from '../shared/window';
@@ -33,6 +35,7 @@ import {
   renderMarkdown,
   type Evidence,
   type MessageRecord,
+  type NotificationStatus,
   type PlannedAction,
   type RunbookResult,
   type RunbookStatus,
@@ -45,6 +48,16 @@ const { recordAudit } = proxyActivities<Activities>({
   startToCloseTimeout: '30s',
   retry: { initialInterval: '1s', maximumInterval: '30s' },
 });
+
+// A notification is one attempt per activity: the runbook retries it itself (`notifyRetry`), so that
+// every attempt is audited and shown in the status, and retries stop once the gate is answered.
+const { notifyWebhook } = proxyActivities<Activities>({ startToCloseTimeout: '20s', retry: { maximumAttempts: 1 } });
+
+/** How a gate or decision notification retries: 6 attempts, 2 s apart and doubling, about a minute in all. */
+export const notifyRetry = { maximumAttempts: 6, initialIntervalMs: 2_000, backoffCoefficient: 2 };
+
+/** Runs that started before notifications existed replay without them. */
+const NOTIFY_PATCH = 'fermata-gate-notifications';
 
 /**
  * How a runbook's step activities retry: a few attempts with backoff, never for an error that
@@ -87,6 +100,9 @@ export class Runbook {
   private required = new Set<string>();
   private auditSeq = 0;
   private readonly audits: Promise<unknown>[] = [];
+  /** Counts gates and decisions opened and answered: a notification retries while its own is open. */
+  private waits = 0;
+  private readonly notifications: Promise<void>[] = [];
   private published = { step: '', state: '' };
 
   constructor(
@@ -202,9 +218,9 @@ export class Runbook {
     this.setState('waiting_approval');
     this.audit('gate_opened', { step: name, detail: { does } });
     const minutes = this.input.gateTimeoutMinutes;
-    const answered = minutes
-      ? await condition(() => this.gateAnswer !== undefined, minutes * 60_000)
-      : (await condition(() => this.gateAnswer !== undefined), true);
+    const answered = await this.waitFor({ gate: { name, does } }, () =>
+      minutes ? condition(() => this.gateAnswer !== undefined, minutes * 60_000) : condition(() => this.gateAnswer !== undefined).then(() => true),
+    );
     this.status.pendingGate = undefined;
     this.setState('running');
     if (!answered) {
@@ -283,11 +299,81 @@ export class Runbook {
     this.decision = undefined;
     this.status.pendingDecision = { step, error, since: now() };
     this.setState('waiting_decision');
-    await condition(() => this.decision !== undefined);
+    await this.waitFor({ decision: { step, error } }, () => condition(() => this.decision !== undefined));
     const decision = this.decision!;
     this.status.pendingDecision = undefined;
     this.setState(this.status.state === 'waiting_decision' ? 'running' : this.status.state);
     return decision;
+  }
+
+  /**
+   * Wait for a person, telling the run's webhook without waiting for it: the notification runs
+   * alongside, and stops retrying once `wait` is over.
+   */
+  private async waitFor<T>(about: Pick<NotifyRequest, 'gate' | 'decision'>, wait: () => Promise<T>): Promise<T> {
+    const open = ++this.waits;
+    if (patched(NOTIFY_PATCH)) {
+      const request: NotifyRequest = {
+        runbook: this.runbook,
+        target: this.input.target,
+        webhook: this.input.notify,
+        approvers: this.input.approvers,
+        since: now(),
+        ...about,
+      };
+      // Never rejects: a notification cannot fail the runbook (a failure is recorded instead).
+      this.notifications.push(this.notify(request, () => this.waits === open).catch(() => undefined));
+    }
+    try {
+      return await wait();
+    } finally {
+      this.waits++;
+    }
+  }
+
+  /** Deliver one notification: every attempt audited, the last outcome in the status. */
+  private async notify(request: NotifyRequest, open: () => boolean): Promise<void> {
+    const kind = request.gate ? 'gate' : 'decision';
+    const name = request.gate?.name ?? request.decision!.step;
+    const { maximumAttempts, initialIntervalMs, backoffCoefficient } = notifyRetry;
+    const record = (auditKind: string, n: Omit<NotificationStatus, 'kind' | 'name' | 'at'>, detail: Record<string, unknown>) => {
+      this.status.notification = { kind, name, ...n, at: now() };
+      this.audit(auditKind, { step: name, detail: { about: kind, webhook: n.webhook, host: n.host, attempt: n.attempts, ...detail } });
+      this.publish();
+    };
+    for (let attempt = 1; ; attempt++) {
+      let failure: { webhook?: string; host?: string; error: string; retryable: boolean };
+      try {
+        const sent = await notifyWebhook(request);
+        if (!sent) return; // neither the run nor its target names a webhook
+        record('notification_sent', { webhook: sent.webhook, host: sent.host, outcome: 'delivered', attempts: attempt }, { httpStatus: sent.status });
+        return;
+      } catch (err) {
+        const cause = err instanceof ActivityFailure ? err.cause : err;
+        const details = cause instanceof ApplicationFailure ? (cause.details?.[0] as { webhook?: string; host?: string } | undefined) : undefined;
+        failure = {
+          webhook: details?.webhook ?? request.webhook,
+          host: details?.host || undefined,
+          error: message(err),
+          retryable: !(cause instanceof ApplicationFailure && cause.nonRetryable),
+        };
+      }
+      const delay = initialIntervalMs * backoffCoefficient ** (attempt - 1);
+      const outcome = !failure.retryable || attempt >= maximumAttempts ? 'failed' : open() ? 'retrying' : 'abandoned';
+      const next = {
+        failed: failure.retryable ? `gave up after ${attempt} attempts` : 'not retried: retrying cannot fix it',
+        retrying: `retry in ${delay / 1000} s`,
+        abandoned: `not retried: the ${kind} is no longer pending`,
+      }[outcome];
+      const { webhook, host, error } = failure;
+      record('notification_failed', { webhook, host, outcome, attempts: attempt, error: `${error} (${next})` }, { error, next });
+      if (outcome !== 'retrying') return;
+      if (await condition(() => !open(), delay)) {
+        const stopped = `not retried: the ${kind} is no longer pending`;
+        record('notification_abandoned', { webhook, host, outcome: 'abandoned', attempts: attempt, error: `${error} (${stopped})` }, { error, next: stopped });
+        return;
+      }
+    }
   }
 
   // Message handlers return a refusal reason, or undefined when accepted.
@@ -407,6 +493,8 @@ export class Runbook {
   }
 
   private async flush(): Promise<void> {
+    // Every gate and decision is answered by now, so a notification has one attempt in flight at most.
+    await Promise.all(this.notifications);
     // Writes started while waiting (a late signal) are awaited too.
     for (let done = 0; done < this.audits.length; done = this.audits.length) {
       await Promise.all(this.audits.slice(done));
