@@ -132,6 +132,7 @@ async function main(): Promise<void> {
       sandboxDataDir: s.sandbox.dataDir,
     });
     process.env.FERMATA_TARGETS ??= s.targetsFile; // an explicit targets file (more targets) wins
+    process.env.FERMATA_UI_URL ??= uiUrl; // the links in gate notifications
     await waitFor(`Temporal Web UI on ${uiUrl}`, async () => (await fetch(uiUrl)).ok);
     const { worker, close } = await createWorker({ address, namespace: 'default' });
     const running = worker.run();
