@@ -29,7 +29,8 @@ export const env: HarnessEnv = JSON.parse(readFileSync(path.join(runDir, 'env.js
 export const targetsFile = path.join(runDir, `targets-${path.basename(expect.getState().testPath ?? 'x', '.test.ts')}.yaml`);
 process.env.FERMATA_TARGETS = targetsFile;
 
-function writeTargets(update: (doc: { audit: unknown; targets: Record<string, unknown> }) => void): void {
+/** Change this test file's targets file (its targets, webhooks). */
+export function writeTargets(update: (doc: { audit: unknown; webhooks?: Record<string, unknown>; targets: Record<string, unknown> }) => void): void {
   const doc = existsSync(targetsFile)
     ? parse(readFileSync(targetsFile, 'utf8'))
     : {
