@@ -1,10 +1,10 @@
-// `fermata watch`: poll a runbook every second and print one line per change, until it ends or
-// waits for a person — then say why and how to continue.
+// `fermata watch`: poll a runbook every second until it ends or waits for a person — then say why
+// and how to continue. What it shows on the way is in live.ts.
 import type { Client } from '@temporalio/client';
-import { q } from '../shared/errors';
-import { stepIcon, type RunbookStatus } from '../shared/status';
+import type { RunbookStatus } from '../shared/status';
 import { parse } from './args';
-import { note, waiting, when, words } from './format';
+import { waiting, when, words } from './format';
+import { liveView } from './live';
 import { snapshot, stopped, type Snapshot } from './snapshot';
 import { withClient } from './temporal';
 
@@ -12,42 +12,22 @@ const POLL_MS = 1000;
 
 /**
  * Poll until the runbook ends or holds; `seen` gets every status on the way. A runbook nobody
- * answers for (no worker) is said so once, and still polled.
+ * answers for (no worker) is said so once (through `say`), and still polled.
  */
-export async function follow(client: Client, id: string, seen: (s: RunbookStatus) => void = () => undefined): Promise<Snapshot> {
+export async function follow(
+  client: Client,
+  id: string,
+  seen: (s: RunbookStatus) => void = () => undefined,
+  say: (line: string) => void = (line) => console.log(line),
+): Promise<Snapshot> {
   let told = '';
   for (;;) {
     const snap = await snapshot(client, id);
     if (snap.status) seen(snap.status);
-    else if (snap.problem && !snap.closed && snap.problem !== told) console.log(`${when(new Date())}  … ${(told = snap.problem)}; still polling`);
+    else if (snap.problem && !snap.closed && snap.problem !== told) say(`${when(new Date())}  … ${(told = snap.problem)}; still polling`);
     if (stopped(snap)) return snap;
     await new Promise((resolve) => setTimeout(resolve, POLL_MS));
   }
-}
-
-/** The lines for what changed from `before` to `now`: steps first, then the run's state. */
-function changes(before: RunbookStatus | undefined, now: RunbookStatus): string[] {
-  const width = Math.max(...now.steps.map((st) => st.name.length));
-  const lines: string[] = [];
-  for (const st of now.steps) {
-    const was = before?.steps.find((b) => b.name === st.name);
-    if (st.state === (was?.state ?? 'pending') && st.startedAt === was?.startedAt) continue;
-    const at = st.state === 'running' ? st.startedAt : st.endedAt;
-    const detail = st.state === 'running' ? st.title : note(st) || st.title;
-    lines.push(`${when(at ?? new Date())}  ${stepIcon[st.state]} ${st.name.padEnd(width)}  ${words(st.state).padEnd(11)}  ${detail}`);
-  }
-  if (now.state !== (before?.state ?? 'running')) {
-    const at = now.pendingGate?.since ?? now.pendingDecision?.since ?? new Date();
-    const why = now.pendingGate
-      ? ` at gate ${q(now.pendingGate.name)}`
-      : now.pendingDecision
-        ? ` on step ${q(now.pendingDecision.step)}`
-        : now.nextWindow && now.state === 'waiting_window'
-          ? ` until ${now.nextWindow.opensAt}`
-          : '';
-    lines.push(`${when(at)}  ■ runbook ${words(now.state)}${why}`);
-  }
-  return lines;
 }
 
 /** Why following stopped, and the command that moves the runbook on. */
@@ -61,12 +41,20 @@ function outcome(snap: Snapshot): string[] {
 export async function watch(args: string[]): Promise<void> {
   const [id] = parse('watch', args, {}, ['workflow id']).positionals;
   await withClient(async (client) => {
-    let last: RunbookStatus | undefined;
     console.log(`Watching ${id} (Ctrl-C stops watching, not the runbook)`);
-    const final = await follow(client, id, (status) => {
-      for (const line of changes(last, status)) console.log(line);
-      last = status;
-    });
+    const view = liveView();
+    const interrupted = () => {
+      view.stop();
+      process.exit(130);
+    };
+    process.once('SIGINT', interrupted);
+    let final: Snapshot;
+    try {
+      final = await follow(client, id, (status) => view.update(status), (line) => view.note(line));
+    } finally {
+      view.stop();
+      process.removeListener('SIGINT', interrupted);
+    }
     console.log(['', ...outcome(final)].join('\n'));
   });
 }
