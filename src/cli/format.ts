@@ -2,7 +2,7 @@
 // let a waiting runbook continue.
 import { q } from '../shared/errors';
 import { decisionActions } from '../shared/messages';
-import { stepIcon, summarize, type PlannedAction, type RunbookStatus, type StepStatus } from '../shared/status';
+import { renderMarkdown, summarize, type PlannedAction, type RunbookStatus, type StepStatus } from '../shared/status';
 import type { Snapshot } from './snapshot';
 import { workflowLink } from './temporal';
 
@@ -24,25 +24,31 @@ export function when(iso?: string | Date): string {
 /** What a step shows besides its state: its error, else its evidence. */
 export const note = (step: StepStatus): string => step.error ?? summarize(step.evidence);
 
-/** The commands that let a runbook holding at a gate or a decision continue. */
+/** What a runbook holding at a gate or a decision waits for, and the commands that let it continue. */
 export function waiting(id: string, s: RunbookStatus): string[] {
   const lines: string[] = [];
   if (s.pendingGate) {
     const { name, does, since, approvers } = s.pendingGate;
+    lines.push(`⏸ Holding at gate ${q(name)} since ${when(since)} UTC: approving will ${does}.`, `  Approvers: ${approvers.length ? approvers.join(', ') : 'anyone'}.`);
+  }
+  if (s.pendingDecision) {
+    const { step, error, since } = s.pendingDecision;
+    lines.push(`⚠ Step ${q(step)} failed (waiting for a decision since ${when(since)} UTC): ${error}`);
+  }
+  return [...lines, ...commands(id, s)];
+}
+
+/** The commands that let a runbook holding at a gate or a decision continue. */
+function commands(id: string, s: RunbookStatus): string[] {
+  const lines: string[] = [];
+  if (s.pendingGate) {
+    const { name } = s.pendingGate;
     lines.push(
-      `⏸ Holding at gate ${q(name)} since ${when(since)} UTC: approving will ${does}.`,
-      `  Approvers: ${approvers.length ? approvers.join(', ') : 'anyone'}.`,
       `  Approve: fermata approve ${id} --gate ${name} --by <you> [--comment <text>]`,
       `  Reject:  fermata reject ${id} --gate ${name} --by <you> --reason <text>`,
     );
   }
-  if (s.pendingDecision) {
-    const { step, error, since } = s.pendingDecision;
-    lines.push(
-      `⚠ Step ${q(step)} failed (waiting for a decision since ${when(since)} UTC): ${error}`,
-      `  Decide: fermata decide ${id} ${decisionActions.join('|')} --by <you>`,
-    );
-  }
+  if (s.pendingDecision) lines.push(`  Decide: fermata decide ${id} ${decisionActions.join('|')} --by <you>`);
   return lines;
 }
 
@@ -50,31 +56,28 @@ export function planLines(plan: PlannedAction[]): string[] {
   return table(plan.map((a, i) => [`${i + 1}.`, a.step, a.kind, a.text]));
 }
 
-/** The whole `fermata status` view. */
+/**
+ * The whole `fermata status` view: the execution, then the runbook's current details exactly as
+ * the Web UI shows them (Markdown, from renderMarkdown), then what only a terminal needs: the
+ * commands that move a waiting runbook on, a dry run's plan, the messages it received.
+ */
 export function renderStatus(snap: Snapshot): string[] {
   const s = snap.status;
-  const execution = `${words(snap.execution)}, started ${when(snap.startTime)} UTC`;
   const lines = [
-    s ? `${s.runbook} on ${s.target}: ${words(s.state)}` : `${snap.type}: ${words(snap.execution)}`,
-    ...table([
-      ['workflow', `${snap.id} (${execution})`],
-      ['link', workflowLink(snap.id)],
-    ]),
+    ...table(
+      [
+        ['workflow', `${snap.id}: ${snap.type}, execution ${words(snap.execution)}, started ${when(snap.startTime)} UTC`],
+        ['web UI', workflowLink(snap.id)],
+      ],
+      '',
+    ),
     '',
   ];
   if (snap.problem) lines.push(`${snap.closed ? `Ended (${words(snap.execution)})` : 'Status unavailable'}: ${snap.problem}`, '');
   if (!s) return lines;
-  lines.push(
-    ...table([
-      ['', 'STATE', 'STEP', 'STARTED UTC', 'ENDED UTC', 'EVIDENCE'],
-      ...s.steps.map((st) => [stepIcon[st.state], words(st.state), st.title, when(st.startedAt), when(st.endedAt), note(st)]),
-    ]),
-    '',
-  );
-  const pending = waiting(snap.id, s);
-  if (pending.length) lines.push(...pending, '');
-  if (s.nextWindow) lines.push(`Maintenance window: ${s.nextWindow.opensAt} → ${s.nextWindow.closesAt}`, '');
-  if (s.error) lines.push(`Error: ${s.error}`, '');
+  lines.push(snap.details || renderMarkdown(s), '');
+  const pending = commands(snap.id, s);
+  if (pending.length) lines.push('From the command line:', ...pending, '');
   if (s.plan) lines.push('Plan (dry run: nothing was changed):', ...planLines(s.plan), '');
   if (s.messages.length) {
     lines.push('Messages:', ...table(s.messages.map((m) => [when(m.at), m.kind, m.gate ?? '', m.by, m.text ?? ''])), '');

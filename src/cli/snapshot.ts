@@ -2,9 +2,10 @@
 // own status — from the status query while it runs, from its result once it has completed.
 import { isGrpcDeadlineError, type Client, type WorkflowHandle } from '@temporalio/client';
 import { WorkflowNotFoundError } from '@temporalio/common';
+import { workflowMetadataQuery } from '@temporalio/workflow';
 import { q } from '../shared/errors';
 import { statusQuery } from '../shared/messages';
-import type { RunbookResult, RunbookStatus } from '../shared/status';
+import { renderMarkdown, type RunbookResult, type RunbookStatus } from '../shared/status';
 import { CliError, explainError } from './errors';
 import { namespace } from './temporal';
 
@@ -20,6 +21,12 @@ export interface Snapshot {
   closed: boolean;
   startTime: Date;
   status?: RunbookStatus;
+  /**
+   * The Markdown the Web UI shows as the workflow's current details (asked for with `details`):
+   * the workflow's own, from the SDK's metadata query, while it runs; rendered from its final
+   * status, by the same renderMarkdown, once it has completed.
+   */
+  details?: string;
   /** Why a closed workflow failed, or why its status could not be read. */
   problem?: string;
 }
@@ -34,7 +41,7 @@ export async function describeRunbook(handle: WorkflowHandle) {
   }
 }
 
-export async function snapshot(client: Client, id: string): Promise<Snapshot> {
+export async function snapshot(client: Client, id: string, { details = false } = {}): Promise<Snapshot> {
   const handle = client.workflow.getHandle(id);
   const described = await describeRunbook(handle);
   const base = {
@@ -45,11 +52,16 @@ export async function snapshot(client: Client, id: string): Promise<Snapshot> {
     startTime: described.startTime,
   };
   // A completed runbook's result holds its final status: no worker needed.
-  if (described.status.name === 'COMPLETED') return { ...base, status: ((await handle.result()) as RunbookResult).status };
+  if (described.status.name === 'COMPLETED') {
+    const { status } = (await handle.result()) as RunbookResult;
+    return { ...base, status, details: details ? renderMarkdown(status) : undefined };
+  }
   const problem = base.closed ? await handle.result().then(() => undefined, explainError) : undefined;
   try {
-    const status = await client.withDeadline(Date.now() + QUERY_TIMEOUT_MS, () => handle.query(statusQuery));
-    return { ...base, status, problem };
+    const [status, metadata] = await client.withDeadline(Date.now() + QUERY_TIMEOUT_MS, () =>
+      Promise.all([handle.query(statusQuery), details ? handle.query(workflowMetadataQuery) : undefined]),
+    );
+    return { ...base, status, problem, details: metadata?.currentDetails ?? undefined };
   } catch (err) {
     const why = isGrpcDeadlineError(err) ? `no worker answered the status query within ${QUERY_TIMEOUT_MS / 1000} s` : explainError(err);
     return { ...base, problem: problem ?? why };

@@ -1,4 +1,5 @@
-// `fermata status`: the runbook's steps, what it waits for and its state, in one look.
+// `fermata status`: the table the Web UI shows as the runbook's current details, what it waits
+// for and the commands that answer it, in one look.
 import { parse } from './args';
 import { renderStatus } from './format';
 import { snapshot } from './snapshot';
@@ -6,6 +7,6 @@ import { withClient } from './temporal';
 
 export async function status(args: string[]): Promise<void> {
   const [id] = parse('status', args, {}, ['workflow id']).positionals;
-  const snap = await withClient((client) => snapshot(client, id));
+  const snap = await withClient((client) => snapshot(client, id, { details: true }));
   console.log(renderStatus(snap).join('\n').trimEnd());
 }
