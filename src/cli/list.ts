@@ -1,10 +1,12 @@
-// `fermata list`: what can be run, and where.
+// `fermata list`: what can be run, and where; with --running, what runs now.
 import { existsSync } from 'node:fs';
 import { q } from '../shared/errors';
 import { runbookSchemas, type RunbookName } from '../shared/inputs';
 import { loadTargets, targetsPath } from '../targets';
 import { parse } from './args';
 import { table } from './format';
+import { listRunning } from './running';
+import { withClient } from './temporal';
 
 /** One line per runbook; typed by the schemas, so a new runbook cannot be left undescribed. */
 const runbookDescriptions: Record<RunbookName, string> = {
@@ -16,8 +18,12 @@ const runbookDescriptions: Record<RunbookName, string> = {
     'deploy the Redis cache (process or docker) after gate "deploy": config file, persistence verified, a restart survived, cache keys and monitoring checked',
 };
 
-export function list(args: string[]): void {
-  parse('list', args, {}, []);
+export async function list(args: string[]): Promise<void> {
+  const { values } = parse('list', args, { running: { type: 'boolean' } }, []);
+  if (values.running) {
+    console.log((await withClient(listRunning)).join('\n'));
+    return;
+  }
   console.log(['Runbooks:', ...table(Object.keys(runbookSchemas).map((name) => [name, runbookDescriptions[name as RunbookName]]))].join('\n'));
   const file = targetsPath();
   if (!existsSync(file)) {

@@ -9,11 +9,17 @@ import { watch } from './watch';
 const usage = `Usage: fermata <command> [options]
 
   list                                   runbooks, and the targets of the targets file
+  list --running                         runbooks in flight, from the search attributes: those holding
+                                         at a gate or waiting for a decision first, then those waiting
+                                         for their maintenance window, then those working
   start <runbook> --target <name>        start a runbook (prints its workflow id and Web UI link)
         [--input <file.json>] [--dry-run] [--id <workflow id>]
                                          --dry-run waits for the plan and changes nothing
-  status <id>                            steps, evidence, and what the runbook waits for
-  watch <id>                             follow until the runbook ends or waits for a person
+  status <id>                            the step table the Web UI shows (its current details), and
+                                         the commands that answer a waiting runbook
+  watch <id>                             follow until the runbook ends or waits for a person: on a
+                                         terminal a live step list with progress bars, otherwise a
+                                         line per change
   approve <id> --gate <gate> --by <name> [--comment <text>]
   reject <id> --gate <gate> --by <name> --reason <text>
   decide <id> retry|skip|abort|rollback --by <name> [--comment <text>]
