@@ -1,12 +1,14 @@
 // The operator CLI as operators run it: bin/fermata in a child process, from another directory,
 // against the test stack's Temporal server, worker and a target cluster.
 import { WorkflowNotFoundError } from '@temporalio/common';
+import { workflowMetadataQuery } from '@temporalio/workflow';
 import execa from 'execa';
 import { writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { statusQuery } from '../src/shared/messages';
-import type { RunbookResult } from '../src/shared/status';
+import { liveView } from '../src/cli/live';
+import { renderMarkdown, type RunbookResult, type RunbookStatus } from '../src/shared/status';
 import { repoRoot, runDir } from './harness/paths';
 import {
   closeHarness,
@@ -16,6 +18,7 @@ import {
   targetsFile,
   temporal,
   uniqueId,
+  waitForStatus,
   type RunningWorker,
   type TestTarget,
 } from './harness/stack';
@@ -40,6 +43,23 @@ function expectFailure(run: execa.ExecaReturnValue, code: number, problem: RegEx
 async function expectNotStarted(workflowId: string): Promise<void> {
   const client = await temporal();
   await expect(client.workflow.getHandle(workflowId).describe()).rejects.toBeInstanceOf(WorkflowNotFoundError);
+}
+
+/** The Markdown the Web UI shows as the workflow's current details, read back as the UI reads it. */
+async function currentDetails(workflowId: string): Promise<string> {
+  const metadata = await (await temporal()).workflow.getHandle(workflowId).query(workflowMetadataQuery);
+  expect(metadata.currentDetails).toBeTruthy();
+  return metadata.currentDetails!;
+}
+
+/** Run `fermata list --running` until `done` holds for its output (visibility is eventually consistent). */
+async function listRunningUntil(done: (stdout: string) => boolean): Promise<execa.ExecaReturnValue> {
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    const run = await fermata(['list', '--running']);
+    if ((run.exitCode === 0 && done(run.stdout)) || Date.now() > deadline) return run;
+    await new Promise((r) => setTimeout(r, 500));
+  }
 }
 
 function inputFile(name: string, content: string): string {
@@ -115,9 +135,12 @@ test('operator path: start, watch to the gate, status, refusals, approval, compl
 
   const status = await fermata(['status', workflowId]);
   expect(status.exitCode).toBe(0);
-  expect(status.stdout).toMatch(new RegExp(`^connectionUpgrade on ${target.name}: waiting approval$`, 'm'));
-  expect(status.stdout).toMatch(/✔ +done +Pre-checks: server, privileges, current values/);
-  expect(status.stdout).toContain('Approvers: alice.');
+  // The same table as the Web UI's current details: the workflow's own Markdown, verbatim.
+  const details = await currentDetails(workflowId);
+  expect(details).toContain('Holding at gate `restart`');
+  expect(status.stdout).toContain(details);
+  expect(status.stdout).toMatch(new RegExp(`^workflow +${workflowId}: connectionUpgrade, execution running, started `, 'm'));
+  expect(status.stdout).toContain(`  Approve: fermata approve ${workflowId} --gate restart --by <you> [--comment <text>]`);
 
   const [undecidable, refused] = await Promise.all([
     fermata(['decide', workflowId, 'retry', '--by', 'alice']),
@@ -142,10 +165,117 @@ test('operator path: start, watch to the gate, status, refusals, approval, compl
   expect(ended.stdout).toMatch(/✔ baseline +done/);
   expect(ended.stdout).toContain('Runbook ended: completed.');
   const final = await fermata(['status', workflowId]);
-  expect(final.stdout).toMatch(new RegExp(`^connectionUpgrade on ${target.name}: completed$`, 'm'));
+  expect(final.stdout).toContain(renderMarkdown(result.status));
+  expect(final.stdout).toContain(await currentDetails(workflowId));
+  expect(final.stdout).toContain(`**connectionUpgrade** on \`${target.name}\``);
+  expect(final.stdout).not.toContain('fermata approve');
   expect(final.stdout).toMatch(/approved +restart +alice +in the window/);
 });
 
 test('status of an unknown workflow fails with "not found"', async () => {
   expectFailure(await fermata(['status', uniqueId('cli-missing')]), 1, /workflow "cli-missing-.*" not found/);
+});
+
+test('list --running shows a run held at a gate, and neither a completed run nor one that has ended', async () => {
+  const client = await temporal();
+  const dry = await fermata(['start', 'connectionUpgrade', '--target', target.name, '--dry-run']);
+  const dryId = /: (connectionUpgrade-\S+)$/m.exec(dry.stdout)![1];
+  expect((await client.workflow.getHandle(dryId).describe()).status.name).toBe('COMPLETED');
+
+  const held = await newTarget(uniqueId('cli-held')); // its own cluster: this run is rejected and rolled back
+  const heldId = uniqueId('cli-held');
+  expect((await fermata(['start', 'connectionUpgrade', '--target', held.name, '--id', heldId])).exitCode).toBe(0);
+  const handle = client.workflow.getHandle(heldId);
+  const holding = await waitForStatus(handle, (s) => s.pendingGate?.name === 'restart');
+  // Both runs as visibility sees them: the list below is read from it.
+  const visible = async (query: string) => (await client.workflow.count(query)).count;
+  while ((await visible(`WorkflowId = "${dryId}" AND ExecutionStatus = "Completed"`)) === 0) await new Promise((r) => setTimeout(r, 250));
+
+  const listed = await listRunningUntil((out) => out.includes(heldId));
+  expect(listed.stderr).toBe('');
+  expect(listed.stdout).toMatch(/^Running runbooks: \d+, \d+ waiting for a person$/m);
+  const row = new RegExp(`^  ${heldId} +connectionUpgrade +${held.name} +gate "restart" +waiting approval +(?:(\\S+) )?(\\d\\d:\\d\\d:\\d\\d)$`, 'm').exec(listed.stdout);
+  expect(row).not.toBeNull();
+  // SINCE is when the gate opened, to the second (read from the history, not the worker).
+  const since = Date.parse(`${row![1] ?? new Date().toISOString().slice(0, 10)}T${row![2]}Z`);
+  expect(Math.abs(since - Date.parse(holding.pendingGate!.since))).toBeLessThan(2000);
+  expect(listed.stdout).not.toContain(dryId);
+
+  expect((await fermata(['reject', heldId, '--gate', 'restart', '--by', 'carol', '--reason', 'listed'])).exitCode).toBe(0);
+  expect(((await handle.result()) as RunbookResult).outcome).toBe('rejected');
+  const after = await listRunningUntil((out) => !out.includes(heldId));
+  expect(after.exitCode).toBe(0);
+  expect(after.stdout).not.toContain(heldId);
+  await held.stop();
+});
+
+test('watch, not on a terminal: a line for each progress figure of the backfill, then the gate; after a rejection, until the run ends', async () => {
+  const pm = await newTarget(uniqueId('cli-pm'));
+  const workflowId = uniqueId('cli-pm');
+  // Slow batches, so that the backfill reports several figures (one per 3 s chunk of batches).
+  const input = inputFile('pm', JSON.stringify({ batchRows: 2000, throttle: { pauseMs: 1000 } }));
+  expect((await fermata(['start', 'partitionMigration', '--target', pm.name, '--input', input, '--id', workflowId])).exitCode).toBe(0);
+
+  const watched = await fermata(['watch', workflowId]);
+  expect(watched.stderr).toBe('');
+  expect(watched.exitCode).toBe(0);
+  const lines = watched.stdout.split('\n');
+  const figures = lines.filter((l) => /▶ backfill +running +.*\d+%/.test(l)).map((l) => Number(/(\d+)%/.exec(l)![1]));
+  expect(figures.length).toBeGreaterThanOrEqual(2);
+  expect(figures).toEqual([...figures].sort((a, b) => a - b));
+  expect(figures[0]).toBeLessThan(100);
+  expect(new Set(figures).size).toBe(figures.length); // a line per change, not per poll
+  expect(watched.stdout).toMatch(/✔ backfill +done +60000 rows copied/);
+  expect(watched.stdout).toContain('■ runbook waiting approval at gate "cutover"');
+  expect(watched.stdout).toContain(`Reject:  fermata reject ${workflowId} --gate cutover`);
+  expect(watched.stdout).not.toMatch(/\x1b\[/); // no cursor movement or colour in a pipe
+
+  expect((await fermata(['reject', workflowId, '--gate', 'cutover', '--by', 'carol', '--reason', 'watched'])).exitCode).toBe(0);
+  const ended = await fermata(['watch', workflowId]);
+  expect(ended.exitCode).toBe(0);
+  expect(ended.stdout).toMatch(/↺ create-shadow +rolled back/);
+  expect(ended.stdout).toContain('Runbook ended: rejected.');
+  expect(await pm.query(`SELECT to_regclass('files_fermata_new') AS shadow`)).toEqual([{ shadow: null }]);
+  await pm.stop();
+});
+
+test('a step that reports progress ({done, total} under evidence.progress) gets a bar on a terminal, a line per figure elsewhere', () => {
+  const screen = (isTTY: boolean) => {
+    const written: string[] = [];
+    const stream = { isTTY, columns: 200, write: (chunk: string) => (written.push(chunk), true) } as unknown as NodeJS.WriteStream;
+    return { view: liveView(stream), text: () => written.join('') };
+  };
+  const at = new Date().toISOString();
+  const status = (done: number, state: RunbookStatus['state'] = 'running'): RunbookStatus => ({
+    runbook: 'partitionMigration',
+    target: 't',
+    state,
+    messages: [],
+    steps: [
+      { name: 'capture', title: 'Install the trigger', state: 'done', startedAt: at, endedAt: at, evidence: { summary: 'trigger installed' } },
+      {
+        name: 'backfill',
+        title: 'Copy rows',
+        state: 'running',
+        startedAt: at,
+        evidence: { summary: `${done} rows`, done: false, progress: { done, total: 60000, unit: 'rows', perSecond: 4000, etaSeconds: (60000 - done) / 4000 } },
+      },
+    ],
+  });
+  const [pipe, terminal] = [screen(false), screen(true)];
+  for (const s of [status(12000), status(12000), status(24000), status(24000, 'waiting_window')]) {
+    pipe.view.update(s);
+    terminal.view.update(s);
+  }
+  pipe.view.stop();
+  terminal.view.stop();
+
+  expect(pipe.text().split('\n').filter((l) => l.includes('▶ backfill'))).toEqual([
+    expect.stringMatching(/▶ backfill +running +20% \(12000 of 60000 rows\), 4000 rows\/s, ETA 12 s$/),
+    expect.stringMatching(/▶ backfill +running +40% \(24000 of 60000 rows\), 4000 rows\/s, ETA 9 s$/),
+  ]);
+  expect(pipe.text()).toMatch(/■ runbook waiting window\n$/);
+  // cli-progress redraws in place: the last frame has a bar 40% full.
+  expect(terminal.text()).toMatch(/▶ backfill +running +█{10}░{14} 40% \(24000 of 60000 rows\)/);
+  expect(terminal.text()).toContain('\x1b[?25h'); // the cursor is shown again
 });
