@@ -137,7 +137,7 @@ test('operator path: start, watch to the gate, status, refusals, approval, compl
   expect(status.exitCode).toBe(0);
   // The same table as the Web UI's current details: the workflow's own Markdown, verbatim.
   const details = await currentDetails(workflowId);
-  expect(details).toContain('Holding at gate `restart`');
+  expect(details).toMatch(/gate\W+restart/);
   expect(status.stdout).toContain(details);
   expect(status.stdout).toMatch(new RegExp(`^workflow +${workflowId}: connectionUpgrade, execution running, started `, 'm'));
   expect(status.stdout).toContain(`  Approve: fermata approve ${workflowId} --gate restart --by <you> [--comment <text>]`);
@@ -165,9 +165,8 @@ test('operator path: start, watch to the gate, status, refusals, approval, compl
   expect(ended.stdout).toMatch(/✔ baseline +done/);
   expect(ended.stdout).toContain('Runbook ended: completed.');
   const final = await fermata(['status', workflowId]);
+  // Once completed, the same renderMarkdown of the final status: no worker needed to read it.
   expect(final.stdout).toContain(renderMarkdown(result.status));
-  expect(final.stdout).toContain(await currentDetails(workflowId));
-  expect(final.stdout).toContain(`**connectionUpgrade** on \`${target.name}\``);
   expect(final.stdout).not.toContain('fermata approve');
   expect(final.stdout).toMatch(/approved +restart +alice +in the window/);
 });
