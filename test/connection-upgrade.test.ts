@@ -105,7 +105,7 @@ test('the Web UI sees the runbook: current details and search attributes', async
   await waitForStatus(handle, (s) => s.pendingGate?.name === 'restart');
   const metadata = await handle.query<{ currentDetails: string }>('__temporal_workflow_metadata');
   expect(metadata.currentDetails).toContain('Holding at gate `restart`');
-  expect(metadata.currentDetails).toMatch(/\| ✔ \| Pre-checks: server, privileges, current values \| done \|/);
+  expect(metadata.currentDetails).toMatch(/\| Pre-checks: server, privileges, current values \| ✔\u00a0done \|/);
 
   const client = await temporal();
   const listed = async (query: string) => {

@@ -4,6 +4,7 @@ import path from 'node:path';
 import { createActivities } from '../src/activities';
 import type { AuditLog } from '../src/activities/audit';
 import { runbookSchemas } from '../src/shared/inputs';
+import { renderMarkdown, type RunbookStatus } from '../src/shared/status';
 import { nextSlot } from '../src/shared/window';
 
 describe('maintenance windows', () => {
@@ -63,4 +64,88 @@ test('every activity a workflow calls is registered by the worker', () => {
   }
   expect(called.size).toBeGreaterThan(5);
   for (const name of called) expect(registered).toContain(name);
+});
+
+describe('current details (renderMarkdown): what the Web UI shows in its details pane', () => {
+  const held: RunbookStatus = {
+    runbook: 'connectionUpgrade',
+    target: 'sandbox',
+    state: 'waiting_approval',
+    currentStep: 'restart',
+    steps: [
+      { name: 'precheck', title: 'Pre-checks', state: 'done', evidence: { summary: `5 setting(s) to change: ${'max_connections 100→256, '.repeat(5)}` } },
+      { name: 'apply', title: 'ALTER SYSTEM | reload', state: 'done', evidence: { set: 5, restart: true } },
+      { name: 'restart', title: 'Restart (gate "restart", window)', state: 'pending' },
+    ],
+    pendingGate: { name: 'restart', does: 'restart PostgreSQL on sandbox', since: '2026-11-23T00:28:34.120Z', approvers: ['alice', 'bob'] },
+    nextWindow: { opensAt: '2026-11-29T02:00:00.000Z', closesAt: '2026-11-29T04:00:00.000Z' },
+    messages: [
+      { kind: 'refused', gate: 'restart', by: 'carol', at: '2026-11-23T00:29:01.000Z', text: 'approve: "carol" is not an approver (alice, bob)' },
+      { kind: 'refused', gate: 'finalize', by: '', at: '2026-11-23T00:29:02.000Z', text: 'approve: gate "finalize" is not pending (pending: "restart")' },
+    ],
+  };
+  const markdown = renderMarkdown(held);
+  const lines = markdown.split('\n');
+
+  test('the state, the pending gate with what approving does, and how to answer from the UI', () => {
+    expect(lines[0]).toBe('**connectionUpgrade** on `sandbox` — **waiting approval**');
+    expect(markdown).toContain(
+      '**Holding at gate `restart`** since 2026-11-23 00:28 UTC: approving will restart PostgreSQL on sandbox. ' +
+        '*Send a Signal* `approve` with `{"gate": "restart", "by": "<your name>"}`, or `reject` with a `"reason"` as well. Approvers: alice, bob.',
+    );
+  });
+
+  test('the window with its weekday, in UTC; while waiting for it, that it waits', () => {
+    expect(markdown).toContain('**Maintenance window:** Sun 2026-11-29 02:00 → 04:00 UTC\n');
+    const late = { opensAt: '2026-11-29T23:00:00.000Z', closesAt: '2026-11-30T01:00:00.000Z' };
+    expect(renderMarkdown({ ...held, state: 'waiting_window', pendingGate: undefined, nextWindow: late })).toContain(
+      '**Maintenance window:** Sun 2026-11-29 23:00 → 2026-11-30 01:00 UTC: waiting for it to open',
+    );
+  });
+
+  test('a table of the steps: icon and state together, evidence cut short between words, pipes escaped', () => {
+    expect(markdown).toContain('| step | state | evidence |\n|---|---|---|\n');
+    const rows = lines.filter((l) => l.startsWith('| ') && !l.startsWith('| step'));
+    expect(rows).toHaveLength(3);
+    expect(rows[0]).toBe('| Pre-checks | ✔\u00a0done | 5 setting(s) to change: max_connections 100→256, max_connections … |');
+    expect(rows[0].split(' | ')[2].replace(/ \|$/, '').length).toBeLessThanOrEqual(72);
+    expect(rows[1]).toBe('| ALTER SYSTEM \\| reload | ✔\u00a0done | set=5, restart=true |');
+    expect(rows[2]).toBe('| Restart (gate "restart", window) | ·\u00a0pending |  |');
+  });
+
+  test('the last messages: a refused signal says whose and why, so the UI shows what became of it', () => {
+    expect(markdown).toContain('- 00:29:01 UTC refused carol\'s approve: "carol" is not an approver (alice, bob)\n');
+    expect(markdown).toContain('- 00:29:02 UTC refused an unnamed approve: gate "finalize" is not pending (pending: "restart")\n');
+    const approved = renderMarkdown({
+      ...held,
+      state: 'completed',
+      pendingGate: undefined,
+      messages: [
+        { kind: 'refused', gate: 'restart', by: 'dave', at: '2026-11-23T00:28:59.000Z', text: 'approve: "dave" is not an approver (alice, bob)' },
+        ...held.messages,
+        { kind: 'approved', gate: 'restart', by: 'alice', at: '2026-11-23T00:30:00.000Z', text: 'window agreed' },
+      ],
+    });
+    expect(approved).not.toContain('dave'); // the last three only
+    expect(approved).toContain('- 00:30:00 UTC alice approved gate `restart`: window agreed');
+    // Once the runbook has ended, neither the gate nor the window matters.
+    expect(approved).not.toMatch(/Holding|Maintenance window/);
+  });
+
+  test('a step waiting for a decision says which, why, and the signal to send', () => {
+    const failed = renderMarkdown({
+      ...held,
+      state: 'waiting_decision',
+      pendingGate: undefined,
+      pendingDecision: { step: 'verify', error: 'max_connections is 100, not 256', since: '2026-11-23T01:00:00.000Z' },
+    });
+    expect(failed).toContain(
+      '**Step `verify` failed**, waiting for a decision since 2026-11-23 01:00 UTC: max_connections is 100, not 256 ' +
+        '*Send a Signal* `decide` with `{"action": "retry", "by": "<your name>"}` (or `"skip"`, `"abort"`, `"rollback"`).',
+    );
+  });
+
+  test('it ends with an empty paragraph, which the UI\'s pane cuts off instead of the last step', () => {
+    expect(markdown.endsWith('|\n\n\u00a0')).toBe(true);
+  });
 });

@@ -94,33 +94,98 @@ export const stepIcon: Record<StepState, string> = {
 };
 
 const cell = (text: string): string => text.replace(/\|/g, '\\|').replace(/\n/g, ' ');
+const words = (state: string): string => state.replace(/_/g, ' ');
+/**
+ * At most `max` characters, cut between words: a word cut in two can leave an underscore that the
+ * UI's Markdown renderer takes for emphasis ("max_parallel_workers_per…").
+ */
+function clip(text: string, max: number): string {
+  if (text.length <= max) return text;
+  const cut = text.slice(0, max - 2);
+  const space = cut.lastIndexOf(' ');
+  return `${space > max / 2 ? cut.slice(0, space) : cut} …`;
+}
 
-/** Markdown for the Temporal Web UI's current details and `fermata status`. */
+const weekdays = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat'];
+/** "2026-11-29 02:00": a UTC time from an ISO timestamp, without the locale or the clock (workflows render this). */
+const minute = (iso: string): string => `${iso.slice(0, 10)} ${iso.slice(11, 16)}`;
+/** "Sun 2026-11-29 02:00 → 04:00 UTC": a window, with the closing day only when it is another one. */
+function span(opensAt: string, closesAt: string): string {
+  const closes = opensAt.slice(0, 10) === closesAt.slice(0, 10) ? closesAt.slice(11, 16) : minute(closesAt);
+  return `${weekdays[new Date(opensAt).getUTCDay()]} ${minute(opensAt)} → ${closes} UTC`;
+}
+
+/** One line per message a runbook received: who approved, rejected, decided, or was refused. */
+function messageLine(m: MessageRecord): string {
+  const at = `${m.at.slice(11, 19)} UTC`;
+  const gate = m.gate ? ` \`${m.gate}\`` : '';
+  const text = m.text ? `: ${cell(m.text)}` : '';
+  switch (m.kind) {
+    case 'approved':
+      return `${at} ${m.by} approved gate${gate}${text}`;
+    case 'rejected':
+      return `${at} ${m.by} rejected gate${gate}${text}`;
+    case 'decided':
+      return `${at} ${m.by} decided ${m.text ?? ''} for step${gate}`;
+    case 'refused': {
+      // Its text is "<what>: <why>", e.g. "approve: \"bob\" is not an approver (alice)".
+      const [what, ...why] = (m.text ?? '').split(': ');
+      return `${at} refused ${m.by ? `${m.by}'s` : 'an unnamed'} ${what}: ${cell(why.join(': '))}`;
+    }
+  }
+}
+
+/** Evidence longer than this is cut in the table (the status query has all of it). */
+const EVIDENCE_CHARS = 72;
+/** The last messages the details list; the status query and the audit table keep all of them. */
+const MESSAGES_SHOWN = 3;
+
+/**
+ * Markdown for the Temporal Web UI's current details and `fermata status`: what the runbook is
+ * doing, what it waits for and how to give it from the UI (Send a Signal), the maintenance window
+ * while it matters, the last messages it received, and a table of its steps. Short, because the UI
+ * shows it in a narrow pane beside the workflow's metadata; plain characters (no emoji: headless
+ * and server machines often lack the font), because a terminal shows it too.
+ */
 export function renderMarkdown(s: RunbookStatus): string {
-  const lines = [`**${s.runbook}** on \`${s.target}\` — **${s.state.replace(/_/g, ' ')}**`, ''];
+  const lines = [`**${s.runbook}** on \`${s.target}\` — **${words(s.state)}**`, ''];
+  const you = '"by": "<your name>"';
   if (s.pendingGate) {
+    const { name, does, since, approvers } = s.pendingGate;
     lines.push(
-      `⏸ **Holding at gate \`${s.pendingGate.name}\`** — approving will ${s.pendingGate.does}.`,
-      `Send signal \`approve\` with \`{"gate": "${s.pendingGate.name}", "by": "<your name>"}\`` +
-        (s.pendingGate.approvers.length ? ` (approvers: ${s.pendingGate.approvers.join(', ')})` : '') +
-        `, or \`reject\` with a \`reason\`.`,
+      `**Holding at gate \`${name}\`** since ${minute(since)} UTC: approving will ${does}. ` +
+        `*Send a Signal* \`approve\` with \`{"gate": "${name}", ${you}}\`, or \`reject\` with a \`"reason"\` as well.` +
+        (approvers.length ? ` Approvers: ${approvers.join(', ')}.` : ''),
       '',
     );
   }
   if (s.pendingDecision) {
+    const { step, error, since } = s.pendingDecision;
     lines.push(
-      `⚠ **Step \`${s.pendingDecision.step}\` failed:** ${cell(s.pendingDecision.error)}`,
-      'Send signal `decide` with `{"action": "retry" | "skip" | "abort" | "rollback", "by": "<your name>"}`.',
+      `**Step \`${step}\` failed**, waiting for a decision since ${minute(since)} UTC: ${cell(error)} ` +
+        `*Send a Signal* \`decide\` with \`{"action": "retry", ${you}}\` (or \`"skip"\`, \`"abort"\`, \`"rollback"\`).`,
       '',
     );
   }
-  if (s.nextWindow) lines.push(`🕑 Maintenance window: ${s.nextWindow.opensAt} → ${s.nextWindow.closesAt}`, '');
-  if (s.error) lines.push(`Error: ${cell(s.error)}`, '');
-  lines.push('| | step | state | evidence |', '|---|---|---|---|');
+  if (s.nextWindow && (s.state === 'planned' || !finalStates.includes(s.state))) {
+    const waiting = s.state === 'waiting_window' ? ': waiting for it to open' : '';
+    lines.push(`**Maintenance window:** ${span(s.nextWindow.opensAt, s.nextWindow.closesAt)}${waiting}`, '');
+  }
+  if (s.error) lines.push(`**Error:** ${cell(s.error)}`, '');
+  if (s.messages.length) {
+    lines.push(s.messages.slice(-MESSAGES_SHOWN).map((m) => `- ${messageLine(m)}`).join('\n'), '');
+  }
+  lines.push('| step | state | evidence |', '|---|---|---|');
   for (const step of s.steps) {
     const note = step.error ? `✖ ${step.error}` : summarize(step.evidence);
-    lines.push(`| ${stepIcon[step.state]} | ${cell(step.title)} | ${step.state.replace(/_/g, ' ')} | ${cell(note)} |`);
+    // No-break spaces keep the icon and the state ("↺ rolled back") on one line in a narrow column.
+    const state = `${stepIcon[step.state]} ${words(step.state)}`.replace(/ /g, '\u00a0');
+    lines.push(`| ${cell(step.title)} | ${state} | ${cell(clip(note, EVIDENCE_CHARS))} |`);
   }
+  // The Web UI sizes the details pane to the rendered body's height, leaving out the body's margins
+  // (its /render page loses its stylesheet: the style element reads "ZgotmplZ"), which cuts the last
+  // ~22 pixels off. An empty last paragraph (a no-break space) takes the cut instead of the last step.
+  lines.push('', '\u00a0');
   return lines.join('\n');
 }
 
