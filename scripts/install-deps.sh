@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs what Fermata needs on a Debian machine: PostgreSQL and Redis servers, the Temporal CLI
-# (for its dev server) and node_modules. Idempotent, and silent when everything is already there.
+# Installs what Fermata needs on a Debian machine: PostgreSQL and Redis servers, chromium (for the
+# browser test), the Temporal CLI (for its dev server) and node_modules. Idempotent, and silent when
+# everything is already there.
 # Run by `npm start` and by CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,9 @@ as_root() { if [[ $EUID -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 packages=()
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || packages+=(postgresql postgresql-contrib)
 command -v redis-server >/dev/null || packages+=(redis-server)
+# The browser test drives the Temporal Web UI in Debian's chromium (playwright-core downloads no
+# browser); FERMATA_CHROMIUM names another one (test/harness/web-ui.ts).
+[[ -x ${FERMATA_CHROMIUM:-/usr/bin/chromium} ]] || packages+=(chromium)
 if ((${#packages[@]})); then
   say "installing ${packages[*]}"
   # The packages start system services on 5432 and 6379; the stack uses clusters of its own instead.
