@@ -103,7 +103,9 @@ describe('every example launches from the form as it is; bad input fails at once
     expect(failure).toContain('connectionUpgrade / input: maxConnections: Expected number, received string');
     expect(autoConf(target)).toBe(confBefore);
 
-    await ui.startWorkflow({ workflowId: uniqueId('ui-cu'), workflowType: 'connectionUpgrade', taskQueue: TASK_QUEUE, input: inputText(input) });
+    // The form's other Encoding, json/protobuf, sends the same JSON: the worker reads it as JSON.
+    const form = { workflowId: uniqueId('ui-cu'), workflowType: 'connectionUpgrade', taskQueue: TASK_QUEUE, input: inputText(input), encoding: 'json/protobuf' as const };
+    await ui.startWorkflow(form, 'connectionUpgrade-example-json-protobuf');
     const held = await ui.currentDetails(/Holding at gate restart/);
     expect(held).toMatch(/Maintenance window: Sun \d{4}-\d\d-\d\d 02:00 → 04:00 UTC/);
     await ui.screenshot('connectionUpgrade-example-held');

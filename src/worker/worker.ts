@@ -19,6 +19,8 @@ export interface FermataWorkerOptions {
 }
 
 export const workflowsPath = require.resolve('../workflows');
+/** Bundled with the workflows too: a prebuilt bundle (bundleWorkflowCode) must be given the same path. */
+export const payloadConverterPath = require.resolve('../shared/payload-converter');
 
 /** Register the custom search attributes if the namespace lacks them (dev server, cluster or Cloud alike). */
 export async function ensureSearchAttributes(address: string, namespace: string): Promise<void> {
@@ -53,6 +55,7 @@ export async function createWorker(options: FermataWorkerOptions): Promise<{ wor
     namespace: options.namespace,
     taskQueue: options.taskQueue ?? TASK_QUEUE,
     ...code,
+    dataConverter: { payloadConverterPath },
     activities: options.wrapActivities ? options.wrapActivities(activities) : activities,
   });
   return {

@@ -9,7 +9,7 @@ import { createSchema, generateFiles } from '../../src/fixtures/midi-library';
 import { freePort } from '../../src/stack/ports';
 import { initCluster, startCluster, stopCluster } from '../../src/stack/postgres';
 import { startDevServer } from '../../src/stack/temporal';
-import { workflowsPath } from '../../src/worker/worker';
+import { payloadConverterPath, workflowsPath } from '../../src/worker/worker';
 import { runDir, type HarnessEnv } from './paths';
 
 const TEMPLATE_FILES = 60_000;
@@ -32,7 +32,7 @@ export default async function globalSetup(): Promise<void> {
   writeFileSync(path.join(runDir, 'secrets', 'audit.pw'), env.auditPassword, { mode: 0o600 });
 
   const temporal = startDevServer({ port: temporalPort, uiPort, dbFile: path.join(runDir, 'temporal.db'), logFile: path.join(runDir, 'temporal.log') });
-  const bundle = bundleWorkflowCode({ workflowsPath, logger: quietLogger }).then(({ code }) => writeFileSync(env.workflowBundle, code));
+  const bundle = bundleWorkflowCode({ workflowsPath, payloadConverterPath, logger: quietLogger }).then(({ code }) => writeFileSync(env.workflowBundle, code));
 
   await initCluster({ dataDir: env.auditDataDir, port: auditPort, user: 'fermata', password: env.auditPassword, fast: true });
   await startCluster(env.auditDataDir);

@@ -32,6 +32,8 @@ export interface StartForm {
   taskQueue: string;
   /** The Input field's text, exactly as an operator pastes it. */
   input: string;
+  /** The form's Encoding choice; json/plain unless told. */
+  encoding?: 'json/plain' | 'json/protobuf';
 }
 
 export class WebUi {
@@ -80,6 +82,7 @@ export class WebUi {
     await this.page.locator('#taskQueue').fill(form.taskQueue);
     await this.page.locator('#workflowType').fill(form.workflowType);
     await this.typeJson(this.page.locator('main'), form.input);
+    if (form.encoding) await this.page.getByLabel(form.encoding, { exact: true }).check();
     if (shot) await this.screenshot(shot);
     await this.page.getByTestId('start-workflow-button').click();
     await this.page.getByRole('link', { name: 'Workflow started successfully' }).click();
