@@ -9,7 +9,7 @@ import { parseArgs } from 'node:util';
 import { stringify } from 'yaml';
 import { createPartitionMigrationActivities, type MigrationSpec, type Progress } from '../src/activities/partition-migration';
 import { createSchema, generateFiles } from '../src/fixtures/midi-library';
-import { startWriters } from '../src/fixtures/midi-writers';
+import { createReferenceSql, startWriters } from '../src/fixtures/midi-writers';
 import { freePort } from '../src/stack/ports';
 import { clusterService, initCluster, startCluster, stopCluster } from '../src/stack/postgres';
 
@@ -36,7 +36,7 @@ async function main(): Promise<void> {
     await db.connect();
     await createSchema(db);
     await generateFiles(db, rows);
-    await db.query('CREATE TABLE files_reference AS SELECT * FROM files');
+    await db.query(createReferenceSql);
     await db.query('CHECKPOINT');
 
     writeFileSync(path.join(dir, 'pw'), password);
@@ -61,16 +61,19 @@ async function main(): Promise<void> {
 
     // The runbook's online path, with writers running throughout.
     const writers = startWriters(connection, WRITERS, rows, WRITER_PAUSE_MS);
+    const writersStarted = Date.now();
     await env.run(acts.partitionCreateShadow, spec, inventory);
     started = Date.now();
     const captured = await env.run(acts.partitionInstallCapture, spec, inventory);
     let progress: Progress = { last: captured.minKey - 1, maxKey: captured.maxKey, copied: 0, batches: 0, done: false };
     while (!progress.done) progress = await env.run(acts.partitionBackfill, spec, inventory, progress, 3);
+    const backfillSeconds = (Date.now() - started) / 1000;
     await env.run(acts.partitionVerify, spec, 'shadow');
     const onlineSeconds = (Date.now() - started) / 1000;
     const cutover = await env.run(acts.partitionCutover, spec, inventory);
     await new Promise((r) => setTimeout(r, 1000)); // writes after the cut-over too
     const stats = await writers.stop();
+    const writingSeconds = (Date.now() - writersStarted) / 1000;
     const [equal] = (
       await db.query(`SELECT (SELECT count(*)::text || sum(hashtextextended(f::text, 0))::text FROM files f) =
                              (SELECT count(*)::text || sum(hashtextextended(r::text, 0))::text FROM files_reference r) AS equal`)
@@ -85,9 +88,12 @@ async function main(): Promise<void> {
           writers: `${WRITERS} connections, insert/update/delete/tag, ${WRITER_PAUSE_MS} ms pause between writes`,
           bulk_seconds: bulkSeconds,
           online_seconds: onlineSeconds,
+          online_backfill_seconds: backfillSeconds,
+          online_verify_seconds: Number((onlineSeconds - backfillSeconds).toFixed(3)),
           ratio: Number((bulkSeconds / onlineSeconds).toFixed(3)),
           cutover_write_block_ms: cutover.writeBlockMs,
           writes_attempted: stats.attempted,
+          writes_per_second: Math.round(stats.attempted / writingSeconds),
           writes_failed: stats.failed,
           write_max_latency_ms: stats.maxLatencyMs,
           checksum_equal: equal.equal,

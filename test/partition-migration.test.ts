@@ -1,7 +1,11 @@
 // The Partition Migration runbook on a real PostgreSQL holding the MIDI library, with writers running.
 import type { WorkflowHandle } from '@temporalio/client';
-import { startWriters } from '../src/fixtures/midi-writers';
+import { MockActivityEnvironment } from '@temporalio/testing';
+import { Client } from 'pg';
+import { createPartitionMigrationActivities } from '../src/activities/partition-migration';
+import { createReferenceSql, startWriters } from '../src/fixtures/midi-writers';
 import { approveSignal, rejectSignal, TASK_QUEUE } from '../src/shared/messages';
+import { waitFor } from '../src/stack/ports';
 import type { RunbookResult } from '../src/shared/status';
 import { closeHarness, env, newTarget, spawnWorker, startWorker, temporal, uniqueId, waitForStatus, type RunningWorker, type TestTarget, failureOf } from './harness/stack';
 
@@ -36,7 +40,7 @@ const relkind = async (t: TestTarget, table: string) =>
 test('online migration to 256 hash partitions with writers running: same rows as a reference, no writer error', async () => {
   await withWorker();
   const target = await newTarget(uniqueId('pm-happy'));
-  await target.query('CREATE TABLE files_reference AS SELECT * FROM files');
+  await target.query(createReferenceSql);
   const writers = startWriters({ host: '127.0.0.1', port: target.port, user: 'fermata', password: env.targetPassword, database: 'midi_library' }, 3, 60_000);
   try {
     const handle = await start({ target: target.name, batchRows: 2000, throttle: { pauseMs: 150 } });
@@ -97,7 +101,7 @@ test('dry run lists the DDL and the batch plan and changes nothing', async () =>
   const text = result.status.plan!.map((p) => p.text).join('\n');
   expect(text).toContain('CREATE TABLE "files_fermata_new" (LIKE "files" INCLUDING ALL EXCLUDING INDEXES) PARTITION BY HASH ("id")');
   expect(text).toContain('FOR VALUES WITH (MODULUS 8, REMAINDER 0)');
-  expect(text).toContain('6 batches of 10000 keys from 1 to 60000');
+  expect(text).toContain('6 blocks of 10000 keys from 1 to 60000');
   expect(text).toContain('ALTER TABLE "files" RENAME TO "files_old"');
   expect(await relkind(target, 'files')).toBe('r');
   expect(await relkind(target, 'files_fermata_new')).toBeNull();
@@ -216,4 +220,36 @@ test('worker killed mid-backfill: a new one resumes from its checkpoint, not fro
     second.kill('SIGKILL');
     await second;
   }
+});
+
+test('a delete and an update in flight when the backfill reaches their block: the batch waits for them, nothing stale is copied', async () => {
+  const target = await newTarget(uniqueId('pm-race'));
+  const acts = createPartitionMigrationActivities();
+  const mock = new MockActivityEnvironment();
+  const act = <A extends unknown[], R>(fn: (...args: A) => Promise<R>, ...args: A): Promise<R> => mock.run(fn as never, ...args) as Promise<R>;
+  const spec = { target: target.name, table: 'files', partitionKey: 'id', partitions: 8, batchRows: 10_000, throttle: { pauseMs: 0 } };
+  const inventory = await act(acts.partitionPrecheck, spec);
+  await act(acts.partitionCreateShadow, spec, inventory);
+  const { minKey, maxKey } = await act(acts.partitionInstallCapture, spec, inventory);
+
+  const writer = new Client({ host: '127.0.0.1', port: target.port, user: 'fermata', password: env.targetPassword, database: 'midi_library' });
+  await writer.connect();
+  try {
+    await writer.query('BEGIN');
+    await writer.query('DELETE FROM files WHERE id = 5');
+    await writer.query(`UPDATE files SET filename = 'renamed.mid' WHERE id = 7`);
+    const backfill = act(acts.partitionBackfill, spec, inventory, { last: minKey - 1, maxKey, copied: 0, batches: 0, done: false }, 60);
+    let finished = false;
+    void backfill.finally(() => (finished = true)).catch(() => undefined);
+    // The first block's batch must wait for the writer's open transaction (on its block's lock).
+    const waiting = async () => (await target.query('SELECT 1 FROM pg_locks WHERE NOT granted')).length > 0;
+    await waitFor('the batch to wait or finish', async () => finished || (await waiting()), 10_000, 50);
+    await writer.query('COMMIT');
+    expect((await backfill).done).toBe(true);
+  } finally {
+    await writer.end();
+  }
+  expect(await target.query('SELECT id FROM files_fermata_new WHERE id = 5')).toEqual([]);
+  expect(await target.query('SELECT filename FROM files_fermata_new WHERE id = 7')).toEqual([{ filename: 'renamed.mid' }]);
+  expect(await sameRows(target, 'files', 'files_fermata_new')).toBe(true);
 });

@@ -234,7 +234,7 @@ export function createPartitionMigrationActivities() {
       const target = resolveTarget(spec.target);
       const n = names(spec.table);
       return onTarget(target, async (c) => {
-        await c.query(syncFunction(c, n.forwardFunction, n.shadow, inventory));
+        await c.query(syncFunction(c, n.forwardFunction, n.shadow, inventory, spec));
         await lockRetrying(c, async () => {
           await c.query(`DROP TRIGGER IF EXISTS ${ident(c, n.forwardTrigger)} ON ${ident(c, spec.table)}`);
           await c.query(
@@ -264,10 +264,13 @@ export function createPartitionMigrationActivities() {
     },
 
     /**
-     * Copy key ranges for about `seconds`, then return the position (the workflow shows progress
-     * between calls). Batches are idempotent: ON CONFLICT DO NOTHING never overwrites a newer
-     * captured write, FOR KEY SHARE keeps a concurrent delete from being resurrected. The position
-     * is heartbeated after every batch, so a retry on another worker resumes where this one died.
+     * Copy key blocks for about `seconds`, then return the position (the workflow shows progress
+     * between calls). A batch is one block of `batchRows` keys, copied under the block's advisory
+     * lock, which the capture trigger takes shared for every key it writes: a concurrent delete
+     * either commits before the batch's snapshot or waits and deletes the copied row after it, so
+     * nothing is resurrected, with no row locks (and their WAL) on the source. ON CONFLICT DO
+     * NOTHING never overwrites a newer captured write. The position is heartbeated after every
+     * batch, so a retry on another worker resumes where this one died.
      */
     async partitionBackfill(spec: MigrationSpec, inventory: Inventory, from: Progress, seconds = 3): Promise<Progress> {
       const target = resolveTarget(spec.target);
@@ -275,25 +278,42 @@ export function createPartitionMigrationActivities() {
       const resumed = activityInfo().heartbeatDetails as Progress | undefined;
       const progress: Progress = { ...(resumed ?? from), resumedFrom: resumed ? resumed.last : from.resumedFrom };
       const deadline = Date.now() + seconds * 1000;
-      // Two connections copy adjacent ranges side by side: one INSERT … SELECT uses one core.
+      // Two connections copy adjacent blocks side by side: one INSERT … SELECT uses one core.
       return onTarget(target, (c) => onTarget(target, async (second) => {
         const columns = inventory.columns.map((col) => ident(c, col)).join(', ');
         const key = ident(c, spec.partitionKey);
+        const lock = `SELECT ${blockLock(c, spec.table, '$1::bigint', 'exclusive')}`;
         const copy = `INSERT INTO ${ident(c, n.shadow)} (${columns})
-                      SELECT ${columns} FROM ${ident(c, spec.table)} WHERE ${key} > $1 AND ${key} <= $2 FOR KEY SHARE
+                      SELECT ${columns} FROM ${ident(c, spec.table)} WHERE ${key} >= $1 AND ${key} <= $2
                       ON CONFLICT (${inventory.primaryKey.map((col) => ident(c, col)).join(', ')}) DO NOTHING`;
+        const copyBlock = async (lane: Client, [low, high, block]: number[]): Promise<number> => {
+          await lane.query('BEGIN');
+          try {
+            await lane.query(lock, [block]);
+            const { rowCount } = await lane.query(copy, [low, high]);
+            await lane.query('COMMIT');
+            return rowCount ?? 0;
+          } catch (err) {
+            await lane.query('ROLLBACK').catch(() => undefined);
+            throw err;
+          }
+        };
         const lanes = [c, second];
         while (progress.last < progress.maxKey && Date.now() < deadline) {
           await throttle(c, spec);
-          const ranges = lanes.map((_, i) => [progress.last + i * spec.batchRows, progress.last + (i + 1) * spec.batchRows].map((k) => Math.min(k, progress.maxKey)));
-          const counts = await Promise.all(
-            lanes.map((lane, i) => (ranges[i][0] < ranges[i][1] ? lane.query(copy, ranges[i]).then((r) => r.rowCount ?? 0) : 0)),
-          );
+          const batches: number[][] = [];
+          for (let low = progress.last + 1; batches.length < lanes.length && low <= progress.maxKey; ) {
+            const block = Math.trunc(low / spec.batchRows);
+            const high = Math.min(blockKeys(block, spec.batchRows)[1], progress.maxKey);
+            batches.push([low, high, block]);
+            low = high + 1;
+          }
+          const counts = await Promise.all(batches.map((batch, i) => copyBlock(lanes[i], batch)));
           const rows = counts.reduce((a, b) => a + b, 0);
-          const upper = ranges[ranges.length - 1][1];
+          const upper = batches[batches.length - 1][1];
           progress.copied += rows;
-          progress.batches += ranges.filter(([low, high]) => low < high).length;
-          // Skip a gap in the keys in one step instead of batch by batch.
+          progress.batches += batches.length;
+          // Skip a gap in the keys in one step instead of block by block.
           const next = rows ? upper : Number((await value(c, `SELECT min(${key}) - 1 FROM ${ident(c, spec.table)} WHERE ${key} > $1`, [upper])) ?? progress.maxKey);
           progress.last = Math.min(Math.max(next, upper), progress.maxKey);
           await c.query('UPDATE fermata_migrations SET last_key = $2, updated_at = now() WHERE table_name = $1', [spec.table, progress.last]);
@@ -314,14 +334,14 @@ export function createPartitionMigrationActivities() {
     async partitionVerify(spec: MigrationSpec, against: 'shadow' | 'old', chunk = 200_000): Promise<Evidence> {
       const target = resolveTarget(spec.target);
       const [left, right] = [spec.table, names(spec.table)[against]];
-      return onTarget(target, async (c) => {
-        const mismatches = await compare(c, spec.partitionKey, left, right, chunk);
+      return onTarget(target, (c) => onTarget(target, async (second) => {
+        const mismatches = await compare([c, second], spec.partitionKey, left, right, chunk);
         if (mismatches.ranges.length) {
           throw fail(ErrorType.NotConverged, 'verify', `${left} and ${right} differ in key ranges ${mismatches.ranges.slice(0, 5).join(', ')}${mismatches.ranges.length > 5 ? ', …' : ''}`);
         }
         if (against === 'shadow') await c.query(`ANALYZE ${ident(c, right)}`);
-        return { summary: `${mismatches.rows} rows equal in ${mismatches.chunks} key ranges (count and checksum)`, rows: mismatches.rows, ranges: mismatches.chunks };
-      });
+        return { summary: `${mismatches.rows} rows equal in ${mismatches.chunks} key ranges (count and ${mismatches.hash} checksum)`, rows: mismatches.rows, ranges: mismatches.chunks };
+      }));
     },
 
     /**
@@ -458,14 +478,20 @@ function shadowIndex(c: Client, index: { name: string; definition: string }, tab
   return `CREATE ${match[1] ?? ''}INDEX ${ident(c, `${index.name}_fm`)} ON ${ident(c, shadow)} ${match[4]}`;
 }
 
-/** A trigger function that applies each write on its table to `into`, by primary key. */
-function syncFunction(c: Client, name: string, into: string, inventory: TableFacts): string {
+/**
+ * A trigger function that applies each write on its table to `into`, by primary key. With `blocks`
+ * (the capture trigger) it first takes the shared lock of each key's block, as the backfill expects.
+ */
+function syncFunction(c: Client, name: string, into: string, inventory: TableFacts, blocks?: MigrationSpec): string {
   const cols = inventory.columns.map((col) => ident(c, col));
   const pk = inventory.primaryKey.map((col) => ident(c, col));
   const match = (row: string) => pk.map((col) => `${col} = ${row}.${col}`).join(' AND ');
   const updates = cols.filter((col) => !pk.includes(col));
+  const lock = (row: string) => (blocks ? blockLock(c, blocks.table, `${row}.${ident(c, blocks.partitionKey)} / ${blocks.batchRows}`, 'shared') : '');
   return `CREATE OR REPLACE FUNCTION ${ident(c, name)}() RETURNS trigger LANGUAGE plpgsql AS $fn$
-BEGIN
+BEGIN${blocks ? `
+  IF TG_OP <> 'INSERT' THEN PERFORM ${lock('OLD')}; END IF;
+  IF TG_OP <> 'DELETE' THEN PERFORM ${lock('NEW')}; END IF;` : ''}
   IF TG_OP IN ('DELETE', 'UPDATE') THEN
     DELETE FROM ${ident(c, into)} WHERE ${match('OLD')};
     IF TG_OP = 'DELETE' THEN RETURN NULL; END IF;
@@ -544,6 +570,22 @@ async function lockRetrying<T>(c: Client, work: () => Promise<T>, attempts = 10)
   }
 }
 
+/**
+ * The advisory lock of a block of keys (key / batchRows, truncated as SQL divides), in a class of
+ * the table's own. The capture trigger takes it shared for each key it writes, a backfill batch
+ * exclusively for the one block it copies (holding no other lock, so it cannot deadlock).
+ */
+function blockLock(c: Client, table: string, block: string, mode: 'shared' | 'exclusive'): string {
+  return `pg_advisory_xact_lock${mode === 'shared' ? '_shared' : ''}(hashtext(${c.escapeLiteral(`fermata ${table}`)}), ((${block}) % 2147483647)::int)`;
+}
+
+/** The first and last key of a block, as SQL's truncating division groups them (block 0 spans zero). */
+function blockKeys(block: number, rows: number): [number, number] {
+  if (block > 0) return [block * rows, block * rows + rows - 1];
+  if (block < 0) return [block * rows - rows + 1, block * rows];
+  return [-(rows - 1), rows - 1];
+}
+
 /** The lowest and highest key of the table, and its row count. */
 async function keyBounds(c: Client, spec: MigrationSpec): Promise<{ minKey: number; maxKey: number; rows: number }> {
   const key = ident(c, spec.partitionKey);
@@ -553,8 +595,13 @@ async function keyBounds(c: Client, spec: MigrationSpec): Promise<{ minKey: numb
   return { minKey: Number(rows[0].min ?? 0), maxKey: Number(rows[0].max ?? 0), rows: Number(rows[0].count) };
 }
 
-/** Count and checksum both tables per key range in one statement each; the ranges that differ. */
-async function compare(c: Client, key: string, left: string, right: string, chunk: number) {
+/**
+ * Count and checksum both tables per key range, each range in one statement (one snapshot), on two
+ * connections side by side; the ranges that differ. Rows hash by their columns' own hash functions
+ * (twice as fast as hashing their text), or by their text when a column type has none (json).
+ */
+async function compare(lanes: Client[], key: string, left: string, right: string, chunk: number) {
+  const [c] = lanes;
   const k = ident(c, key);
   const bounds = await c.query<{ min: string | null; max: string | null }>(
     `SELECT least((SELECT min(${k}) FROM ${ident(c, left)}), (SELECT min(${k}) FROM ${ident(c, right)})) AS min,
@@ -562,19 +609,32 @@ async function compare(c: Client, key: string, left: string, right: string, chun
   );
   const min = Number(bounds.rows[0].min ?? 0);
   const max = Number(bounds.rows[0].max ?? 0);
+  const probe = (table: string) => `(SELECT hash_record_extended(t, 0) FROM ${ident(c, table)} t LIMIT 1)`;
+  const hashable = await c.query(`${probe(left)} UNION ALL ${probe(right)}`).then(
+    () => true,
+    () => false,
+  );
+  const rowHash = hashable ? 'hash_record_extended(t, 0)' : 'hashtextextended(t::text, 0)';
   const side = (table: string) =>
-    `(SELECT count(*)::bigint AS n, coalesce(sum(hashtextextended(t::text, 0)), 0) AS h FROM ${ident(c, table)} t WHERE ${k} >= $1 AND ${k} < $2)`;
-  const ranges: string[] = [];
+    `(SELECT count(*)::bigint AS n, coalesce(sum(${rowHash}), 0) AS h FROM ${ident(c, table)} t WHERE ${k} >= $1 AND ${k} < $2)`;
+  const sql = `SELECT l.n AS ln, l.h AS lh, r.n AS rn, r.h AS rh FROM ${side(left)} l, ${side(right)} r`;
+  const ranges: number[] = [];
   let rows = 0;
   let chunks = 0;
-  for (let from = min; from <= max; from += chunk) {
-    const { rows: r } = await c.query(`SELECT l.n AS ln, l.h AS lh, r.n AS rn, r.h AS rh FROM ${side(left)} l, ${side(right)} r`, [from, from + chunk]);
-    if (r[0].ln !== r[0].rn || r[0].lh !== r[0].rh) ranges.push(`[${from}, ${from + chunk})`);
-    rows += Number(r[0].ln);
-    chunks += 1;
-    heartbeat();
-  }
-  return { ranges, rows, chunks };
+  let next = min;
+  await Promise.all(
+    lanes.map(async (lane) => {
+      for (let from = next; from <= max; from = next) {
+        next += chunk;
+        const { rows: r } = await lane.query(sql, [from, from + chunk]);
+        if (r[0].ln !== r[0].rn || r[0].lh !== r[0].rh) ranges.push(from);
+        rows += Number(r[0].ln);
+        chunks += 1;
+        heartbeat();
+      }
+    }),
+  );
+  return { ranges: ranges.sort((a, b) => a - b).map((from) => `[${from}, ${from + chunk})`), rows, chunks, hash: hashable ? 'record' : 'text' };
 }
 
 /** Wait while replicas lag or the server is busy, as the throttle settings ask. */
@@ -612,14 +672,14 @@ function plan(c: Client, spec: MigrationSpec, inventory: TableFacts): PlannedAct
     ...ddl.slice(0, 2).map((text): PlannedAction => ({ step: 'create-shadow', kind: 'sql', text })),
     { step: 'create-shadow', kind: 'sql', text: `… ${spec.partitions - 1} more partitions, then the primary key and ${inventory.indexes.length - 1} indexes:` },
     ...ddl.slice(spec.partitions + 1).map((text): PlannedAction => ({ step: 'create-shadow', kind: 'sql', text })),
-    { step: 'capture', kind: 'sql', text: syncFunction(c, n.forwardFunction, n.shadow, inventory) },
+    { step: 'capture', kind: 'sql', text: syncFunction(c, n.forwardFunction, n.shadow, inventory, spec) },
     { step: 'capture', kind: 'sql', text: `CREATE TRIGGER ${n.forwardTrigger} AFTER INSERT OR UPDATE OR DELETE ON ${spec.table} FOR EACH ROW EXECUTE FUNCTION ${n.forwardFunction}()` },
     {
       step: 'backfill',
       kind: 'sql',
-      text: `${batches} batches of ${spec.batchRows} keys from ${inventory.minKey} to ${inventory.maxKey}: INSERT INTO ${n.shadow} SELECT … WHERE ${spec.partitionKey} > $last AND ${spec.partitionKey} <= $last + ${spec.batchRows} FOR KEY SHARE ON CONFLICT DO NOTHING`,
+      text: `${batches} blocks of ${spec.batchRows} keys from ${inventory.minKey} to ${inventory.maxKey}, two at a time, each under its advisory lock: INSERT INTO ${n.shadow} SELECT … WHERE ${spec.partitionKey} BETWEEN $low AND $high ON CONFLICT DO NOTHING`,
     },
-    { step: 'verify', kind: 'check', text: `count(*) and sum(hashtextextended(row::text, 0)) per key range of ${spec.table} and ${n.shadow}; ANALYZE ${n.shadow}` },
+    { step: 'verify', kind: 'check', text: `count(*) and sum(hash_record_extended(row, 0)) per key range of ${spec.table} and ${n.shadow}, on two connections; ANALYZE ${n.shadow}` },
     { step: 'cutover', kind: 'check', text: 'gate "cutover", then the maintenance window' },
     ...swap(c, spec, inventory, 'forward').map((text): PlannedAction => ({ step: 'cutover', kind: 'sql', text })),
     { step: 'finalize', kind: 'sql', text: `gate "finalize", then DROP TABLE ${n.old} and the sync triggers` },

@@ -50,11 +50,11 @@ export async function partitionMigration(raw: unknown): Promise<RunbookResult> {
         const keysPerSecond = (progress.last - captured.minKey + 1) / seconds;
         const eta = Math.round((progress.maxKey - progress.last) / Math.max(keysPerSecond, 1));
         const percent = Math.floor((100 * progress.copied) / Math.max(inventory.rows, 1));
+        const perSecond = Math.round(progress.copied / seconds);
         rb.progress('backfill', {
           ...progress,
-          summary: `${progress.copied} of ~${inventory.rows} rows (${percent}%), ${Math.round(progress.copied / seconds)} rows/s, ETA ${eta} s`,
-          rowsPerSecond: Math.round(progress.copied / seconds),
-          etaSeconds: eta,
+          summary: `${progress.copied} of ~${inventory.rows} rows (${percent}%), ${perSecond} rows/s, ETA ${eta} s`,
+          progress: { done: progress.copied, total: inventory.rows, unit: 'rows', perSecond, etaSeconds: eta },
         });
       }
       return { ...progress, summary: `${progress.copied} rows copied in ${progress.batches} batches${progress.resumedFrom !== undefined ? `, resumed at key ${progress.resumedFrom}` : ''}` };
