@@ -27,6 +27,10 @@ const usage = `Usage: fermata <command> [options]
 Environment:
   TEMPORAL_ADDRESS    Temporal frontend (default 127.0.0.1:7233)
   TEMPORAL_NAMESPACE  namespace (default "default")
+  TEMPORAL_API_KEY    API key (Temporal Cloud); implies TLS
+  TEMPORAL_TLS        "true" for TLS with the system's CAs ("false" turns it off)
+  TEMPORAL_TLS_CLIENT_CERT_PATH, TEMPORAL_TLS_CLIENT_KEY_PATH   client certificate and key (mTLS)
+  TEMPORAL_TLS_SERVER_CA_CERT_PATH, TEMPORAL_TLS_SERVER_NAME    the server's CA, and its name if not the address's
   FERMATA_UI_URL      Temporal Web UI, for links (default http://127.0.0.1:8233)
   FERMATA_TARGETS     targets file (default .data/targets.yaml of the repository)`;
 

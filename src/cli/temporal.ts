@@ -1,22 +1,56 @@
-// Where the CLI finds Temporal and its Web UI: the same variables and defaults as the worker.
+// Where the CLI finds Temporal and its Web UI: the same variables and defaults as the worker
+// (src/temporal-connection.ts), TLS and API key included.
 import { Client, Connection } from '@temporalio/client';
+import {
+  DEFAULT_ADDRESS,
+  DEFAULT_NAMESPACE,
+  TemporalConfigError,
+  temporalConnectionConfig,
+  type TemporalConnectionConfig,
+} from '../temporal-connection';
 import { CliError, explainError } from './errors';
 
-export const address = process.env.TEMPORAL_ADDRESS ?? '127.0.0.1:7233';
-export const namespace = process.env.TEMPORAL_NAMESPACE ?? 'default';
+// Read at once for links and messages; the TLS files and the API key only when a command connects,
+// so `fermata --help` works whatever they say.
+export const address = process.env.TEMPORAL_ADDRESS?.trim() || DEFAULT_ADDRESS;
+export const namespace = process.env.TEMPORAL_NAMESPACE?.trim() || DEFAULT_NAMESPACE;
 const ui = (process.env.FERMATA_UI_URL ?? 'http://127.0.0.1:8233').replace(/\/+$/, '');
 
 /** The workflow's page in the Temporal Web UI. */
 export const workflowLink = (workflowId: string): string =>
   `${ui}/namespaces/${encodeURIComponent(namespace)}/workflows/${encodeURIComponent(workflowId)}`;
 
+/** The connection settings of the environment, or the one line that says which one is wrong. */
+function connectionConfig(): TemporalConnectionConfig {
+  try {
+    return temporalConnectionConfig();
+  } catch (err) {
+    if (err instanceof TemporalConfigError) throw new CliError(`Temporal connection settings: ${err.message}`);
+    throw err;
+  }
+}
+
+/** UNAUTHENTICATED or PERMISSION_DENIED, anywhere in the causes: the server answered, and said no. */
+function refusedCredentials(err: unknown): boolean {
+  for (let e = err; e instanceof Error; e = e.cause) {
+    const code = (e as { code?: unknown }).code;
+    if (code === 16 || code === 7) return true;
+  }
+  return false;
+}
+
 /** Run `use` with a client, closing the connection after; an operator waits 5 s at most for a dead server. */
 export async function withClient<T>(use: (client: Client) => Promise<T>): Promise<T> {
+  const temporal = connectionConfig();
   let connection: Connection;
   try {
-    connection = await Connection.connect({ address, connectTimeout: '5s' });
+    connection = await Connection.connect({ ...temporal.connectionOptions(), connectTimeout: '5s' });
   } catch (err) {
-    throw new CliError(`cannot reach Temporal at ${address} (${explainError(err)}); set TEMPORAL_ADDRESS or start the server`);
+    const how = temporal.mode === 'plain' ? '' : ` (${temporal.mode})`;
+    if (refusedCredentials(err)) {
+      throw new CliError(`Temporal at ${address}${how} refused the credentials (${explainError(err)}); check TEMPORAL_API_KEY, the client certificate and TEMPORAL_NAMESPACE`);
+    }
+    throw new CliError(`cannot reach Temporal at ${address}${how} (${explainError(err)}); set TEMPORAL_ADDRESS or start the server`);
   }
   try {
     return await use(new Client({ connection, namespace }));

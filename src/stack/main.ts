@@ -5,6 +5,7 @@ import { DefaultLogger, Runtime } from '@temporalio/worker';
 import path from 'node:path';
 import { TASK_QUEUE } from '../shared/messages';
 import { defaultTargetsPath } from '../targets';
+import { temporalConnectionConfig } from '../temporal-connection';
 import { createWorker } from '../worker/worker';
 import { stopDevServer, stopLeftoverDevServer } from './dev-server';
 import { ensureCluster, isInitialised, type DurableCluster } from './cluster';
@@ -134,7 +135,8 @@ async function main(): Promise<void> {
     process.env.FERMATA_TARGETS ??= s.targetsFile; // an explicit targets file (more targets) wins
     process.env.FERMATA_UI_URL ??= uiUrl; // the links in gate notifications
     await waitFor(`Temporal Web UI on ${uiUrl}`, async () => (await fetch(uiUrl)).ok);
-    const { worker, close } = await createWorker({ address, namespace: 'default' });
+    // Its own dev server, plainly: TLS or API key settings in the environment are for a cluster.
+    const { worker, close } = await createWorker({ temporal: temporalConnectionConfig({ TEMPORAL_ADDRESS: address }) });
     const running = worker.run();
     stopWorker = async () => {
       if (worker.getState() === 'RUNNING') worker.shutdown();

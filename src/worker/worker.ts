@@ -6,10 +6,11 @@ import { createActivities, type Activities } from '../activities';
 import { TASK_QUEUE } from '../shared/messages';
 import { searchAttributes } from '../shared/search-attributes';
 import { loadTargets } from '../targets';
+import type { TemporalConnectionConfig } from '../temporal-connection';
 
 export interface FermataWorkerOptions {
-  address: string;
-  namespace: string;
+  /** Where Temporal is and how to connect: temporalConnectionConfig() of the environment. */
+  temporal: TemporalConnectionConfig;
   /** A prebuilt workflow bundle (tests build one once); by default the workflows are bundled now. */
   workflowBundlePath?: string;
   /** Default `runbooks`; tests that inject faults use a queue of their own. */
@@ -23,8 +24,9 @@ export const workflowsPath = require.resolve('../workflows');
 export const payloadConverterPath = require.resolve('../shared/payload-converter');
 
 /** Register the custom search attributes if the namespace lacks them (dev server, cluster or Cloud alike). */
-export async function ensureSearchAttributes(address: string, namespace: string): Promise<void> {
-  const connection = await Connection.connect({ address });
+export async function ensureSearchAttributes(temporal: TemporalConnectionConfig): Promise<void> {
+  const { namespace } = temporal;
+  const connection = await Connection.connect(temporal.connectionOptions());
   try {
     const { customAttributes } = await connection.operatorService.listSearchAttributes({ namespace });
     const missing = Object.values(searchAttributes).filter((key) => !(key.name in (customAttributes ?? {})));
@@ -43,16 +45,16 @@ export async function createWorker(options: FermataWorkerOptions): Promise<{ wor
   const { audit } = loadTargets();
   if (!audit) throw new Error('the targets file has no "audit" section: the worker needs a database for the audit trail');
   await ensureAuditStore(audit);
-  await ensureSearchAttributes(options.address, options.namespace);
+  await ensureSearchAttributes(options.temporal);
   const auditLog = new AuditLog(audit);
   const activities = createActivities(auditLog);
-  const connection = await NativeConnection.connect({ address: options.address });
+  const connection = await NativeConnection.connect(options.temporal.connectionOptions());
   const code: Pick<WorkerOptions, 'workflowBundle' | 'workflowsPath'> = options.workflowBundlePath
     ? { workflowBundle: { codePath: options.workflowBundlePath } }
     : { workflowsPath };
   const worker = await Worker.create({
     connection,
-    namespace: options.namespace,
+    namespace: options.temporal.namespace,
     taskQueue: options.taskQueue ?? TASK_QUEUE,
     ...code,
     dataConverter: { payloadConverterPath },

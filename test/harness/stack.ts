@@ -13,6 +13,7 @@ import { statusQuery } from '../../src/shared/messages';
 import type { RunbookStatus } from '../../src/shared/status';
 import { freePort } from '../../src/stack/ports';
 import { clusterService, copyCluster, runningPort, startCluster, stopCluster } from '../../src/stack/postgres';
+import { temporalConnectionConfig } from '../../src/temporal-connection';
 import { createWorker } from '../../src/worker/worker';
 import { repoRoot, runDir, type HarnessEnv } from './paths';
 
@@ -103,8 +104,7 @@ export interface RunningWorker {
 /** A worker inside the test process; `wrap` can replace activities to inject faults. */
 export async function startWorker(options: { taskQueue?: string; wrap?: (activities: Activities) => Activities } = {}): Promise<RunningWorker> {
   const { worker, close } = await createWorker({
-    address: env.temporalAddress,
-    namespace: 'default',
+    temporal: temporalConnectionConfig({ TEMPORAL_ADDRESS: env.temporalAddress }),
     workflowBundlePath: env.workflowBundle,
     taskQueue: options.taskQueue,
     wrapActivities: options.wrap,
