@@ -266,11 +266,13 @@ export function createPartitionMigrationActivities() {
     /**
      * Copy key blocks for about `seconds`, then return the position (the workflow shows progress
      * between calls). A batch is one block of `batchRows` keys, copied under the block's advisory
-     * lock, which the capture trigger takes shared for every key it writes: a concurrent delete
-     * either commits before the batch's snapshot or waits and deletes the copied row after it, so
-     * nothing is resurrected, with no row locks (and their WAL) on the source. ON CONFLICT DO
-     * NOTHING never overwrites a newer captured write. The position is heartbeated after every
-     * batch, so a retry on another worker resumes where this one died.
+     * lock, which the capture trigger takes shared for every key it writes. Holding it, the batch
+     * owns the block's keys in the shadow: no write in flight can touch them, and every committed
+     * one is in the source. So it replaces them with the source's rows: a delete of what captured
+     * writes put there, then a plain insert (as fast as the bulk insert; ON CONFLICT costs a third
+     * more). A write in flight waits for the batch and then applies itself: nothing deleted comes
+     * back, nothing newer is overwritten, no source row is locked. A replayed batch copies its block
+     * again. The position is heartbeated after every batch, so a retry resumes where it stopped.
      */
     async partitionBackfill(spec: MigrationSpec, inventory: Inventory, from: Progress, seconds = 3): Promise<Progress> {
       const target = resolveTarget(spec.target);
@@ -283,13 +285,13 @@ export function createPartitionMigrationActivities() {
         const columns = inventory.columns.map((col) => ident(c, col)).join(', ');
         const key = ident(c, spec.partitionKey);
         const lock = `SELECT ${blockLock(c, spec.table, '$1::bigint', 'exclusive')}`;
-        const copy = `INSERT INTO ${ident(c, n.shadow)} (${columns})
-                      SELECT ${columns} FROM ${ident(c, spec.table)} WHERE ${key} >= $1 AND ${key} <= $2
-                      ON CONFLICT (${inventory.primaryKey.map((col) => ident(c, col)).join(', ')}) DO NOTHING`;
+        const clear = `DELETE FROM ${ident(c, n.shadow)} WHERE ${key} BETWEEN $1 AND $2`;
+        const copy = `INSERT INTO ${ident(c, n.shadow)} (${columns}) SELECT ${columns} FROM ${ident(c, spec.table)} WHERE ${key} BETWEEN $1 AND $2`;
         const copyBlock = async (lane: Client, [low, high, block]: number[]): Promise<number> => {
           await lane.query('BEGIN');
           try {
             await lane.query(lock, [block]);
+            await lane.query(clear, [low, high]);
             const { rowCount } = await lane.query(copy, [low, high]);
             await lane.query('COMMIT');
             return rowCount ?? 0;
@@ -677,7 +679,7 @@ function plan(c: Client, spec: MigrationSpec, inventory: TableFacts): PlannedAct
     {
       step: 'backfill',
       kind: 'sql',
-      text: `${batches} blocks of ${spec.batchRows} keys from ${inventory.minKey} to ${inventory.maxKey}, two at a time, each under its advisory lock: INSERT INTO ${n.shadow} SELECT … WHERE ${spec.partitionKey} BETWEEN $low AND $high ON CONFLICT DO NOTHING`,
+      text: `${batches} blocks of ${spec.batchRows} keys from ${inventory.minKey} to ${inventory.maxKey}, two at a time, each in a transaction holding its advisory lock: DELETE FROM ${n.shadow} WHERE ${spec.partitionKey} BETWEEN $low AND $high; INSERT INTO ${n.shadow} SELECT … FROM ${spec.table} WHERE ${spec.partitionKey} BETWEEN $low AND $high`,
     },
     { step: 'verify', kind: 'check', text: `count(*) and sum(hash_record_extended(row, 0)) per key range of ${spec.table} and ${n.shadow}, on two connections; ANALYZE ${n.shadow}` },
     { step: 'cutover', kind: 'check', text: 'gate "cutover", then the maintenance window' },
