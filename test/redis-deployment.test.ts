@@ -14,6 +14,7 @@ import type { RunbookResult, RunbookStatus } from '../src/shared/status';
 import { freePort } from '../src/stack/ports';
 import { stopRedisServers } from './harness/global-teardown';
 import { runDir } from './harness/paths';
+import { auditText, historyText, linesWith } from './harness/records';
 import {
   closeHarness,
   newRedisTarget,
@@ -158,7 +159,14 @@ test('happy path: approved, every setting read back by a separate client and fro
   expect(statSync(confFile).mtimeMs).toBe(confTime);
   expect(await serversOn(port)).toBe(1);
 
-  for (const h of handles) expect(JSON.stringify(await h.fetchHistory())).not.toContain(secret);
+  for (const h of handles) {
+    const history = await historyText(h);
+    expect(history).toMatch(/"target":"[^"]+"/); // the workflow's input, decoded
+    expect(linesWith(history, [secret])).toEqual([]);
+  }
+  const audit = await auditText(handles.map((h) => h.workflowId));
+  expect(audit.kinds).toContain('step_done');
+  expect(linesWith(audit.text, [secret])).toEqual([]);
 });
 
 test('a changed setting on the running Redis is applied live after the gate, and rejected changes leave it as it was', async () => {
