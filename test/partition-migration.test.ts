@@ -34,6 +34,11 @@ async function sameRows(t: TestTarget, a: string, b: string): Promise<boolean> {
   return row.a === row.b;
 }
 
+// The activities on their own, for races a workflow cannot stage.
+const acts = createPartitionMigrationActivities();
+const mock = new MockActivityEnvironment();
+const act = <A extends unknown[], R>(fn: (...args: A) => Promise<R>, ...args: A): Promise<R> => mock.run(fn as never, ...args) as Promise<R>;
+
 const relkind = async (t: TestTarget, table: string) =>
   (await t.query<{ relkind: string | null }>(`SELECT (SELECT relkind FROM pg_class WHERE oid = to_regclass($1))::text AS relkind`, [table]))[0].relkind;
 
@@ -224,9 +229,6 @@ test('worker killed mid-backfill: a new one resumes from its checkpoint, not fro
 
 test('a delete and an update in flight when the backfill reaches their block: the batch waits for them, nothing stale is copied', async () => {
   const target = await newTarget(uniqueId('pm-race'));
-  const acts = createPartitionMigrationActivities();
-  const mock = new MockActivityEnvironment();
-  const act = <A extends unknown[], R>(fn: (...args: A) => Promise<R>, ...args: A): Promise<R> => mock.run(fn as never, ...args) as Promise<R>;
   const spec = { target: target.name, table: 'files', partitionKey: 'id', partitions: 8, batchRows: 10_000, throttle: { pauseMs: 0 } };
   const inventory = await act(acts.partitionPrecheck, spec);
   await act(acts.partitionCreateShadow, spec, inventory);
@@ -252,4 +254,21 @@ test('a delete and an update in flight when the backfill reaches their block: th
   expect(await target.query('SELECT id FROM files_fermata_new WHERE id = 5')).toEqual([]);
   expect(await target.query('SELECT filename FROM files_fermata_new WHERE id = 7')).toEqual([{ filename: 'renamed.mid' }]);
   expect(await sameRows(target, 'files', 'files_fermata_new')).toBe(true);
+});
+
+test('cut-over refuses, changing nothing, when the capture trigger was disabled or the copies drifted apart since verify', async () => {
+  const target = await newTarget(uniqueId('pm-drift'));
+  const spec = { target: target.name, table: 'files', partitionKey: 'id', partitions: 8, batchRows: 10_000, throttle: { pauseMs: 0 } };
+  const inventory = await act(acts.partitionPrecheck, spec);
+  await act(acts.partitionCreateShadow, spec, inventory);
+  const { minKey, maxKey } = await act(acts.partitionInstallCapture, spec, inventory);
+  expect((await act(acts.partitionBackfill, spec, inventory, { last: minKey - 1, maxKey, copied: 0, batches: 0, done: false }, 60)).done).toBe(true);
+  await act(acts.partitionVerify, spec, 'shadow');
+
+  await target.query('ALTER TABLE files DISABLE TRIGGER fermata_sync_to_shadow');
+  await expect(act(acts.partitionCutover, spec, inventory)).rejects.toThrow('final check: trigger fermata_sync_to_shadow on files is missing or disabled');
+  await target.query('DELETE FROM files WHERE id = 12345');
+  await expect(act(acts.partitionCutover, spec, inventory)).rejects.toThrow(/files and files_fermata_new differ in key ranges \[\d+, \d+\): changed since verify/);
+  expect(await relkind(target, 'files')).toBe('r');
+  expect(await relkind(target, 'files_old')).toBeNull();
 });

@@ -333,13 +333,13 @@ export function createPartitionMigrationActivities() {
      * write it copies. `against` is the shadow before the cut-over (then ANALYZEd: autovacuum never
      * analyzes a partitioned parent) and the old table after it.
      */
-    async partitionVerify(spec: MigrationSpec, against: 'shadow' | 'old', chunk = 200_000): Promise<Evidence> {
+    async partitionVerify(spec: MigrationSpec, against: 'shadow' | 'old', chunk = VERIFY_CHUNK): Promise<Evidence> {
       const target = resolveTarget(spec.target);
       const [left, right] = [spec.table, names(spec.table)[against]];
       return onTarget(target, (c) => onTarget(target, async (second) => {
         const mismatches = await compare([c, second], spec.partitionKey, left, right, chunk);
         if (mismatches.ranges.length) {
-          throw fail(ErrorType.NotConverged, 'verify', `${left} and ${right} differ in key ranges ${mismatches.ranges.slice(0, 5).join(', ')}${mismatches.ranges.length > 5 ? ', …' : ''}`);
+          throw fail(ErrorType.NotConverged, 'verify', `${left} and ${right} differ in key ranges ${listRanges(mismatches.ranges)}`);
         }
         if (against === 'shadow') await c.query(`ANALYZE ${ident(c, right)}`);
         return { summary: `${mismatches.rows} rows equal in ${mismatches.chunks} key ranges (count and ${mismatches.hash} checksum)`, rows: mismatches.rows, ranges: mismatches.chunks };
@@ -349,11 +349,14 @@ export function createPartitionMigrationActivities() {
     /**
      * The cut-over, one transaction under a lock timeout (a timeout is retried by the activity's
      * retry policy; it never queues behind a long transaction, which would block readers too).
+     * The full comparison runs just before, without a lock (the gate may have waited for days);
+     * under the lock only checks that take no time with the table's size: the capture trigger is
+     * still enabled, so nothing written since has been missed, and the highest keys agree.
      */
     async partitionCutover(spec: MigrationSpec, inventory: Inventory): Promise<Evidence> {
       const target = resolveTarget(spec.target);
       const n = names(spec.table);
-      return onTarget(target, async (c) => {
+      return onTarget(target, (c) => onTarget(target, async (second) => {
         const state = await value<string | null>(c, 'SELECT state FROM fermata_migrations WHERE table_name = $1', [spec.table]);
         if (state === 'cut_over') return { summary: 'already cut over', writeBlockMs: 0 };
         const long = await c.query<{ pid: number; seconds: number }>(
@@ -361,27 +364,37 @@ export function createPartitionMigrationActivities() {
             WHERE xact_start < now() - interval '30 seconds' AND pid <> pg_backend_pid() AND backend_type = 'client backend'`,
         );
         if (long.rowCount) throw fail(ErrorType.NotConverged, 'cutover', `waiting for long transactions to end first: ${long.rows.map((r) => `pid ${r.pid} (${r.seconds} s)`).join(', ')}`);
+        const compared = await compare([c, second], spec.partitionKey, spec.table, n.shadow, VERIFY_CHUNK);
+        if (compared.ranges.length) throw fail(ErrorType.NotConverged, 'cutover', `${spec.table} and ${n.shadow} differ in key ranges ${listRanges(compared.ranges)}: changed since verify without the capture trigger (TRUNCATE, or the trigger disabled)?`);
         await c.query(syncFunction(c, n.reverseFunction, n.old, inventory));
-        const { locked, rows } = await lockRetrying(c, async () => {
+        const key = ident(c, spec.partitionKey);
+        const locked = await lockRetrying(c, async () => {
           await c.query(`LOCK TABLE ${ident(c, spec.table)}, ${ident(c, n.shadow)} IN ACCESS EXCLUSIVE MODE`);
           const locked = Date.now();
           for (const fk of inventory.foreignKeys) await c.query(`LOCK TABLE ${fk.table} IN SHARE ROW EXCLUSIVE MODE`);
-          const counts = await c.query<{ source: string; shadow: string }>(
-            `SELECT (SELECT count(*) FROM ${ident(c, spec.table)}) AS source, (SELECT count(*) FROM ${ident(c, n.shadow)}) AS shadow`,
-          );
-          if (counts.rows[0].source !== counts.rows[0].shadow) {
-            throw fail(ErrorType.NotConverged, 'cutover', `final check: ${counts.rows[0].source} rows in ${spec.table}, ${counts.rows[0].shadow} in ${n.shadow}`);
-          }
+          const [check] = (
+            await c.query<{ capturing: boolean; source: string | null; shadow: string | null }>(
+              `SELECT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = to_regclass($1) AND tgname = $2 AND tgenabled IN ('O', 'A')) AS capturing,
+                      (SELECT max(${key}) FROM ${ident(c, spec.table)})::text AS source, (SELECT max(${key}) FROM ${ident(c, n.shadow)})::text AS shadow`,
+              [`public.${spec.table}`, n.forwardTrigger],
+            )
+          ).rows;
+          if (!check.capturing) throw fail(ErrorType.NotConverged, 'cutover', `final check: trigger ${n.forwardTrigger} on ${spec.table} is missing or disabled`);
+          if (check.source !== check.shadow) throw fail(ErrorType.NotConverged, 'cutover', `final check: highest ${spec.partitionKey} is ${check.source} in ${spec.table}, ${check.shadow} in ${n.shadow}`);
           for (const sql of swap(c, spec, inventory, 'forward')) await c.query(sql);
           await c.query(`UPDATE fermata_migrations SET state = 'cut_over', updated_at = now() WHERE table_name = $1`, [spec.table]);
-          return { locked, rows: Number(counts.rows[0].source) };
+          return locked;
         });
         const writeBlockMs = Date.now() - locked; // until the commit
         // Validating scans the referencing tables under a lock that lets writes through.
         for (const fk of inventory.foreignKeys) await c.query(`ALTER TABLE ${fk.table} VALIDATE CONSTRAINT ${ident(c, fk.name)}`);
         await c.query(`ANALYZE ${ident(c, spec.table)}`);
-        return { summary: `cut over: writes blocked for ${writeBlockMs} ms; ${rows} rows; ${spec.table}_old kept current by a reverse trigger`, writeBlockMs, rows };
-      });
+        return {
+          summary: `cut over: writes blocked for ${writeBlockMs} ms; ${compared.rows} rows equal just before; ${spec.table}_old kept current by a reverse trigger`,
+          writeBlockMs,
+          rows: compared.rows,
+        };
+      }));
     },
 
     /** Swap back (rollback after cut-over): the original table returns with every write made since. Idempotent. */
@@ -638,6 +651,11 @@ async function compare(lanes: Client[], key: string, left: string, right: string
   );
   return { ranges: ranges.sort((a, b) => a - b).map((from) => `[${from}, ${from + chunk})`), rows, chunks, hash: hashable ? 'record' : 'text' };
 }
+
+/** Keys per range the comparisons count and checksum in one statement. */
+const VERIFY_CHUNK = 200_000;
+
+const listRanges = (ranges: string[]) => `${ranges.slice(0, 5).join(', ')}${ranges.length > 5 ? ', …' : ''}`;
 
 /** Wait while replicas lag or the server is busy, as the throttle settings ask. */
 async function throttle(c: Client, spec: MigrationSpec): Promise<void> {
