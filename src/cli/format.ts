@@ -58,8 +58,8 @@ export function planLines(plan: PlannedAction[]): string[] {
 
 /**
  * The whole `fermata status` view: the execution, then the runbook's current details exactly as
- * the Web UI shows them (Markdown, from renderMarkdown), then what only a terminal needs: the
- * commands that move a waiting runbook on, a dry run's plan, the messages it received.
+ * the Web UI shows them (Markdown, from renderMarkdown: the last messages it received are there),
+ * then what only a terminal needs: the commands that move a waiting runbook on, a dry run's plan.
  */
 export function renderStatus(snap: Snapshot): string[] {
   const s = snap.status;
@@ -75,12 +75,10 @@ export function renderStatus(snap: Snapshot): string[] {
   ];
   if (snap.problem) lines.push(`${snap.closed ? `Ended (${words(snap.execution)})` : 'Status unavailable'}: ${snap.problem}`, '');
   if (!s) return lines;
-  lines.push(snap.details || renderMarkdown(s), '');
+  // Without the empty paragraph the Markdown ends with for the Web UI's pane (see renderMarkdown).
+  lines.push((snap.details || renderMarkdown(s)).trimEnd(), '');
   const pending = commands(snap.id, s);
   if (pending.length) lines.push('From the command line:', ...pending, '');
   if (s.plan) lines.push('Plan (dry run: nothing was changed):', ...planLines(s.plan), '');
-  if (s.messages.length) {
-    lines.push('Messages:', ...table(s.messages.map((m) => [when(m.at), m.kind, m.gate ?? '', m.by, m.text ?? ''])), '');
-  }
   return lines;
 }
