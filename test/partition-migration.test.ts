@@ -7,6 +7,7 @@ import { createReferenceSql, startWriters } from '../src/fixtures/midi-writers';
 import { approveSignal, rejectSignal, TASK_QUEUE } from '../src/shared/messages';
 import { waitFor } from '../src/stack/ports';
 import type { RunbookResult } from '../src/shared/status';
+import { historyText, linesWith } from './harness/records';
 import { closeHarness, env, newTarget, spawnWorker, startWorker, temporal, uniqueId, waitForStatus, type RunningWorker, type TestTarget, failureOf } from './harness/stack';
 
 let worker: RunningWorker | undefined;
@@ -65,6 +66,9 @@ test('online migration to 256 hash partitions with writers running: same rows as
     const result: RunbookResult = await handle.result();
 
     expect(result.outcome).toBe('completed');
+    const history = await historyText(handle);
+    expect(history).toMatch(/"target":"[^"]+"/); // the workflow's input, decoded
+    expect(linesWith(history, [env.targetPassword, env.auditPassword])).toEqual([]);
     expect(stats.errors).toEqual([]);
     expect(stats.attempted).toBeGreaterThan(100);
     expect(await fingerprint(target, 'files')).toEqual(await fingerprint(target, 'files_reference'));
