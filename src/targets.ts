@@ -82,8 +82,9 @@ const webhookName = z.string().regex(/^[A-Za-z0-9_.-]{1,100}$/, 'letters, digits
 const targetSchema = z
   .object({
     description: z.string().optional(),
-    postgres: postgresSchema,
-    service: serviceSchema,
+    /** The PostgreSQL runbooks' server, and how to control its service; a Redis-only target has neither. */
+    postgres: postgresSchema.optional(),
+    service: serviceSchema.optional(),
     host: hostSchema.default({ kind: 'local' }),
     redis: redisSchema.optional(),
     /** The webhook told when a run on this target opens a gate or waits for a decision: a name from `webhooks`, or one of its own. */
@@ -102,6 +103,12 @@ const fileSchema = z
   .strict()
   .superRefine((file, ctx) => {
     for (const [name, target] of Object.entries(file.targets)) {
+      if (!target.postgres && !target.redis) {
+        ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['targets', name], message: 'needs a postgres or a redis section' });
+      }
+      if (target.postgres && !target.service) {
+        ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['targets', name, 'service'], message: 'required with postgres: how to restart its server' });
+      }
       if (typeof target.notify === 'string' && !Object.hasOwn(file.webhooks ?? {}, target.notify)) {
         ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['targets', name, 'notify'], message: `no webhook ${q(target.notify)} in webhooks` });
       }
@@ -147,7 +154,7 @@ export function loadTargets(file = targetsPath()): TargetsFile {
         name,
         {
           ...t,
-          postgres: absolute(t.postgres),
+          ...(t.postgres ? { postgres: absolute(t.postgres) } : {}),
           ...(t.redis ? { redis: absolute({ ...t.redis, dataRoot: resolve(t.redis.dataRoot) }) } : {}),
           ...(t.notify && typeof t.notify !== 'string' ? { notify: hook(t.notify) } : {}),
         },
@@ -164,6 +171,12 @@ export function resolveTarget(name: string, file = targetsPath()): Target {
     throw failure(ErrorType.UnknownTarget, where, `unknown target ${q(name)} (known: ${known})`);
   }
   return { ...target, name };
+}
+
+/** The target's PostgreSQL and its service, or a clear error for a target without them (Redis only). */
+export function postgresOf(target: Target): { postgres: PostgresEndpoint; service: ServiceControl } {
+  if (!target.postgres || !target.service) throw failure(ErrorType.InvalidTargets, where, `target ${q(target.name)} has no postgres section`);
+  return { postgres: target.postgres, service: target.service };
 }
 
 /** Where a password is: an environment variable or a file. */

@@ -78,7 +78,7 @@ test("the worker's targets file names the target service, its port, database, us
   expect(existsSync(file)).toBe(true);
   const { audit, targets } = loadTargets(file);
 
-  const sandbox = targets.sandbox;
+  const sandbox = { ...targets.sandbox, postgres: targets.sandbox.postgres! };
   expect(sandbox.postgres.host).toBe('target');
   expect(sandbox.postgres.port).toBe(Number(env('target', 'PGPORT')));
   expect(published('target').get(sandbox.postgres.port)).toBe(5433);

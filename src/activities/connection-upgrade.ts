@@ -5,7 +5,7 @@ import type { Client } from 'pg';
 import { ErrorType, failure, q } from '../shared/errors';
 import type { ConnectionUpgradeInput } from '../shared/inputs';
 import type { Evidence, PlannedAction } from '../shared/status';
-import { resolveTarget, type Target } from '../targets';
+import { postgresOf, resolveTarget, type Target } from '../targets';
 import { controlService, heartbeating, serviceCommand } from './host';
 import { onTarget, value, withClient } from './postgres';
 import { waitFor } from '../stack/ports';
@@ -91,7 +91,7 @@ export function createConnectionUpgradeActivities() {
         const serverVersion = await value(c, 'SHOW server_version');
         if (versionNum < 100000) throw fail(ErrorType.PrecheckFailed, 'precheck', `PostgreSQL ${serverVersion} is too old (10 or later needed)`);
         const superuser = await value<boolean>(c, 'SELECT rolsuper FROM pg_roles WHERE rolname = current_user');
-        if (!superuser) throw fail(ErrorType.PrecheckFailed, 'precheck', `role ${q(target.postgres.user)} is not a superuser: ALTER SYSTEM needs one`);
+        if (!superuser) throw fail(ErrorType.PrecheckFailed, 'precheck', `role ${q(postgresOf(target).postgres.user)} is not a superuser: ALTER SYSTEM needs one`);
 
         const rows = await settingRows(c);
         const current = (name: string) => rows.get(name)!.setting;
@@ -131,7 +131,7 @@ export function createConnectionUpgradeActivities() {
         );
         const statementsInstalled = await hasStatements(c);
         const needsRestart = changes.some((ch) => ch.needsRestart && ch.from !== ch.to);
-        const restart = serviceCommand(target.service, 'restart').argv.join(' ');
+        const restart = serviceCommand(postgresOf(target).service, 'restart').argv.join(' ');
         const plan: PlannedAction[] = [
           { step: 'precheck', kind: 'check', text: `PostgreSQL ${serverVersion}; ${connections} client connections; ${STATEMENTS} available: ${Boolean(available)}` },
           ...changes.map((ch): PlannedAction => ({ step: 'apply', kind: 'sql', text: `${alterSystem(c, ch.name, ch.to)}; -- now ${ch.from}` })),
@@ -222,7 +222,7 @@ export function createConnectionUpgradeActivities() {
       if (before && before.pending.length === 0) return { summary: 'nothing pending restart: not restarted', restarted: false };
       if (before) await onTarget(target, (c) => c.query('CHECKPOINT')); // a short shutdown checkpoint
       const started = Date.now();
-      const command = await heartbeating(controlService(target.host, target.service, 'restart'));
+      const command = await heartbeating(controlService(target.host, postgresOf(target).service, 'restart'));
       const unavailableMs = (await waitForConnections(target)) - started;
       const after = await onTarget(target, (c) => value<Date>(c, 'SELECT pg_postmaster_start_time()'));
       return {
@@ -334,7 +334,7 @@ async function reload(target: Target): Promise<void> {
 async function waitForConnections(target: Target, timeoutMs = 300_000): Promise<number> {
   const answers = async () => {
     heartbeat();
-    await withClient({ endpoint: target.postgres }, (c) => c.query('SELECT 1'));
+    await withClient({ endpoint: postgresOf(target).postgres }, (c) => c.query('SELECT 1'));
     return true;
   };
   // Polled every 100 ms: the wait is also the measure of how long the server was unavailable.

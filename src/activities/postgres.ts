@@ -1,7 +1,7 @@
 // Connections to a target's PostgreSQL. Credentials are resolved here, in the worker, and scrubbed
 // from anything that could travel back into workflow history.
 import { Client, Pool } from 'pg';
-import { password, type PostgresEndpoint, type Target } from '../targets';
+import { password, postgresOf, type PostgresEndpoint, type Target } from '../targets';
 
 export interface Connect {
   endpoint: PostgresEndpoint;
@@ -46,7 +46,7 @@ export async function withClient<T>(connect: Connect, fn: (client: Client) => Pr
   }
 }
 
-export const onTarget = <T>(target: Target, fn: (client: Client) => Promise<T>): Promise<T> => withClient({ endpoint: target.postgres }, fn);
+export const onTarget = <T>(target: Target, fn: (client: Client) => Promise<T>): Promise<T> => withClient({ endpoint: postgresOf(target).postgres }, fn);
 
 /** Replace a secret wherever it appears in an error's message. */
 export function scrub(err: unknown, secret?: string): unknown {

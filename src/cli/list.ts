@@ -34,8 +34,8 @@ export async function list(args: string[]): Promise<void> {
   const { targets } = loadTargets(file);
   const rows = Object.entries(targets).map(([name, t]) => [
     name,
-    `${t.postgres.host}:${t.postgres.port}/${t.postgres.database}`,
-    t.host.kind === 'ssh' ? `${t.service.kind} via ssh ${t.host.address}` : t.service.kind,
+    [t.postgres && `${t.postgres.host}:${t.postgres.port}/${t.postgres.database}`, t.redis && `redis on ${t.redis.bindAddress}`].filter(Boolean).join(', '),
+    [t.service?.kind, t.host.kind === 'ssh' && `via ssh ${t.host.address}`].filter(Boolean).join(' '),
     t.description ?? '',
   ]);
   console.log(`\nTargets (${file}):`);
