@@ -145,6 +145,52 @@ describe('current details (renderMarkdown): what the Web UI shows in its details
     );
   });
 
+  describe('the last notification, in one line: the webhook by name and host, how it went, what happens next', () => {
+    const at = '2026-11-23T00:28:35.500Z';
+    const where = 'connectionUpgrade / restart / notify: webhook "ops-slack" (hooks.example.com)';
+    const lineOf = (notification: RunbookStatus['notification']) => renderMarkdown({ ...held, notification }).split('\n').filter((l) => /^Notifi/.test(l));
+
+    test('none: no line', () => {
+      expect(lineOf(undefined)).toEqual([]);
+    });
+
+    test('delivered, after the gate and before the window', () => {
+      const n = { kind: 'gate' as const, name: 'restart', webhook: 'ops-slack', host: 'hooks.example.com', outcome: 'delivered' as const, attempts: 1, at };
+      expect(lineOf(n)).toEqual(['Notified `ops-slack` (hooks.example.com) of gate `restart` at 00:28:35 UTC.']);
+      const shown = renderMarkdown({ ...held, notification: n });
+      expect(shown.indexOf('Notified')).toBeGreaterThan(shown.indexOf('Holding at gate'));
+      expect(shown.indexOf('Notified')).toBeLessThan(shown.indexOf('Maintenance window'));
+      expect(lineOf({ ...n, kind: 'decision', name: 'verify', attempts: 3 })).toEqual([
+        "Notified `ops-slack` (hooks.example.com) of step `verify`'s failure at 00:28:35 UTC (attempt 3).",
+      ]);
+    });
+
+    test('retrying: the reason without the where and the webhook said again, and when it retries', () => {
+      const n = { kind: 'gate' as const, name: 'restart', webhook: 'ops-slack', host: 'hooks.example.com', outcome: 'retrying' as const, attempts: 2, at };
+      expect(lineOf({ ...n, error: `${where}: HTTP 503 Service Unavailable: maintenance (retry in 8 s)` })).toEqual([
+        'Notification of gate `restart` to `ops-slack` (hooks.example.com): attempt 2 failed at 00:28:35 UTC: HTTP 503 Service Unavailable: maintenance (retry in 8 s)',
+      ]);
+    });
+
+    test('failed or abandoned: a long reason is cut, what happens next is kept, pipes escaped', () => {
+      const n = { kind: 'gate' as const, name: 'restart', webhook: 'ops-slack', host: 'hooks.example.com', outcome: 'failed' as const, attempts: 6, at };
+      const [failed] = lineOf({ ...n, error: `${where}: HTTP 500 Internal Server Error: ${'stack | trace '.repeat(20)}(gave up after 6 attempts)` });
+      expect(failed).toMatch(/^Notification of gate `restart` to `ops-slack` \(hooks\.example\.com\) failed at 00:28:35 UTC: HTTP 500 Internal Server Error: stack \\\| trace .* … \(gave up after 6 attempts\)$/);
+      expect(failed.length).toBeLessThan(260);
+      const [abandoned] = lineOf({ ...n, outcome: 'abandoned', attempts: 1, error: `${where}: unreachable (ECONNREFUSED) (not retried: the gate is no longer pending)` });
+      expect(abandoned).toBe(
+        'Notification of gate `restart` to `ops-slack` (hooks.example.com) abandoned at 00:28:35 UTC: unreachable (ECONNREFUSED) (not retried: the gate is no longer pending)',
+      );
+    });
+
+    test('a webhook the targets file lacks: its name, no host, the error as it is', () => {
+      const n = { kind: 'gate' as const, name: 'restart', webhook: 'nobody', outcome: 'failed' as const, attempts: 1, at };
+      expect(lineOf({ ...n, error: 'targets: unknown webhook "nobody" (known: "ops-slack") (not retried: retrying cannot fix it)' })).toEqual([
+        'Notification of gate `restart` to `nobody` failed at 00:28:35 UTC: targets: unknown webhook "nobody" (known: "ops-slack") (not retried: retrying cannot fix it)',
+      ]);
+    });
+  });
+
   test('it ends with an empty paragraph, which the UI\'s pane cuts off instead of the last step', () => {
     expect(markdown.endsWith('|\n\n\u00a0')).toBe(true);
   });

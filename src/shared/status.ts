@@ -135,6 +135,36 @@ function messageLine(m: MessageRecord): string {
   }
 }
 
+/** The reason a notification failed, without what its line already says (where, webhook, host); at most this long. */
+const NOTIFY_REASON_CHARS = 120;
+
+/**
+ * One line on the last notification: who was told of what, and how it went. The webhook by name and
+ * host, as the status holds it (its URL never leaves the worker); for a failure the reason, cut
+ * short, and what happens next ("retry in 8 s", "gave up after 6 attempts").
+ */
+function notificationLine(n: NotificationStatus): string {
+  const to = n.webhook ? `\`${n.webhook}\`${n.host ? ` (${cell(n.host)})` : ''}` : 'the webhook';
+  const about = n.kind === 'gate' ? `gate \`${n.name}\`` : `step \`${n.name}\`'s failure`;
+  const at = `${n.at.slice(11, 19)} UTC`;
+  if (n.outcome === 'delivered') return `Notified ${to} of ${about} at ${at}${n.attempts > 1 ? ` (attempt ${n.attempts})` : ''}.`;
+  const what = n.outcome === 'retrying' ? `: attempt ${n.attempts} failed` : ` ${n.outcome}`;
+  return `Notification of ${about} to ${to}${what} at ${at}${n.error ? `: ${cell(notifyReason(n.error, n.webhook, n.host))}` : ''}`;
+}
+
+/**
+ * "HTTP 503 Service Unavailable: maintenance (retry in 8 s)" from the error's full message
+ * ("connectionUpgrade / restart / notify: webhook "ops" (host): HTTP 503 …"): the reason cut short,
+ * what happens next kept whole.
+ */
+function notifyReason(error: string, webhook?: string, host?: string): string {
+  const said = webhook ? `webhook ${JSON.stringify(webhook)}${host ? ` (${host})` : ''}: ` : '';
+  const at = said ? error.indexOf(said) : -1;
+  const text = at >= 0 ? error.slice(at + said.length) : error.replace(/^\w+( \/ [^:]+)+: /, '');
+  const next = /^(.*) (\([^()]*\))$/s.exec(text);
+  return next ? `${clip(next[1], NOTIFY_REASON_CHARS)} ${next[2]}` : clip(text, NOTIFY_REASON_CHARS);
+}
+
 /** Evidence longer than this is cut in the table (the status query has all of it). */
 const EVIDENCE_CHARS = 72;
 /** The last messages the details list; the status query and the audit table keep all of them. */
@@ -167,6 +197,7 @@ export function renderMarkdown(s: RunbookStatus): string {
       '',
     );
   }
+  if (s.notification) lines.push(notificationLine(s.notification), '');
   if (s.nextWindow && (s.state === 'planned' || !finalStates.includes(s.state))) {
     const waiting = s.state === 'waiting_window' ? ': waiting for it to open' : '';
     lines.push(`**Maintenance window:** ${span(s.nextWindow.opensAt, s.nextWindow.closesAt)}${waiting}`, '');
