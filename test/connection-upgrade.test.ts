@@ -104,9 +104,23 @@ test('the Web UI sees the runbook: current details and search attributes', async
   const target = await newTarget(uniqueId('ui'));
   const handle = await start({ target: target.name });
   await waitForStatus(handle, (s) => s.pendingGate?.name === 'restart');
-  const metadata = await handle.query<{ currentDetails: string }>('__temporal_workflow_metadata');
+  type Definitions = Record<'signalDefinitions' | 'updateDefinitions' | 'queryDefinitions', { name: string; description?: string }[]>;
+  const metadata = await handle.query<{ currentDetails: string; definition: Definitions }>('__temporal_workflow_metadata');
   expect(metadata.currentDetails).toContain('Holding at gate `restart`');
   expect(metadata.currentDetails).toMatch(/\| Pre-checks: server, privileges, current values \| ✔\u00a0done \|/);
+  // What the UI's Send a Signal and Update menus list: every handler says the payload it takes.
+  const described = (kind: keyof Definitions) => Object.fromEntries(metadata.definition[kind].map((d) => [d.name, d.description]));
+  const signals = described('signalDefinitions');
+  expect(Object.keys(signals).sort()).toEqual(['approve', 'decide', 'reject']);
+  expect(signals.approve).toContain('{"gate": "<gate>", "by": "<your name>", "comment"?: "<text>"}');
+  expect(signals.reject).toContain('{"gate": "<gate>", "by": "<your name>", "reason": "<text>"}');
+  expect(signals.decide).toContain('{"action": "retry" | "skip" | "abort" | "rollback", "by": "<your name>"');
+  const updates = described('updateDefinitions');
+  expect(Object.keys(updates).sort()).toEqual(['approveGate', 'decideFailure', 'rejectGate']);
+  expect(updates.approveGate).toContain('{"gate": "<gate>", "by": "<your name>"');
+  expect(updates.rejectGate).toContain('"reason": "<text>"');
+  expect(updates.decideFailure).toContain('"action": "retry" | "skip" | "abort" | "rollback"');
+  expect(described('queryDefinitions').status).toMatch(/^No arguments\./);
 
   const client = await temporal();
   const listed = async (query: string) => {

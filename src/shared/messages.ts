@@ -33,3 +33,22 @@ export const rejectUpdate = defineUpdate<string, [Rejection]>('rejectGate');
 export const decideUpdate = defineUpdate<string, [Decision]>('decideFailure');
 
 export const statusQuery = defineQuery<RunbookStatus>('status');
+
+/**
+ * What each handler takes, as the worker reports it (`setHandler`'s `description`, read by the
+ * `__temporal_workflow_metadata` query): the Web UI's Send a Signal and Update menus show it, so an
+ * operator there learns the payload to type.
+ */
+const approval = '{"gate": "<gate>", "by": "<your name>", "comment"?: "<text>"}';
+const rejection = '{"gate": "<gate>", "by": "<your name>", "reason": "<text>"}';
+const decision = '{"action": "retry" | "skip" | "abort" | "rollback", "by": "<your name>", "comment"?: "<text>"}';
+const refusedAsError = 'Answers "accepted", or the refusal as an error.';
+export const handlerDescriptions = {
+  approveSignal: `Approve the gate the runbook holds at: ${approval}. A refusal (not an approver, not the pending gate) changes nothing and shows in the current details.`,
+  rejectSignal: `Reject the gate the runbook holds at; what was applied is rolled back: ${rejection}.`,
+  decideSignal: `Decide for a step that failed after its retries: ${decision}. "skip" is refused for a step later steps need.`,
+  approveUpdate: `Approve the gate the runbook holds at: ${approval}. ${refusedAsError}`,
+  rejectUpdate: `Reject the gate the runbook holds at; what was applied is rolled back: ${rejection}. ${refusedAsError}`,
+  decideUpdate: `Decide for a step that failed after its retries: ${decision}. ${refusedAsError}`,
+  statusQuery: 'No arguments. The runbook as JSON: state, steps with evidence, the pending gate or decision, the window, the messages received, the last notification.',
+} as const;

@@ -23,6 +23,7 @@ import {
   approveUpdate,
   decideSignal,
   decideUpdate,
+  handlerDescriptions,
   rejectSignal,
   rejectUpdate,
   statusQuery,
@@ -117,13 +118,14 @@ export class Runbook {
       steps: steps.map(([name, title]) => ({ name, title, state: 'pending' })),
       messages: [],
     };
-    setHandler(statusQuery, () => this.status);
-    setHandler(approveSignal, (a) => void this.onApprove(a));
-    setHandler(rejectSignal, (r) => void this.onReject(r));
-    setHandler(decideSignal, (d) => void this.onDecide(d));
-    setHandler(approveUpdate, (a) => this.strict(this.onApprove(a)), { validator: needs('gate', 'by') });
-    setHandler(rejectUpdate, (r) => this.strict(this.onReject(r)), { validator: needs('gate', 'by', 'reason') });
-    setHandler(decideUpdate, (d) => this.strict(this.onDecide(d)), { validator: needs('action', 'by') });
+    const about = handlerDescriptions;
+    setHandler(statusQuery, () => this.status, { description: about.statusQuery });
+    setHandler(approveSignal, (a) => void this.onApprove(a), { description: about.approveSignal });
+    setHandler(rejectSignal, (r) => void this.onReject(r), { description: about.rejectSignal });
+    setHandler(decideSignal, (d) => void this.onDecide(d), { description: about.decideSignal });
+    setHandler(approveUpdate, (a) => this.strict(this.onApprove(a)), { validator: needs('gate', 'by'), description: about.approveUpdate });
+    setHandler(rejectUpdate, (r) => this.strict(this.onReject(r)), { validator: needs('gate', 'by', 'reason'), description: about.rejectUpdate });
+    setHandler(decideUpdate, (d) => this.strict(this.onDecide(d)), { validator: needs('action', 'by'), description: about.decideUpdate });
     upsertSearchAttributes([
       { key: searchAttributes.runbook, value: runbook },
       { key: searchAttributes.target, value: input.target },
