@@ -6,6 +6,7 @@
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { TASK_QUEUE } from '../src/shared/messages';
+import { searchAttributes } from '../src/shared/search-attributes';
 import { freePort } from '../src/stack/ports';
 import { stopRedisServers } from './harness/global-teardown';
 import { repoRoot, runDir } from './harness/paths';
@@ -78,9 +79,12 @@ describe('every example launches from the form as it is; bad input fails at once
     const shown = await ui.result();
     await ui.screenshot(shot);
     expect(shown).toMatch(/"type": "InvalidInput",\s+"nonRetryable": true/);
-    // At once, and before anything ran: started, one workflow task, failed (no activity, no audit row).
+    // At once, and before anything ran: started, one workflow task (with its patch marker, the
+    // marker's TemporalChangeVersion and the Fermata search attributes that the list's filters find
+    // the run by), failed (no activity, no audit row).
     const run = await (await temporal()).workflow.getHandle(workflowId).describe();
-    expect(run.historyLength).toBe(5);
+    expect(run.historyLength).toBe(8);
+    expect(run.typedSearchAttributes.get(searchAttributes.state)).toBe('failed');
     expect(run.closeTime!.getTime() - run.startTime.getTime()).toBeLessThan(5000);
     return shown;
   }

@@ -5,6 +5,7 @@ import { Client } from 'pg';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { approveSignal, approveUpdate, decideSignal, rejectSignal, TASK_QUEUE } from '../src/shared/messages';
+import { searchAttributes } from '../src/shared/search-attributes';
 import type { RunbookResult } from '../src/shared/status';
 import { historyText, linesWith } from './harness/records';
 import { closeHarness, env, newTarget, startWorker, temporal, uniqueId, waitForStatus, type RunningWorker, type TestTarget, failureOf } from './harness/stack';
@@ -25,6 +26,26 @@ async function start(input: Record<string, unknown>, taskQueue = TASK_QUEUE) {
   const handle = await client.workflow.start('connectionUpgrade', { taskQueue, workflowId: uniqueId('cu'), args: [input] });
   handles.push(handle);
   return handle;
+}
+
+/** The workflow ids a visibility query lists once it lists `expected` (visibility lags a little). */
+async function listedOnce(query: string, expected: string): Promise<string[]> {
+  const client = await temporal();
+  let ids: string[] = [];
+  for (let i = 0; i < 40; i++) {
+    ids = [];
+    for await (const wf of client.workflow.list({ query })) ids.push(wf.workflowId);
+    if (ids.includes(expected)) break;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  return ids;
+}
+
+/** A run's Fermata search attributes, as the Web UI's filters see them. */
+async function attributesOf(handle: WorkflowHandle) {
+  const attrs = (await handle.describe()).typedSearchAttributes;
+  const { runbook, target, step, state } = searchAttributes;
+  return { runbook: attrs.get(runbook), target: attrs.get(target), step: attrs.get(step), state: attrs.get(state) };
 }
 
 const autoConf = (t: TestTarget): string => readFileSync(path.join(t.dataDir, 'postgresql.auto.conf'), 'utf8');
@@ -122,15 +143,8 @@ test('the Web UI sees the runbook: current details and search attributes', async
   expect(updates.decideFailure).toContain('"action": "retry" | "skip" | "abort" | "rollback"');
   expect(described('queryDefinitions').status).toMatch(/^No arguments\./);
 
-  const client = await temporal();
-  const listed = async (query: string) => {
-    const ids: string[] = [];
-    for await (const wf of client.workflow.list({ query })) ids.push(wf.workflowId);
-    return ids;
-  };
   const query = `FermataRunbook = "connectionUpgrade" AND FermataTarget = "${target.name}" AND FermataState = "waiting_approval"`;
-  for (let i = 0; i < 40 && !(await listed(query)).includes(handle.workflowId); i++) await new Promise((r) => setTimeout(r, 250));
-  expect(await listed(query)).toEqual([handle.workflowId]);
+  expect(await listedOnce(query, handle.workflowId)).toEqual([handle.workflowId]);
   await handle.signal(rejectSignal, { gate: 'restart', by: 'ui-test', reason: 'only looking' });
   await handle.result();
 });
@@ -177,10 +191,27 @@ describe('bad input is refused before anything changes', () => {
     expect(failure.message).toMatch(message);
   });
 
+  test('a bad-input run is found like any other: FermataRunbook, FermataTarget, FermataState "failed"', async () => {
+    const bad = await start({ target: target.name, maxConnections: 'lots' });
+    expect((await failureOf(bad)).type).toBe('InvalidInput');
+    expect(await attributesOf(bad)).toEqual({ runbook: 'connectionUpgrade', target: target.name, step: undefined, state: 'failed' });
+    const query = `FermataRunbook = "connectionUpgrade" AND FermataTarget = "${target.name}" AND FermataState = "failed"`;
+    expect(await listedOnce(query, bad.workflowId)).toContain(bad.workflowId);
+
+    // No target as text: found by runbook and state. (Not in `handles`: the secrets check looks for a target in each history.)
+    const nameless = await (await temporal()).workflow.start('connectionUpgrade', { taskQueue: TASK_QUEUE, workflowId: uniqueId('cu'), args: [{ target: 42 }] });
+    expect((await failureOf(nameless)).message).toMatch(/^connectionUpgrade \/ input: target: Expected string, received number/);
+    expect(await attributesOf(nameless)).toEqual({ runbook: 'connectionUpgrade', target: undefined, step: undefined, state: 'failed' });
+    expect(await listedOnce(`FermataRunbook = "connectionUpgrade" AND FermataState = "failed"`, nameless.workflowId)).toContain(nameless.workflowId);
+  });
+
   test('unknown target', async () => {
-    const failure = await failureOf(await start({ target: 'no-such-target' }));
+    const handle = await start({ target: 'no-such-target' });
+    const failure = await failureOf(handle);
     expect(failure.type).toBe('UnknownTarget');
     expect(failure.message).toMatch(/unknown target "no-such-target" \(known: .*"/);
+    // A run that fails in a step says so too, and in which.
+    expect(await attributesOf(handle)).toEqual({ runbook: 'connectionUpgrade', target: 'no-such-target', step: 'precheck', state: 'failed' });
   });
 
   test('target name that is not a name', async () => {

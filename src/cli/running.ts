@@ -26,6 +26,7 @@ const order: Record<RunState, number | undefined> = {
   aborted: undefined,
   timed_out: undefined,
   planned: undefined,
+  failed: undefined,
 };
 const waitingForAPerson = (state: string): boolean => state === 'waiting_approval' || state === 'waiting_decision';
 

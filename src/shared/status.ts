@@ -13,9 +13,11 @@ export type RunState =
   | 'rolled_back'
   | 'aborted'
   | 'timed_out'
-  | 'planned';
+  | 'planned'
+  /** The run failed: bad input, a failed pre-check, an error it could not ask a person about. */
+  | 'failed';
 
-export const finalStates: RunState[] = ['completed', 'rejected', 'rolled_back', 'aborted', 'timed_out', 'planned'];
+export const finalStates: RunState[] = ['completed', 'rejected', 'rolled_back', 'aborted', 'timed_out', 'planned', 'failed'];
 
 export type Evidence = Record<string, unknown>;
 

@@ -2,9 +2,9 @@
 // with the restart held at an approval gate and inside the maintenance window.
 import { proxyActivities } from '@temporalio/workflow';
 import type { Activities } from '../activities';
-import { connectionUpgradeSchema, parseInput } from '../shared/inputs';
+import { connectionUpgradeSchema } from '../shared/inputs';
 import type { RunbookResult } from '../shared/status';
-import { Runbook, stepRetry } from './runbook';
+import { Runbook, runbookInput, stepRetry } from './runbook';
 
 const retry = stepRetry();
 const pg = proxyActivities<Activities>({ startToCloseTimeout: '2m', retry });
@@ -17,7 +17,7 @@ const service = proxyActivities<Activities>({ startToCloseTimeout: '10m', heartb
 const RESTART_MINUTES = 5;
 
 export async function connectionUpgrade(raw: unknown): Promise<RunbookResult> {
-  const input = parseInput('connectionUpgrade', connectionUpgradeSchema, raw);
+  const input = runbookInput('connectionUpgrade', connectionUpgradeSchema, raw);
   const { target } = input;
   const rb = new Runbook('connectionUpgrade', input, [
     ['precheck', 'Pre-checks: server, privileges, current values'],

@@ -4,9 +4,9 @@
 import { proxyActivities } from '@temporalio/workflow';
 import type { Activities } from '../activities';
 import type { Progress } from '../activities/partition-migration';
-import { parseInput, partitionMigrationSchema } from '../shared/inputs';
+import { partitionMigrationSchema } from '../shared/inputs';
 import type { RunbookResult } from '../shared/status';
-import { Runbook, stepRetry } from './runbook';
+import { Runbook, runbookInput, stepRetry } from './runbook';
 
 const retry = stepRetry({ maximumAttempts: 5 });
 const pg = proxyActivities<Activities>({ startToCloseTimeout: '10m', heartbeatTimeout: '30s', retry });
@@ -18,7 +18,7 @@ const copy = proxyActivities<Activities>({ startToCloseTimeout: '5m', heartbeatT
 const CUTOVER_MINUTES = 5;
 
 export async function partitionMigration(raw: unknown): Promise<RunbookResult> {
-  const input = parseInput('partitionMigration', partitionMigrationSchema, raw);
+  const input = runbookInput('partitionMigration', partitionMigrationSchema, raw);
   const { target, table, partitionKey, partitions, batchRows, throttle } = input;
   const spec = { target, table, partitionKey, partitions, batchRows, throttle };
   const rb = new Runbook('partitionMigration', input, [

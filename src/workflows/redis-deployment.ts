@@ -3,9 +3,9 @@
 // conventions and monitoring targets. A second run converges the Redis it finds instead of failing.
 import { proxyActivities, workflowInfo } from '@temporalio/workflow';
 import type { Activities } from '../activities';
-import { parseInput, redisDeploymentSchema } from '../shared/inputs';
+import { redisDeploymentSchema } from '../shared/inputs';
 import type { RunbookResult } from '../shared/status';
-import { Runbook, stepRetry } from './runbook';
+import { Runbook, runbookInput, stepRetry } from './runbook';
 
 const retry = stepRetry();
 const redis = proxyActivities<Activities>({ startToCloseTimeout: '1m', retry });
@@ -18,7 +18,7 @@ const service = proxyActivities<Activities>({ startToCloseTimeout: '10m', heartb
 const DEPLOY_MINUTES = 5;
 
 export async function redisDeployment(raw: unknown): Promise<RunbookResult> {
-  const input = parseInput('redisDeployment', redisDeploymentSchema, raw);
+  const input = runbookInput('redisDeployment', redisDeploymentSchema, raw);
   const rb = new Runbook('redisDeployment', input, [
     ['precheck', 'Pre-checks: host, redis-server or docker, port, memory'],
     ['start', 'Start Redis from its config file (gate "deploy", window)'],

@@ -5,6 +5,7 @@ import {
   ApplicationFailure,
   CancellationScope,
   condition,
+  isCancellation,
   patched,
   proxyActivities,
   setCurrentDetails,
@@ -13,10 +14,11 @@ import {
   upsertSearchAttributes,
 } from '@temporalio/workflow';
 import type { RetryPolicy } from '@temporalio/common';
+import type { z } from 'zod';
 import type { Activities } from '../activities';
 import type { NotifyRequest } from '../activities/notify';
 import { ErrorType, failure, nonRetryableTypes, q } from '../shared/errors';
-import type { CommonInput } from '../shared/inputs';
+import { parseInput, type CommonInput } from '../shared/inputs';
 import { nextSlot } from '../shared/window';
 import {
   approveSignal,
@@ -59,6 +61,34 @@ export const notifyRetry = { maximumAttempts: 6, initialIntervalMs: 2_000, backo
 
 /** Runs that started before notifications existed replay without them. */
 const NOTIFY_PATCH = 'fermata-gate-notifications';
+
+/** Runs that failed before a failed run said so in its search attributes replay without them. */
+const FAILED_STATE_PATCH = 'fermata-failed-state';
+
+/** A raw input's `target` longer than this is left out of FermataTarget (a keyword holds 2 KB at most). */
+const RAW_TARGET_CHARS = 256;
+
+/**
+ * Parse a runbook's input; bad input fails the run at once (InvalidInput, nothing touched), but first
+ * gives it the search attributes every run carries — FermataRunbook, FermataTarget when the input has
+ * a `target` string, FermataState "failed" — so the Web UI's filters find it like any other run.
+ */
+export function runbookInput<S extends z.ZodTypeAny>(runbook: string, schema: S, raw: unknown): z.infer<S> {
+  try {
+    return parseInput(runbook, schema, raw);
+  } catch (err) {
+    if (patched(FAILED_STATE_PATCH)) {
+      const target = (raw as { target?: unknown } | null | undefined)?.target;
+      const named = typeof target === 'string' && target.length > 0 && target.length <= RAW_TARGET_CHARS;
+      upsertSearchAttributes([
+        { key: searchAttributes.runbook, value: runbook },
+        ...(named ? [{ key: searchAttributes.target, value: target }] : []),
+        { key: searchAttributes.state, value: 'failed' satisfies RunState },
+      ]);
+    }
+    throw err;
+  }
+}
 
 /**
  * How a runbook's step activities retry: a few attempts with backoff, never for an error that
@@ -142,6 +172,8 @@ export class Runbook {
     } catch (err) {
       if (!(err instanceof Stop)) {
         this.status.error = message(err);
+        // The step it failed in stays FermataStep; a cancelled run is the server's to call canceled.
+        if (!isCancellation(err) && patched(FAILED_STATE_PATCH)) this.setState('failed');
         this.audit('failed', { detail: { error: this.status.error } });
         await this.flush();
         throw err;
