@@ -55,7 +55,9 @@ test('operator path: Start Workflow, held at gate "restart", Send a Signal appro
   expect(held).toMatch(/Pre-checks: server, privileges, current values\s+✔\sdone/);
   expect(await target.show('max_connections')).toBe('100');
 
-  await ui.sendSignal('approve', JSON.stringify({ gate: 'restart', by: 'alice', comment: 'from the Web UI' }), 'send-signal-approve');
+  const menu = await ui.sendSignal('approve', JSON.stringify({ gate: 'restart', by: 'alice', comment: 'from the Web UI' }), 'send-signal-approve');
+  // The menu says what to send, from the description the worker reports.
+  expect(menu).toContain('{"gate": "<gate>", "by": "<your name>", "comment"?: "<text>"}');
   await ui.waitForStatus('Completed');
   const done = await ui.currentDetails(/— completed/);
   await ui.screenshot('completed-details');
@@ -91,7 +93,8 @@ describe('every example launches from the form as it is; bad input fails at once
 
   /** Reject the gate from the UI: the run ends as rejected, having rolled back what it applied. */
   async function rejectFromUi(gate: string, shot: string): Promise<void> {
-    await ui.sendSignal('reject', JSON.stringify({ gate, by: 'alice', reason: 'only trying the form' }));
+    const menu = await ui.sendSignal('reject', JSON.stringify({ gate, by: 'alice', reason: 'only trying the form' }));
+    expect(menu).toContain('{"gate": "<gate>", "by": "<your name>", "reason": "<text>"}');
     await ui.waitForStatus('Completed');
     expect(await ui.result()).toMatch(/"outcome": "rejected"/);
     expect(await ui.currentDetails(/— rejected/)).toMatch(new RegExp(`alice rejected gate ${gate}: only trying the form`));

@@ -130,17 +130,26 @@ export class WebUi {
     return panel.innerText();
   }
 
-  /** More Actions → Send a Signal: pick `name` from the signals the worker reports, type the input, submit. */
-  async sendSignal(name: string, input: string, shot?: string): Promise<void> {
+  /**
+   * More Actions → Send a Signal: pick `name` from the signals the worker reports, type the input,
+   * submit. Returns what the menu says of the signal: its name and the description the worker reports.
+   * `shot` names the screenshot of the open menu (`<shot>-menu`) and of the filled-in dialog.
+   */
+  async sendSignal(name: string, input: string, shot?: string): Promise<string> {
     await this.page.getByRole('button', { name: 'More Actions' }).click();
     await this.page.getByRole('menuitem', { name: 'Send a Signal' }).click();
     const dialog = this.page.getByRole('dialog', { name: 'Send a Signal' });
     await dialog.getByTestId('signal-select-button').click();
-    await dialog.getByRole('option', { name, exact: true }).click();
+    // An option's name is the signal's name, then its description.
+    const option = dialog.getByRole('option', { name: new RegExp(`^\\s*${name}(\\s|$)`) });
+    const said = (await option.innerText()).replace(/\s+/g, ' ').trim();
+    if (shot) await this.screenshot(`${shot}-menu`);
+    await option.click();
     await this.typeJson(dialog, input);
     if (shot) await this.screenshot(shot);
     await dialog.getByRole('button', { name: 'Submit' }).click();
     await this.until('the signal sent (its dialog closed)', async () => !(await dialog.isVisible()));
+    return said;
   }
 
   /**
