@@ -445,8 +445,11 @@ export function createPartitionMigrationActivities() {
       const target = resolveTarget(spec.target);
       const n = names(spec.table);
       return onTarget(target, async (c) => {
-        // One lock at a time: with the trigger gone first, no writer touches the old table any more.
+        // One table at a time: with the trigger gone first, no writer touches the old table any more.
+        // DROP TRIGGER alone locks the partitions before the parent, and deadlocked with writers
+        // holding the parent and waiting for a partition; LOCK TABLE takes the parent first.
         await lockRetrying(c, async () => {
+          await c.query(`LOCK TABLE ${ident(c, spec.table)} IN ACCESS EXCLUSIVE MODE`);
           await c.query(`DROP TRIGGER IF EXISTS ${ident(c, n.reverseTrigger)} ON ${ident(c, spec.table)}`);
         });
         await lockRetrying(c, async () => {
