@@ -40,6 +40,16 @@ const acts = createPartitionMigrationActivities();
 const mock = new MockActivityEnvironment();
 const act = <A extends unknown[], R>(fn: (...args: A) => Promise<R>, ...args: A): Promise<R> => mock.run(fn as never, ...args) as Promise<R>;
 
+/** A fresh target with the shadow (8 partitions) and the capture trigger in place; the backfill's start. */
+async function capturing(name: string) {
+  const target = await newTarget(uniqueId(name));
+  const spec = { target: target.name, table: 'files', partitionKey: 'id', partitions: 8, batchRows: 10_000, throttle: { pauseMs: 0 } };
+  const inventory = await act(acts.partitionPrecheck, spec);
+  await act(acts.partitionCreateShadow, spec, inventory);
+  const { minKey, maxKey } = await act(acts.partitionInstallCapture, spec, inventory);
+  return { target, spec, inventory, start: { last: minKey - 1, maxKey, copied: 0, batches: 0, done: false } };
+}
+
 const relkind = async (t: TestTarget, table: string) =>
   (await t.query<{ relkind: string | null }>(`SELECT (SELECT relkind FROM pg_class WHERE oid = to_regclass($1))::text AS relkind`, [table]))[0].relkind;
 
@@ -230,11 +240,7 @@ test('worker killed mid-backfill: a new one resumes from its checkpoint, not fro
 });
 
 test('a delete and an update in flight when the backfill reaches their block: the batch waits for them, nothing stale is copied', async () => {
-  const target = await newTarget(uniqueId('pm-race'));
-  const spec = { target: target.name, table: 'files', partitionKey: 'id', partitions: 8, batchRows: 10_000, throttle: { pauseMs: 0 } };
-  const inventory = await act(acts.partitionPrecheck, spec);
-  await act(acts.partitionCreateShadow, spec, inventory);
-  const { minKey, maxKey } = await act(acts.partitionInstallCapture, spec, inventory);
+  const { target, spec, inventory, start } = await capturing('pm-race');
 
   const writer = new Client({ host: '127.0.0.1', port: target.port, user: 'fermata', password: env.targetPassword, database: 'midi_library' });
   await writer.connect();
@@ -242,7 +248,7 @@ test('a delete and an update in flight when the backfill reaches their block: th
     await writer.query('BEGIN');
     await writer.query('DELETE FROM files WHERE id = 5');
     await writer.query(`UPDATE files SET filename = 'renamed.mid' WHERE id = 7`);
-    const backfill = act(acts.partitionBackfill, spec, inventory, { last: minKey - 1, maxKey, copied: 0, batches: 0, done: false }, 60);
+    const backfill = act(acts.partitionBackfill, spec, inventory, start, 60);
     let finished = false;
     void backfill.finally(() => (finished = true)).catch(() => undefined);
     // The first block's batch must wait for the writer's open transaction (on its block's lock).
@@ -259,12 +265,8 @@ test('a delete and an update in flight when the backfill reaches their block: th
 });
 
 test('cut-over refuses, changing nothing, when the capture trigger was disabled or the copies drifted apart since verify', async () => {
-  const target = await newTarget(uniqueId('pm-drift'));
-  const spec = { target: target.name, table: 'files', partitionKey: 'id', partitions: 8, batchRows: 10_000, throttle: { pauseMs: 0 } };
-  const inventory = await act(acts.partitionPrecheck, spec);
-  await act(acts.partitionCreateShadow, spec, inventory);
-  const { minKey, maxKey } = await act(acts.partitionInstallCapture, spec, inventory);
-  expect((await act(acts.partitionBackfill, spec, inventory, { last: minKey - 1, maxKey, copied: 0, batches: 0, done: false }, 60)).done).toBe(true);
+  const { target, spec, inventory, start } = await capturing('pm-drift');
+  expect((await act(acts.partitionBackfill, spec, inventory, start, 60)).done).toBe(true);
   await act(acts.partitionVerify, spec, 'shadow');
 
   await target.query('ALTER TABLE files DISABLE TRIGGER fermata_sync_to_shadow');
