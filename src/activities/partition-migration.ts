@@ -342,7 +342,7 @@ export function createPartitionMigrationActivities() {
           throw fail(ErrorType.NotConverged, 'verify', `${left} and ${right} differ in key ranges ${listRanges(mismatches.ranges)}`);
         }
         if (against === 'shadow') await c.query(`ANALYZE ${ident(c, right)}`);
-        return { summary: `${mismatches.rows} rows equal in ${mismatches.chunks} key ranges (count and ${mismatches.hash} checksum)`, rows: mismatches.rows, ranges: mismatches.chunks };
+        return { summary: `${mismatches.rows} rows equal in ${mismatches.chunks} key range${mismatches.chunks === 1 ? '' : 's'} (count and ${mismatches.hash} checksum)`, rows: mismatches.rows, ranges: mismatches.chunks };
       }));
     },
 

@@ -61,7 +61,7 @@ export async function partitionMigration(raw: unknown): Promise<RunbookResult> {
     });
     await rb.step('verify', () => pg.partitionVerify(spec, 'shadow'));
 
-    await rb.gate('cutover', `swap ${table} for its partitioned copy in one short transaction (writes wait about a second); ${table}_old stays current for rollback`);
+    await rb.gate('cutover', `swap ${table} for its partitioned copy in one short transaction (writes wait a fraction of a second); ${table}_old stays current for rollback`);
     await rb.window(CUTOVER_MINUTES);
     await rb.step('cutover', () => pg.partitionCutover(spec, inventory), { rollback: () => pg.partitionSwapBack(spec, inventory) });
     await rb.step('post-verify', async () => {
