@@ -10,6 +10,13 @@ import type { TLSConfig } from '@temporalio/client';
 export const DEFAULT_ADDRESS = '127.0.0.1:7233';
 export const DEFAULT_NAMESPACE = 'default';
 
+/** The Temporal Web UI, for links in the CLI's output and in notifications (FERMATA_UI_URL). */
+export const uiUrl = (): string => (process.env.FERMATA_UI_URL ?? 'http://127.0.0.1:8233').replace(/\/+$/, '');
+
+/** A workflow's page in the Web UI (by default FERMATA_UI_URL's); with a run id, that run's. */
+export const workflowUrl = (w: { namespace: string; workflowId: string; runId?: string; uiUrl?: string }): string =>
+  `${w.uiUrl ?? uiUrl()}/namespaces/${encodeURIComponent(w.namespace)}/workflows/${encodeURIComponent(w.workflowId)}${w.runId ? `/${encodeURIComponent(w.runId)}` : ''}`;
+
 /** A setting that cannot work: the message names the variable (and file) and never holds a secret. */
 export class TemporalConfigError extends Error {
   override name = 'TemporalConfigError';

@@ -7,6 +7,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import { describe, ErrorType, q } from '../shared/errors';
 import { decisionActions } from '../shared/messages';
 import { resolveWebhook } from '../targets';
+import { uiUrl, workflowUrl } from '../temporal-connection';
 
 /** What a notification is about; the workflow's ids and namespace come from the activity's context. */
 export interface NotifyRequest {
@@ -39,10 +40,6 @@ export interface Place {
 /** How long a webhook has to answer. */
 export const NOTIFY_TIMEOUT_MS = 10_000;
 
-export const uiUrl = (): string => (process.env.FERMATA_UI_URL ?? 'http://127.0.0.1:8233').replace(/\/+$/, '');
-
-export const workflowUrl = (p: Place): string =>
-  `${p.uiUrl}/namespaces/${encodeURIComponent(p.namespace)}/workflows/${encodeURIComponent(p.workflowId)}/${encodeURIComponent(p.runId)}`;
 
 /** The commands that answer the notification. */
 export function commands(r: NotifyRequest, workflowId: string): { answer: string; other?: string } {

@@ -7,6 +7,7 @@ import {
   TemporalConfigError,
   temporalConnectionConfig,
   type TemporalConnectionConfig,
+  workflowUrl,
 } from '../temporal-connection';
 import { CliError, explainError } from './errors';
 
@@ -14,11 +15,9 @@ import { CliError, explainError } from './errors';
 // so `fermata --help` works whatever they say.
 export const address = process.env.TEMPORAL_ADDRESS?.trim() || DEFAULT_ADDRESS;
 export const namespace = process.env.TEMPORAL_NAMESPACE?.trim() || DEFAULT_NAMESPACE;
-const ui = (process.env.FERMATA_UI_URL ?? 'http://127.0.0.1:8233').replace(/\/+$/, '');
 
 /** The workflow's page in the Temporal Web UI. */
-export const workflowLink = (workflowId: string): string =>
-  `${ui}/namespaces/${encodeURIComponent(namespace)}/workflows/${encodeURIComponent(workflowId)}`;
+export const workflowLink = (workflowId: string): string => workflowUrl({ namespace, workflowId });
 
 /** The connection settings of the environment, or the one line that says which one is wrong. */
 function connectionConfig(): TemporalConnectionConfig {
