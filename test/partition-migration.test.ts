@@ -276,3 +276,36 @@ test('cut-over refuses, changing nothing, when the capture trigger was disabled 
   expect(await relkind(target, 'files')).toBe('r');
   expect(await relkind(target, 'files_old')).toBeNull();
 });
+
+test('a long transaction holds a key of the block being copied: the batch gives way, other writes to that block go through', async () => {
+  const { target, spec, inventory, start } = await capturing('pm-long');
+  const connect = async () => {
+    const client = new Client({ host: '127.0.0.1', port: target.port, user: 'fermata', password: env.targetPassword, database: 'midi_library' });
+    await client.connect();
+    return client;
+  };
+  const [long, other] = [await connect(), await connect()];
+  try {
+    await long.query('BEGIN');
+    await long.query(`UPDATE files SET filename = 'long.mid' WHERE id = 7`);
+    const backfill = act(acts.partitionBackfill, spec, inventory, start, 60);
+    await waitFor('the batch to wait', async () => (await target.query('SELECT 1 FROM pg_locks WHERE NOT granted')).length > 0, 10_000, 50);
+    const otherWrite = (async () => {
+      const started = Date.now();
+      await other.query(`UPDATE files SET filename = 'other.mid' WHERE id = 9`);
+      return Date.now() - started;
+    })();
+    await new Promise((r) => setTimeout(r, 4000)); // the long transaction goes on
+    await long.query('COMMIT');
+    // Queued behind a batch that waited for the long transaction, it would have waited 4 s too.
+    expect(await otherWrite).toBeLessThan(2500);
+    expect((await backfill).done).toBe(true);
+  } finally {
+    await Promise.all([long.end(), other.end()]);
+  }
+  expect(await target.query('SELECT id, filename FROM files_fermata_new WHERE id IN (7, 9) ORDER BY id')).toEqual([
+    { id: '7', filename: 'long.mid' },
+    { id: '9', filename: 'other.mid' },
+  ]);
+  expect(await sameRows(target, 'files', 'files_fermata_new')).toBe(true);
+});

@@ -287,17 +287,24 @@ export function createPartitionMigrationActivities() {
         const lock = `SELECT ${blockLock(c, spec.table, '$1::bigint', 'exclusive')}`;
         const clear = `DELETE FROM ${ident(c, n.shadow)} WHERE ${key} BETWEEN $1 AND $2`;
         const copy = `INSERT INTO ${ident(c, n.shadow)} (${columns}) SELECT ${columns} FROM ${ident(c, spec.table)} WHERE ${key} BETWEEN $1 AND $2`;
+        // A batch waiting for its block's lock would queue the block's other writers behind it: it
+        // waits a second at most, then lets them through and tries again.
         const copyBlock = async (lane: Client, [low, high, block]: number[]): Promise<number> => {
-          await lane.query('BEGIN');
-          try {
-            await lane.query(lock, [block]);
-            await lane.query(clear, [low, high]);
-            const { rowCount } = await lane.query(copy, [low, high]);
-            await lane.query('COMMIT');
-            return rowCount ?? 0;
-          } catch (err) {
-            await lane.query('ROLLBACK').catch(() => undefined);
-            throw err;
+          for (;;) {
+            await lane.query('BEGIN');
+            try {
+              await lane.query(`SET LOCAL lock_timeout = '1s'`);
+              await lane.query(lock, [block]);
+              await lane.query(clear, [low, high]);
+              const { rowCount } = await lane.query(copy, [low, high]);
+              await lane.query('COMMIT');
+              return rowCount ?? 0;
+            } catch (err) {
+              await lane.query('ROLLBACK').catch(() => undefined);
+              if ((err as { code?: string }).code !== '55P03') throw err;
+              heartbeat(progress);
+              await delay(250);
+            }
           }
         };
         const lanes = [c, second];
