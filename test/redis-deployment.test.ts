@@ -1,7 +1,6 @@
 // The Redis Deployment runbook against a real Temporal server, with real redis-servers the runbook
 // starts itself on free ports. Docker is not running here: its driver is tested by its commands.
 import type { WorkflowHandle } from '@temporalio/client';
-import { ApplicationFailure } from '@temporalio/common';
 import execa from 'execa';
 import { chmodSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
@@ -20,6 +19,7 @@ import {
   newRedisTarget,
   newTarget,
   spawnWorker,
+  startFailingWorker,
   startWorker,
   temporal,
   uniqueId,
@@ -382,21 +382,12 @@ test('Redis killed after the deployment, before verification: a decision, and re
 });
 
 test('decide rollback after the start: the Redis this run started is stopped; its data kept, or purged when asked', async () => {
-  const queue = uniqueId('redis-failing-smoke');
-  const failing = await startWorker({
-    taskQueue: queue,
-    wrap: (activities) => ({
-      ...activities,
-      redisSmoke: async () => {
-        throw ApplicationFailure.nonRetryable('injected: the application cannot read its keys', 'NotConverged');
-      },
-    }),
-  });
+  const failing = await startFailingWorker('redisSmoke', 'injected: the application cannot read its keys');
   try {
     for (const purgeOnRollback of [false, true]) {
       const target = await newRedisTarget(uniqueId(purgeOnRollback ? 'purge' : 'keep'));
       const port = await freePort();
-      const handle = await start({ target: target.name, port, maxmemory: '16mb', purgeOnRollback }, queue);
+      const handle = await start({ target: target.name, port, maxmemory: '16mb', purgeOnRollback }, failing.taskQueue);
       await waitForStatus(handle, (s) => s.pendingGate?.name === 'deploy');
       await approve(handle);
       await waitForStatus(handle, (s) => s.pendingDecision?.step === 'smoke');

@@ -9,6 +9,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { parse, stringify } from 'yaml';
 import type { Activities } from '../../src/activities';
+import { ErrorType } from '../../src/shared/errors';
 import { statusQuery } from '../../src/shared/messages';
 import type { RunbookStatus } from '../../src/shared/status';
 import { freePort } from '../../src/stack/ports';
@@ -117,6 +118,24 @@ export async function startWorker(options: { taskQueue?: string; wrap?: (activit
       await close();
     },
   };
+}
+
+/**
+ * A worker on a task queue of its own whose `activity` always fails, non-retryably, as NotConverged
+ * with `message`: the runbook then waits for a decision at that step.
+ */
+export async function startFailingWorker(activity: keyof Activities, message: string): Promise<RunningWorker & { taskQueue: string }> {
+  const taskQueue = uniqueId(`failing-${activity}`);
+  const worker = await startWorker({
+    taskQueue,
+    wrap: (activities) => ({
+      ...activities,
+      [activity]: async () => {
+        throw ApplicationFailure.nonRetryable(message, ErrorType.NotConverged);
+      },
+    }),
+  });
+  return { ...worker, taskQueue };
 }
 
 /** A worker in its own process, for tests that kill it (node itself, not a tsx wrapper that would outlive the kill). */
