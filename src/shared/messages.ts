@@ -41,7 +41,7 @@ export const statusQuery = defineQuery<RunbookStatus>('status');
  */
 const approval = '{"gate": "<gate>", "by": "<your name>", "comment"?: "<text>"}';
 const rejection = '{"gate": "<gate>", "by": "<your name>", "reason": "<text>"}';
-const decision = '{"action": "retry" | "skip" | "abort" | "rollback", "by": "<your name>", "comment"?: "<text>"}';
+const decision = `{"action": ${decisionActions.map((a) => JSON.stringify(a)).join(' | ')}, "by": "<your name>", "comment"?: "<text>"}`;
 const refusedAsError = 'Answers "accepted", or the refusal as an error.';
 export const handlerDescriptions = {
   approveSignal: `Approve the gate the runbook holds at: ${approval}. A refusal (not an approver, not the pending gate) changes nothing and shows in the current details.`,

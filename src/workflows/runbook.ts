@@ -25,6 +25,7 @@ import {
   approveUpdate,
   decideSignal,
   decideUpdate,
+  decisionActions,
   handlerDescriptions,
   rejectSignal,
   rejectUpdate,
@@ -432,7 +433,7 @@ export class Runbook {
     const pending = this.status.pendingDecision;
     const refusal = !pending
       ? 'no step is waiting for a decision'
-      : !['retry', 'skip', 'abort', 'rollback'].includes(d.action)
+      : !decisionActions.includes(d.action)
         ? `unknown action ${q(String(d.action))} (retry, skip, abort or rollback)`
         : d.action === 'skip' && this.required.has(pending.step)
           ? `step ${q(pending.step)} cannot be skipped: later steps need its result`
