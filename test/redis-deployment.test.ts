@@ -10,7 +10,7 @@ import { cacheKeys, invalidate, onAnalysisComplete, onImportComplete, ttlSeconds
 import { approveUpdate, decideSignal, rejectSignal, TASK_QUEUE } from '../src/shared/messages';
 import { redisDeploymentSchema } from '../src/shared/inputs';
 import type { RunbookResult, RunbookStatus } from '../src/shared/status';
-import { freePort } from '../src/stack/ports';
+import { freePort, waitFor } from '../src/stack/ports';
 import { stopRedisServers } from './harness/global-teardown';
 import { runDir } from './harness/paths';
 import { auditText, historyText, linesWith } from './harness/records';
@@ -323,8 +323,7 @@ test('the worker is killed during the deployment: a new worker finishes it witho
   const first = spawnWorker();
   await waitForStatus(handle, (s) => s.pendingGate?.name === 'deploy');
   await approve(handle);
-  for (let i = 0; i < 100 && !existsSync(starts); i++) await new Promise((r) => setTimeout(r, 100));
-  expect(existsSync(starts)).toBe(true);
+  await waitFor('the first redis-server start', async () => existsSync(starts), 10_000, 100);
   first.kill('SIGKILL');
   await first;
 
@@ -355,7 +354,7 @@ test('Redis killed after the deployment, before verification: a decision, and re
         if (!killed) {
           killed = Number(readFileSync(path.join(target.dir(port), 'redis.pid'), 'utf8'));
           process.kill(killed, 'SIGKILL');
-          while (await listening(port)) await new Promise((r) => setTimeout(r, 50));
+          await waitFor(`Redis on ${port} to go down`, async () => !(await listening(port)), 10_000, 50);
         }
         return activities.redisVerify(...args);
       },
