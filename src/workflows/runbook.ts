@@ -132,8 +132,6 @@ export class Runbook {
   private required = new Set<string>();
   private auditSeq = 0;
   private readonly audits: Promise<unknown>[] = [];
-  /** Counts gates and decisions opened and answered: a notification retries while its own is open. */
-  private waits = 0;
   private readonly notifications: Promise<void>[] = [];
   private published = { step: '', state: '' };
 
@@ -346,7 +344,7 @@ export class Runbook {
    * alongside, and stops retrying once `wait` is over.
    */
   private async waitFor<T>(about: Pick<NotifyRequest, 'gate' | 'decision'>, wait: () => Promise<T>): Promise<T> {
-    const open = ++this.waits;
+    let open = true; // a notification retries while its own gate or decision is open
     if (patched(NOTIFY_PATCH)) {
       const request: NotifyRequest = {
         runbook: this.runbook,
@@ -357,12 +355,12 @@ export class Runbook {
         ...about,
       };
       // Never rejects: a notification cannot fail the runbook (a failure is recorded instead).
-      this.notifications.push(this.notify(request, () => this.waits === open).catch(() => undefined));
+      this.notifications.push(this.notify(request, () => open).catch(() => undefined));
     }
     try {
       return await wait();
     } finally {
-      this.waits++;
+      open = false;
     }
   }
 
@@ -371,6 +369,7 @@ export class Runbook {
     const kind = request.gate ? 'gate' : 'decision';
     const name = request.gate?.name ?? request.decision!.step;
     const { maximumAttempts, initialIntervalMs, backoffCoefficient } = notifyRetry;
+    const stopped = `not retried: the ${kind} is no longer pending`;
     const record = (auditKind: string, n: Omit<NotificationStatus, 'kind' | 'name' | 'at'>, detail: Record<string, unknown>) => {
       this.status.notification = { kind, name, ...n, at: now() };
       this.audit(auditKind, { step: name, detail: { about: kind, webhook: n.webhook, host: n.host, attempt: n.attempts, ...detail } });
@@ -398,13 +397,12 @@ export class Runbook {
       const next = {
         failed: failure.retryable ? `gave up after ${attempt} attempts` : 'not retried: retrying cannot fix it',
         retrying: `retry in ${delay / 1000} s`,
-        abandoned: `not retried: the ${kind} is no longer pending`,
+        abandoned: stopped,
       }[outcome];
       const { webhook, host, error } = failure;
       record('notification_failed', { webhook, host, outcome, attempts: attempt, error: `${error} (${next})` }, { error, next });
       if (outcome !== 'retrying') return;
       if (await condition(() => !open(), delay)) {
-        const stopped = `not retried: the ${kind} is no longer pending`;
         record('notification_abandoned', { webhook, host, outcome: 'abandoned', attempts: attempt, error: `${error} (${stopped})` }, { error, next: stopped });
         return;
       }
