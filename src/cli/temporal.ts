@@ -2,7 +2,6 @@
 // (src/temporal-connection.ts), TLS and API key included.
 import { Client, Connection } from '@temporalio/client';
 import {
-  DEFAULT_ADDRESS,
   DEFAULT_NAMESPACE,
   TemporalConfigError,
   temporalConnectionConfig,
@@ -11,9 +10,8 @@ import {
 } from '../temporal-connection';
 import { CliError, explainError } from './errors';
 
-// Read at once for links and messages; the TLS files and the API key only when a command connects,
-// so `fermata --help` works whatever they say.
-export const address = process.env.TEMPORAL_ADDRESS?.trim() || DEFAULT_ADDRESS;
+// The namespace is read at once, for links and messages; the address, the TLS files and the API key
+// only when a command connects (temporalConnectionConfig), so `fermata --help` works whatever they say.
 export const namespace = process.env.TEMPORAL_NAMESPACE?.trim() || DEFAULT_NAMESPACE;
 
 /** The workflow's page in the Temporal Web UI. */
@@ -47,9 +45,9 @@ export async function withClient<T>(use: (client: Client) => Promise<T>): Promis
   } catch (err) {
     const how = temporal.mode === 'plain' ? '' : ` (${temporal.mode})`;
     if (refusedCredentials(err)) {
-      throw new CliError(`Temporal at ${address}${how} refused the credentials (${explainError(err)}); check TEMPORAL_API_KEY, the client certificate and TEMPORAL_NAMESPACE`);
+      throw new CliError(`Temporal at ${temporal.address}${how} refused the credentials (${explainError(err)}); check TEMPORAL_API_KEY, the client certificate and TEMPORAL_NAMESPACE`);
     }
-    throw new CliError(`cannot reach Temporal at ${address}${how} (${explainError(err)}); set TEMPORAL_ADDRESS or start the server`);
+    throw new CliError(`cannot reach Temporal at ${temporal.address}${how} (${explainError(err)}); set TEMPORAL_ADDRESS or start the server`);
   }
   try {
     return await use(new Client({ connection, namespace }));
