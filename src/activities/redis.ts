@@ -341,6 +341,15 @@ async function launch(d: Deployment, settings: RedisSettings, step: string, writ
   return { ...up, command: shown(command), ms: Date.now() - started };
 }
 
+/** The managed settings as the running Redis has them, and those where it or its config file differs from the input. */
+async function settingChanges(d: Deployment, r: Redis, settings: RedisSettings): Promise<{ live: Record<string, string>; changes: SettingChange[] }> {
+  const want = wanted(settings);
+  const live = await configGet(r, managed);
+  const file = parseConfig((await run(d.target.host, d.commands.readConfig)).stdout);
+  const changes = managed.filter((name) => live[name] !== want[name] || file[name] !== want[name]).map((name) => ({ name, live: live[name], file: file[name], to: want[name] }));
+  return { live, changes };
+}
+
 async function setLive(r: Redis, values: Record<string, string>): Promise<void> {
   for (const [name, value] of Object.entries(values)) await r.config('SET', name, value);
   await r.config('REWRITE');
@@ -434,19 +443,14 @@ export function createRedisActivities() {
       const held = await holder(d);
       if (held.kind === 'foreign') return portInUse(d, step, held.what);
       const state = held.kind === 'ours' ? 'running' : (await leftBehind(d)) ? 'stopped' : 'absent';
-      const want = wanted(settings);
       let before: Record<string, string> = {};
       let changes: SettingChange[] = [];
       let usedBytes = 0;
       if (held.kind === 'ours') {
-        const file = parseConfig((await run(target.host, commands.readConfig)).stdout);
-        ({ before, usedBytes } = await withRedis(d, async (r) => ({
-          before: await configGet(r, managed),
+        ({ live: before, changes, usedBytes } = await withRedis(d, async (r) => ({
+          ...(await settingChanges(d, r, settings)),
           usedBytes: Number((await info(r, 'memory')).used_memory),
         })));
-        changes = managed
-          .filter((name) => before[name] !== want[name] || file[name] !== want[name])
-          .map((name) => ({ name, live: before[name], file: file[name], to: want[name] }));
       }
 
       // The host needs the memory Redis may grow to; a Redis of ours already holds part of it.
@@ -499,16 +503,13 @@ export function createRedisActivities() {
       const held = await holder(d);
       if (held.kind === 'foreign') return portInUse(d, step, held.what);
       if (held.kind === 'ours') {
-        const want = wanted(settings);
-        const { changed, config } = await withRedis(d, async (r) => {
-          const live = await configGet(r, managed);
-          const file = parseConfig((await run(d.target.host, d.commands.readConfig)).stdout);
-          const differs = managed.filter((n) => live[n] !== want[n] || file[n] !== want[n]);
-          if (differs.length) await setLive(r, Object.fromEntries(differs.map((n) => [n, want[n]])));
-          return { changed: differs, config: d.layout.config };
+        const changed = await withRedis(d, async (r) => {
+          const { changes } = await settingChanges(d, r, settings);
+          if (changes.length) await setLive(r, Object.fromEntries(changes.map((ch) => [ch.name, ch.to])));
+          return changes.map((ch) => ch.name);
         });
         return {
-          summary: `Redis ${held.version} (pid ${held.pid}) already running from ${config}: ${changed.length ? `set ${changed.join(', ')} live and rewrote the file` : 'nothing to change'}`,
+          summary: `Redis ${held.version} (pid ${held.pid}) already running from ${d.layout.config}: ${changed.length ? `set ${changed.join(', ')} live and rewrote the file` : 'nothing to change'}`,
           alreadyRunning: true,
           pid: held.pid,
           changed,
