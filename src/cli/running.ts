@@ -89,14 +89,14 @@ export async function listRunning(client: Client): Promise<string[]> {
       const step = attrs.get(searchAttributes.step) ?? '';
       const [at, status] = await Promise.all([
         since(client, run),
-        state === 'waiting_approval' || state === 'waiting_decision'
+        waitingForAPerson(state)
           ? client.withDeadline(deadline, () => client.workflow.getHandle(run.workflowId, run.runId).query(statusQuery)).catch(() => {
               unanswered++;
               return undefined;
             })
           : undefined,
       ]);
-      return { run, state, at, cells: [run.workflowId, attrs.get(searchAttributes.runbook) ?? run.type, attrs.get(searchAttributes.target) ?? '', holding(status, step), words(state), when(at)] };
+      return { state, at, cells: [run.workflowId, attrs.get(searchAttributes.runbook) ?? run.type, attrs.get(searchAttributes.target) ?? '', holding(status, step), words(state), when(at)] };
     }),
   );
   rows.sort((a, b) => (order[a.state as RunState] ?? 9) - (order[b.state as RunState] ?? 9) || (a.at?.getTime() ?? 0) - (b.at?.getTime() ?? 0));
