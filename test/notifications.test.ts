@@ -309,7 +309,6 @@ test('the message escapes what Slack would read as markup', () => {
     runbook: 'redisDeployment',
     target: 'cache',
     approvers: [],
-    since: new Date().toISOString(),
     gate: { name: 'deploy', does: 'start Redis <7.2> & write `redis.conf`' },
   };
   const { text } = slackMessage(request, { uiUrl: 'http://ui', namespace: 'ns', workflowId: 'a b', runId: 'r' });

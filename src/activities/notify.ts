@@ -16,8 +16,6 @@ export interface NotifyRequest {
   /** The run's input `notify`: a webhook of the targets file's `webhooks`; by default the target's `notify`. */
   webhook?: string;
   approvers: string[];
-  /** When the gate opened or the decision was asked for. */
-  since: string;
   gate?: { name: string; does: string };
   decision?: { step: string; error: string };
 }
@@ -38,11 +36,10 @@ export interface Place {
 }
 
 /** How long a webhook has to answer. */
-export const NOTIFY_TIMEOUT_MS = 10_000;
-
+const NOTIFY_TIMEOUT_MS = 10_000;
 
 /** The commands that answer the notification. */
-export function commands(r: NotifyRequest, workflowId: string): { answer: string; other?: string } {
+function commands(r: NotifyRequest, workflowId: string): { answer: string; other?: string } {
   if (r.gate) {
     return {
       answer: `fermata approve ${workflowId} --gate ${r.gate.name} --by <you>`,

@@ -351,7 +351,6 @@ export class Runbook {
         target: this.input.target,
         webhook: this.input.notify,
         approvers: this.input.approvers,
-        since: now(),
         ...about,
       };
       // Never rejects: a notification cannot fail the runbook (a failure is recorded instead).
