@@ -1,7 +1,8 @@
 // `fermata list --running`: the runbooks still in flight, from the search attributes (no worker
 // needed), those waiting for a person first. A worker, when one answers, names the gate or failed step.
 import { type Client, type WorkflowExecutionInfo } from '@temporalio/client';
-import type { Timestamp } from '@temporalio/common';
+// The SDK's own conversion of a protobuf Timestamp (what describe() uses for startTime).
+import { tsToDate } from '@temporalio/common/lib/time';
 import { statusQuery } from '../shared/messages';
 import { searchAttributes } from '../shared/search-attributes';
 import type { RunbookStatus, RunState } from '../shared/status';
@@ -54,18 +55,12 @@ async function since(client: Client, run: WorkflowExecutionInfo): Promise<Date |
     });
     for (const event of history?.events ?? []) {
       const fields = event.upsertWorkflowSearchAttributesEventAttributes?.searchAttributes?.indexedFields;
-      if (fields?.[searchAttributes.state.name] && event.eventTime) return timestampToDate(event.eventTime);
+      if (fields?.[searchAttributes.state.name] && event.eventTime) return tsToDate(event.eventTime);
     }
     if (!next?.length) return undefined;
     nextPageToken = next;
   }
   return undefined;
-}
-
-/** A protobuf Timestamp (seconds as a Long or a number, and nanos) as a Date, to the millisecond. */
-function timestampToDate({ seconds, nanos }: Timestamp): Date {
-  const s = typeof seconds === 'number' ? seconds : (seconds?.toNumber() ?? 0);
-  return new Date(s * 1000 + Math.floor((nanos ?? 0) / 1e6));
 }
 
 /** What the run holds at, when a worker says: the gate, or the step that failed. */
