@@ -7,7 +7,7 @@ import path from 'node:path';
 import { parse } from 'yaml';
 import { z } from 'zod';
 import { ErrorType, failure, q } from './shared/errors';
-import { explain } from './shared/inputs';
+import { explain, nameSchema } from './shared/inputs';
 
 const postgresSchema = z
   .object({
@@ -77,8 +77,6 @@ const webhookSchema = z
   .strict()
   .refine((w) => [w.url, w.urlEnv, w.urlFile].filter(Boolean).length === 1, { message: 'give exactly one of url, urlEnv, urlFile' });
 
-const webhookName = z.string().regex(/^[A-Za-z0-9_.-]{1,100}$/, 'letters, digits, "_", "." and "-" only');
-
 const targetSchema = z
   .object({
     description: z.string().optional(),
@@ -88,7 +86,7 @@ const targetSchema = z
     host: hostSchema.default({ kind: 'local' }),
     redis: redisSchema.optional(),
     /** The webhook told when a run on this target opens a gate or waits for a decision: a name from `webhooks`, or one of its own. */
-    notify: z.union([webhookName, webhookSchema]).optional(),
+    notify: z.union([nameSchema, webhookSchema]).optional(),
   })
   .strict();
 
@@ -97,7 +95,7 @@ const fileSchema = z
     /** Where the audit table lives (a database the worker creates if missing). */
     audit: postgresSchema.optional(),
     /** Named webhooks, for targets' `notify` and for a run's input `notify`. */
-    webhooks: z.record(webhookName, webhookSchema).optional(),
+    webhooks: z.record(nameSchema, webhookSchema).optional(),
     targets: z.record(targetSchema),
   })
   .strict()

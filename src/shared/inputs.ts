@@ -4,7 +4,8 @@ import { ErrorType, failure } from './errors';
 import { parseSize } from './size';
 import { windowProblem } from './window';
 
-const name = z.string().min(1).max(100).regex(/^[A-Za-z0-9_.-]+$/, 'letters, digits, "_", "." and "-" only');
+/** A target's or a webhook's name, in runbook inputs and in the targets file alike. */
+export const nameSchema = z.string().min(1).max(100).regex(/^[A-Za-z0-9_.-]+$/, 'letters, digits, "_", "." and "-" only');
 
 export const maintenanceWindowSchema = z
   .object({
@@ -22,14 +23,14 @@ export type MaintenanceWindow = z.infer<typeof maintenanceWindowSchema>;
 
 /** What every runbook accepts besides its own settings. */
 export const commonInput = {
-  target: name,
+  target: nameSchema,
   approvers: z.array(z.string().min(1)).default([]),
   maintenanceWindow: maintenanceWindowSchema.optional(),
   /** Minutes a gate waits for a person before the runbook rolls back. */
   gateTimeoutMinutes: z.number().positive().optional(),
   dryRun: z.boolean().default(false),
   /** A webhook of the targets file's `webhooks` to tell about gates and decisions, instead of the target's `notify`. */
-  notify: name.optional(),
+  notify: nameSchema.optional(),
 };
 export type CommonInput = z.infer<z.ZodObject<typeof commonInput>>;
 
