@@ -105,6 +105,8 @@ class LineView implements LiveView {
 interface Row {
   step: StepStatus;
   width: number;
+  /** What the step reports while it runs, if it reports progress: it gets a bar. */
+  progress?: StepProgress;
 }
 
 /** The step list redrawn in place; a running step with progress gets a bar. */
@@ -117,8 +119,7 @@ class BarView implements LiveView {
     this.bars = new MultiBar({
       stream,
       format: (options: Options, params: Params, row: Row) => {
-        const p = row.step.state === 'running' ? progressOf(row.step.evidence) : undefined;
-        const detail = p ? `${Format.BarFormat(params.progress, options)} ${progressText(p)}` : stepDetail(row.step);
+        const detail = row.progress ? `${Format.BarFormat(params.progress, options)} ${progressText(row.progress)}` : stepDetail(row.step);
         return `${head(row.step, row.width)}  ${detail}`;
       },
       barsize: 24,
@@ -133,9 +134,9 @@ class BarView implements LiveView {
   update(now: RunbookStatus): void {
     const width = nameWidth(now);
     for (const step of now.steps) {
-      const p = step.state === 'running' ? progressOf(step.evidence) : undefined;
-      const [value, total] = p ? [p.done, p.total] : [0, 1];
-      const row: Row = { step, width };
+      const progress = step.state === 'running' ? progressOf(step.evidence) : undefined;
+      const [value, total] = progress ? [progress.done, progress.total] : [0, 1];
+      const row: Row = { step, width, progress };
       const bar = this.rows.get(step.name);
       if (!bar) {
         this.rows.set(step.name, this.bars.create(total, value, row));
