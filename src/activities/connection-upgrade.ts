@@ -7,7 +7,7 @@ import type { ConnectionUpgradeInput } from '../shared/inputs';
 import type { Evidence, PlannedAction } from '../shared/status';
 import { postgresOf, resolveTarget, type Target } from '../targets';
 import { controlService, heartbeating, serviceCommand } from './host';
-import { onTarget, value, withClient } from './postgres';
+import { onTarget, value } from './postgres';
 import { waitFor } from '../stack/ports';
 
 const runbook = 'connectionUpgrade';
@@ -334,7 +334,7 @@ async function reload(target: Target): Promise<void> {
 async function waitForConnections(target: Target, timeoutMs = 300_000): Promise<number> {
   const answers = async () => {
     heartbeat();
-    await withClient({ endpoint: postgresOf(target).postgres }, (c) => c.query('SELECT 1'));
+    await onTarget(target, (c) => c.query('SELECT 1'));
     return true;
   };
   // Polled every 100 ms: the wait is also the measure of how long the server was unavailable.

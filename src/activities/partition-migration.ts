@@ -9,7 +9,7 @@ import type { PartitionMigrationInput } from '../shared/inputs';
 import type { Evidence, PlannedAction } from '../shared/status';
 import { resolveTarget, type Target } from '../targets';
 import { run } from './host';
-import { onTarget, value } from './postgres';
+import { onTarget, onTargetTwice, value } from './postgres';
 
 const runbook = 'partitionMigration';
 const fail = (type: ErrorType, step: string, reason: string) => failure(type, { runbook, step }, reason);
@@ -170,7 +170,8 @@ export function createPartitionMigrationActivities() {
             [table.oid],
           )
         ).rows;
-        const { minKey, maxKey, rows } = await keyBounds(c, spec);
+        const { minKey, maxKey } = await keyBounds(c, spec);
+        const rows = Number(await value(c, `SELECT count(*) FROM ${ident(c, spec.table)}`));
         const inventory = {
           columns: columns.map((col) => col.attname),
           primaryKey: primary.columns,
@@ -280,8 +281,8 @@ export function createPartitionMigrationActivities() {
       const resumed = activityInfo().heartbeatDetails as Progress | undefined;
       const progress: Progress = { ...(resumed ?? from), resumedFrom: resumed ? resumed.last : from.resumedFrom };
       const deadline = Date.now() + seconds * 1000;
-      // Two connections copy adjacent blocks side by side: one INSERT … SELECT uses one core.
-      return onTarget(target, (c) => onTarget(target, async (second) => {
+      // Two lanes copy adjacent blocks side by side.
+      return onTargetTwice(target, async (c, second) => {
         const columns = inventory.columns.map((col) => ident(c, col)).join(', ');
         const key = ident(c, spec.partitionKey);
         const lock = `SELECT ${blockLock(c, spec.table, '$1::bigint', 'exclusive')}`;
@@ -331,7 +332,7 @@ export function createPartitionMigrationActivities() {
         progress.done = progress.last >= progress.maxKey;
         progress.summary = `${progress.copied} rows copied in ${progress.batches} batches, key ${progress.last} of ${progress.maxKey}`;
         return progress;
-      }));
+      });
     },
 
     /**
@@ -343,14 +344,14 @@ export function createPartitionMigrationActivities() {
     async partitionVerify(spec: MigrationSpec, against: 'shadow' | 'old', chunk = VERIFY_CHUNK): Promise<Evidence> {
       const target = resolveTarget(spec.target);
       const [left, right] = [spec.table, names(spec.table)[against]];
-      return onTarget(target, (c) => onTarget(target, async (second) => {
+      return onTargetTwice(target, async (c, second) => {
         const mismatches = await compare([c, second], spec.partitionKey, left, right, chunk);
         if (mismatches.ranges.length) {
           throw fail(ErrorType.NotConverged, 'verify', `${left} and ${right} differ in key ranges ${listRanges(mismatches.ranges)}`);
         }
         if (against === 'shadow') await c.query(`ANALYZE ${ident(c, right)}`);
         return { summary: `${mismatches.rows} rows equal in ${mismatches.chunks} key range${mismatches.chunks === 1 ? '' : 's'} (count and ${mismatches.hash} checksum)`, rows: mismatches.rows, ranges: mismatches.chunks };
-      }));
+      });
     },
 
     /**
@@ -363,7 +364,7 @@ export function createPartitionMigrationActivities() {
     async partitionCutover(spec: MigrationSpec, inventory: Inventory): Promise<Evidence> {
       const target = resolveTarget(spec.target);
       const n = names(spec.table);
-      return onTarget(target, (c) => onTarget(target, async (second) => {
+      return onTargetTwice(target, async (c, second) => {
         const state = await value<string | null>(c, 'SELECT state FROM fermata_migrations WHERE table_name = $1', [spec.table]);
         if (state === 'cut_over') return { summary: 'already cut over', writeBlockMs: 0 };
         const long = await c.query<{ pid: number; seconds: number }>(
@@ -401,7 +402,7 @@ export function createPartitionMigrationActivities() {
           writeBlockMs,
           rows: compared.rows,
         };
-      }));
+      });
     },
 
     /** Swap back (rollback after cut-over): the original table returns with every write made since. Idempotent. */
@@ -611,13 +612,13 @@ function blockKeys(block: number, rows: number): [number, number] {
   return [-(rows - 1), rows - 1];
 }
 
-/** The lowest and highest key of the table, and its row count. */
-async function keyBounds(c: Client, spec: MigrationSpec): Promise<{ minKey: number; maxKey: number; rows: number }> {
-  const key = ident(c, spec.partitionKey);
-  const { rows } = await c.query<{ min: string | null; max: string | null; count: string }>(
-    `SELECT min(${key}) AS min, max(${key}) AS max, count(*) AS count FROM ${ident(c, spec.table)}`,
+/** The lowest and highest key of the table: two lookups in the primary key's index, not a scan. */
+async function keyBounds(c: Client, spec: MigrationSpec): Promise<{ minKey: number; maxKey: number }> {
+  const [key, table] = [ident(c, spec.partitionKey), ident(c, spec.table)];
+  const { rows } = await c.query<{ min: string | null; max: string | null }>(
+    `SELECT (SELECT min(${key}) FROM ${table}) AS min, (SELECT max(${key}) FROM ${table}) AS max`,
   );
-  return { minKey: Number(rows[0].min ?? 0), maxKey: Number(rows[0].max ?? 0), rows: Number(rows[0].count) };
+  return { minKey: Number(rows[0].min ?? 0), maxKey: Number(rows[0].max ?? 0) };
 }
 
 /**
