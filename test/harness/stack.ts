@@ -186,17 +186,11 @@ export interface RedisTestTarget {
   client(port: number, password?: string): Redis;
 }
 
-let redisPostgres: Promise<TestTarget> | undefined;
-
-/**
- * A target with a `redis` section whose data lives under the run directory. Every target needs a
- * PostgreSQL; the Redis runbook never touches it, so the Redis targets of a test file share one.
- */
+/** A Redis-only target (no postgres section, as an operator may write one) whose data lives under the run directory. */
 export async function newRedisTarget(name: string, redis: { binDir?: string; passwordFile?: string } = {}): Promise<RedisTestTarget> {
-  const postgres = await (redisPostgres ??= newTarget(uniqueId('redis-host')));
   const dataRoot = path.join(runDir, 'redis', name);
   writeTargets((doc) => {
-    doc.targets[name] = { ...(doc.targets[postgres.name] as object), redis: { dataRoot, ...redis } };
+    doc.targets[name] = { redis: { dataRoot, ...redis } };
   });
   return {
     name,
