@@ -16,7 +16,7 @@ import { heartbeating, run, shellQuote } from './host';
 import { scrub } from './postgres';
 
 const runbook = 'redisDeployment';
-export const REDIS_IMAGE = 'redis:7-alpine';
+const REDIS_IMAGE = 'redis:7-alpine';
 /** The seed's monitoring targets. */
 const SEED = { hitRatio: 0.8, memoryBytes: 10 * 1024 ** 3, evictionShare: 0.01 };
 
@@ -61,7 +61,7 @@ export function layoutOf(target: Target & { redis: RedisPlacement }, settings: P
 }
 
 /** The managed settings as CONFIG GET reports them. */
-export function wanted(s: Pick<RedisSettings, 'appendonly' | 'save' | 'maxmemory' | 'maxmemoryPolicy'>): Record<string, string> {
+function wanted(s: Pick<RedisSettings, 'appendonly' | 'save' | 'maxmemory' | 'maxmemoryPolicy'>): Record<string, string> {
   return { appendonly: s.appendonly ? 'yes' : 'no', save: s.save, maxmemory: String(s.maxmemory), 'maxmemory-policy': s.maxmemoryPolicy };
 }
 const managed = ['appendonly', 'save', 'maxmemory', 'maxmemory-policy'];
@@ -90,7 +90,7 @@ export function configText(layout: Layout, settings: RedisSettings): string {
 }
 
 /** The managed settings a config file holds (the last line wins; `save` lines add up). */
-export function parseConfig(text: string): Record<string, string> {
+function parseConfig(text: string): Record<string, string> {
   const found: Record<string, string> = {};
   let saves: string[] | undefined;
   for (const line of text.split('\n')) {

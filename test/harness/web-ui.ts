@@ -7,7 +7,7 @@ import path from 'node:path';
 import { repoRoot } from './paths';
 
 /** Debian's chromium; FERMATA_CHROMIUM names another binary. */
-export const chromiumPath = process.env.FERMATA_CHROMIUM ?? '/usr/bin/chromium';
+const chromiumPath = process.env.FERMATA_CHROMIUM ?? '/usr/bin/chromium';
 
 /** Screenshots outlive the test run's directory, for a person to look at (ignored by git with .test-data/). */
 export const screenshotRoot = path.join(repoRoot, '.test-data', 'screenshots');
