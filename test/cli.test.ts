@@ -169,6 +169,10 @@ test('operator path: start, watch to the gate, status, refusals, approval, compl
   const final = await fermata(['status', workflowId]);
   // Once completed, the same renderMarkdown of the final status: no worker needed to read it.
   expect(final.stdout).toContain(renderMarkdown(result.status).trimEnd());
+  // …and what that shows is the run as it ended: completed, with the setting read back from the server.
+  expect(final.stdout).toMatch(new RegExp(`^workflow +${workflowId}: connectionUpgrade, execution completed, started `, 'm'));
+  expect(final.stdout).toMatch(/^\*\*connectionUpgrade\*\* on `\S+` — \*\*completed\*\*$/m);
+  expect(final.stdout).toMatch(/\| ✔\u00a0done \| [^|\n]*max_connections=256/);
   expect(final.stdout).not.toContain('fermata approve');
   // The approval (its comment, "in the window") once, in the details: the messages are not listed again.
   expect(final.stdout.split('in the window')).toHaveLength(2);
