@@ -1,6 +1,5 @@
 // The Connection Upgrade runbook against a real Temporal server and a real PostgreSQL per test.
 import { WorkflowUpdateFailedError, type WorkflowHandle } from '@temporalio/client';
-import { ApplicationFailure } from '@temporalio/common';
 import { Client } from 'pg';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
@@ -8,7 +7,7 @@ import { approveSignal, approveUpdate, decideSignal, rejectSignal, TASK_QUEUE } 
 import { searchAttributes } from '../src/shared/search-attributes';
 import type { RunbookResult } from '../src/shared/status';
 import { historyText, linesWith } from './harness/records';
-import { closeHarness, env, newTarget, startWorker, temporal, uniqueId, waitForStatus, type RunningWorker, type TestTarget, failureOf } from './harness/stack';
+import { closeHarness, env, newTarget, startFailingWorker, startWorker, temporal, uniqueId, waitForStatus, type RunningWorker, type TestTarget, failureOf } from './harness/stack';
 
 let worker: RunningWorker;
 const handles: WorkflowHandle[] = [];
@@ -278,18 +277,9 @@ test('PostgreSQL down before verification: the runbook asks for a decision, retr
 test('decide rollback after the restart: settings restored, restarted again, extension dropped', async () => {
   const target = await newTarget(uniqueId('rollback'));
   const confBefore = autoConf(target);
-  const taskQueue = uniqueId('failing-verify');
-  const failing = await startWorker({
-    taskQueue,
-    wrap: (activities) => ({
-      ...activities,
-      upgradeVerify: async () => {
-        throw ApplicationFailure.nonRetryable('injected: the application reports errors', 'NotConverged');
-      },
-    }),
-  });
+  const failing = await startFailingWorker('upgradeVerify', 'injected: the application reports errors');
   try {
-    const handle = await start({ target: target.name }, taskQueue);
+    const handle = await start({ target: target.name }, failing.taskQueue);
     await waitForStatus(handle, (s) => s.pendingGate?.name === 'restart');
     await handle.signal(approveSignal, { gate: 'restart', by: 'alice' });
     const waiting = await waitForStatus(handle, (s) => s.pendingDecision?.step === 'verify');

@@ -2,7 +2,6 @@
 // say, that a failing webhook never holds up or fails a runbook, that every attempt is audited, and
 // that no webhook URL reaches workflow history or the audit table.
 import type { WorkflowHandle } from '@temporalio/client';
-import { ApplicationFailure } from '@temporalio/common';
 import { Client } from 'pg';
 import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
@@ -20,6 +19,7 @@ import {
   closeHarness,
   env,
   newTarget,
+  startFailingWorker,
   startWorker,
   temporal,
   uniqueId,
@@ -256,18 +256,9 @@ test('the gate is answered while the notification still retries: retries stop, t
 test('a step fails and the runbook waits for a decision: the webhook hears the step, the error and the command to decide', async () => {
   const hook = await hookServer(() => 200);
   const target = await targetNotifying(hook);
-  const failingQueue = uniqueId('notify-failing');
-  const failing = await startWorker({
-    taskQueue: failingQueue,
-    wrap: (activities) => ({
-      ...activities,
-      upgradeVerify: async () => {
-        throw ApplicationFailure.nonRetryable('injected: max_connections <still> 100 & not 256', 'NotConverged');
-      },
-    }),
-  });
+  const failing = await startFailingWorker('upgradeVerify', 'injected: max_connections <still> 100 & not 256');
   try {
-    const handle = await start({ target: target.name, approvers: ['alice'] }, failingQueue);
+    const handle = await start({ target: target.name, approvers: ['alice'] }, failing.taskQueue);
     await waitForStatus(handle, (s) => s.pendingGate?.name === 'restart' && delivered(s));
     await handle.signal(approveSignal, { gate: 'restart', by: 'alice' });
     const waiting = await waitForStatus(handle, (s) => s.pendingDecision?.step === 'verify' && s.notification?.kind === 'decision' && delivered(s));
