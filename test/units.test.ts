@@ -128,7 +128,7 @@ describe('current details (renderMarkdown): what the Web UI shows in its details
     });
     expect(approved).not.toContain('dave'); // the last three only
     expect(approved).toContain('- 00:30:00 UTC alice approved gate `restart`: window agreed');
-    // Once the runbook has ended, neither the gate nor the window matters.
+    // The gate was answered (no pendingGate); and once the runbook has ended, its window no longer shows.
     expect(approved).not.toMatch(/Holding|Maintenance window/);
   });
 
