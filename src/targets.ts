@@ -34,7 +34,14 @@ const serviceSchema = z.discriminatedUnion('kind', [
       logFile: z.string().optional(),
     })
     .strict(),
-  z.object({ kind: z.literal('systemd'), unit: z.string().min(1) }).strict(),
+  z
+    .object({
+      kind: z.literal('systemd'),
+      unit: z.string().min(1),
+      /** OS user that owns the cluster's files; the restart's preflight and file restore run as it. */
+      osUser: z.string().default('postgres'),
+    })
+    .strict(),
   z.object({ kind: z.literal('docker'), container: z.string().min(1) }).strict(),
 ]);
 

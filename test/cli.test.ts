@@ -4,18 +4,18 @@ import { WorkflowNotFoundError } from '@temporalio/common';
 import { workflowMetadataQuery } from '@temporalio/workflow';
 import execa from 'execa';
 import { writeFileSync } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { statusQuery } from '../src/shared/messages';
 import { liveView } from '../src/cli/live';
 import { renderMarkdown, type RunbookResult, type RunbookStatus } from '../src/shared/status';
-import { repoRoot, runDir } from './harness/paths';
+import { runDir } from './harness/paths';
 import {
   closeHarness,
   env,
+  fermata,
+  listRunningUntil,
   newTarget,
   startWorker,
-  targetsFile,
   temporal,
   uniqueId,
   waitForStatus,
@@ -23,15 +23,6 @@ import {
   type TestTarget,
 } from './harness/stack';
 
-const bin = path.join(repoRoot, 'bin', 'fermata');
-
-function fermata(args: string[], extraEnv: Record<string, string> = {}) {
-  return execa(bin, args, {
-    cwd: os.tmpdir(),
-    env: { ...process.env, TEMPORAL_ADDRESS: env.temporalAddress, FERMATA_TARGETS: targetsFile, FERMATA_UI_URL: env.uiUrl, ...extraEnv },
-    reject: false,
-  });
-}
 
 /** Exit code `code` and exactly one "fermata: …" line on stderr matching `problem`. */
 function expectFailure(run: execa.ExecaReturnValue, code: number, problem: RegExp): void {
@@ -50,16 +41,6 @@ async function currentDetails(workflowId: string): Promise<string> {
   const metadata = await (await temporal()).workflow.getHandle(workflowId).query(workflowMetadataQuery);
   expect(metadata.currentDetails).toBeTruthy();
   return metadata.currentDetails!;
-}
-
-/** Run `fermata list --running` until `done` holds for its output (visibility is eventually consistent). */
-async function listRunningUntil(done: (stdout: string) => boolean): Promise<execa.ExecaReturnValue> {
-  const deadline = Date.now() + 20_000;
-  for (;;) {
-    const run = await fermata(['list', '--running']);
-    if ((run.exitCode === 0 && done(run.stdout)) || Date.now() > deadline) return run;
-    await new Promise((r) => setTimeout(r, 500));
-  }
 }
 
 function inputFile(name: string, content: string): string {

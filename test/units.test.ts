@@ -1,8 +1,10 @@
 // Pure pieces: maintenance windows, input schemas and their examples, worker wiring.
+import type { Client as TemporalClient } from '@temporalio/client';
 import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { createActivities } from '../src/activities';
 import type { AuditLog } from '../src/activities/audit';
+import { alterSystemSql, formatList, parseList, sameSetting } from '../src/activities/settings';
 import { runbookSchemas } from '../src/shared/inputs';
 import { renderMarkdown, type RunbookStatus } from '../src/shared/status';
 import { nextSlot } from '../src/shared/window';
@@ -52,7 +54,7 @@ describe('every runbooks/*.example.json is valid input for its runbook', () => {
 });
 
 test('every activity a workflow calls is registered by the worker', () => {
-  const registered = Object.keys(createActivities({ activities: () => ({ recordAudit: async () => undefined }) } as unknown as AuditLog));
+  const registered = Object.keys(createActivities({ activities: () => ({ recordAudit: async () => undefined }) } as unknown as AuditLog, {} as TemporalClient));
   const dir = path.join(__dirname, '..', 'src', 'workflows');
   const called = new Set<string>();
   for (const file of readdirSync(dir)) {
@@ -193,5 +195,35 @@ describe('current details (renderMarkdown): what the Web UI shows in its details
 
   test('it ends with an empty paragraph, which the UI\'s pane cuts off instead of the last step', () => {
     expect(markdown.endsWith('|\n\n\u00a0')).toBe(true);
+  });
+});
+
+describe('list settings are written and compared element by element', () => {
+  test.each([
+    ['', []],
+    ['auto_explain', ['auto_explain']],
+    ['auto_explain, pg_stat_statements', ['auto_explain', 'pg_stat_statements']],
+    ['auto_explain,pg_stat_statements', ['auto_explain', 'pg_stat_statements']],
+    ['"auto_explain,pg_stat_statements"', ['auto_explain,pg_stat_statements']],
+    ['"$user", public', ['$user', 'public']],
+    ['"say ""hi""", b', ['say "hi"', 'b']],
+  ])('parseList(%j)', (text, elements) => {
+    expect(parseList(text)).toEqual(elements);
+  });
+
+  test('one literal per element: never one element holding a comma', () => {
+    expect(alterSystemSql('shared_preload_libraries', 'auto_explain, pg_stat_statements')).toBe(
+      `ALTER SYSTEM SET "shared_preload_libraries" = 'auto_explain', 'pg_stat_statements'`,
+    );
+    expect(alterSystemSql('shared_preload_libraries', '')).toBe(`ALTER SYSTEM SET "shared_preload_libraries" = ''`);
+    expect(alterSystemSql('max_connections', '256')).toBe(`ALTER SYSTEM SET "max_connections" = '256'`);
+    expect(alterSystemSql('work_mem', "4MB'; DROP TABLE files; --")).toBe(`ALTER SYSTEM SET "work_mem" = '4MB''; DROP TABLE files; --'`);
+  });
+
+  test('the quoted single element a bad write leaves is not the list it was meant to be', () => {
+    expect(sameSetting('shared_preload_libraries', '"auto_explain,pg_stat_statements"', 'auto_explain, pg_stat_statements')).toBe(false);
+    expect(sameSetting('shared_preload_libraries', 'auto_explain,pg_stat_statements', 'auto_explain, pg_stat_statements')).toBe(true);
+    expect(sameSetting('max_connections', '256', '256')).toBe(true);
+    expect(formatList(['auto_explain', 'a,b'])).toBe('auto_explain, "a,b"');
   });
 });

@@ -34,7 +34,7 @@ async function restartAttempts(handle: WorkflowHandle): Promise<number[]> {
     const s = event.activityTaskScheduledEventAttributes;
     if (s) scheduled.set(String(event.eventId), s.activityType?.name ?? '');
     const started = event.activityTaskStartedEventAttributes;
-    if (started && scheduled.get(String(started.scheduledEventId)) === 'upgradeRestart') attempts.push(started.attempt ?? 0);
+    if (started && scheduled.get(String(started.scheduledEventId)) === 'restartPostgres') attempts.push(started.attempt ?? 0);
   }
   return attempts;
 }

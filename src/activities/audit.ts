@@ -1,6 +1,7 @@
 // The audit trail: every event of every run, in a table that outlives Temporal's retention.
 import { Context } from '@temporalio/activity';
 import type { Pool } from 'pg';
+import { leaseDdl } from './lease';
 import { poolFor, withClient } from './postgres';
 import type { PostgresEndpoint } from '../targets';
 
@@ -32,7 +33,7 @@ const ddl = `
     UNIQUE (workflow_id, run_id, seq)
   )`;
 
-/** Create the audit database and table if missing. Safe to call at every worker start. */
+/** Create the audit database and its tables (the audit trail, the targets' leases) if missing. Safe to call at every worker start. */
 export async function ensureAuditStore(endpoint: PostgresEndpoint): Promise<void> {
   const exists = await withClient({ endpoint, database: 'postgres' }, async (c) => {
     const { rowCount } = await c.query('SELECT 1 FROM pg_database WHERE datname = $1', [endpoint.database]);
@@ -45,13 +46,16 @@ export async function ensureAuditStore(endpoint: PostgresEndpoint): Promise<void
       }),
     );
   }
-  await withClient({ endpoint }, (c) => c.query(ddl));
+  await withClient({ endpoint }, async (c) => {
+    await c.query(ddl);
+    await c.query(leaseDdl);
+  });
 }
 
 /** The audit log of one worker: a small pool, closed when the worker stops. */
 export class AuditLog {
   private pool?: Pool;
-  constructor(private readonly endpoint: PostgresEndpoint) {}
+  constructor(readonly endpoint: PostgresEndpoint) {}
 
   activities() {
     return {

@@ -1,13 +1,14 @@
 // Activities of the Connection Upgrade runbook: server settings applied with ALTER SYSTEM, a restart
 // for the ones that need it, and verification read back from the server itself.
-import { heartbeat } from '@temporalio/activity';
 import type { Client } from 'pg';
 import { ErrorType, failure, q } from '../shared/errors';
 import type { ConnectionUpgradeInput } from '../shared/inputs';
 import type { Evidence, PlannedAction } from '../shared/status';
 import { postgresOf, resolveTarget, type Target } from '../targets';
-import { controlService, heartbeating, serviceCommand } from './host';
+import { serviceCommand } from './host';
 import { onTarget, value } from './postgres';
+import { restoreSavedConfig, type SavedConfig } from './restart';
+import { alterSystemResetSql, alterSystemSql, formatList, parseList, sameSetting } from './settings';
 import { waitFor } from '../stack/ports';
 
 const runbook = 'connectionUpgrade';
@@ -55,12 +56,6 @@ const managed = [
   'shared_preload_libraries',
 ];
 
-const libraries = (list: string): string[] =>
-  list
-    .split(',')
-    .map((l) => l.trim().replace(/^"|"$/g, ''))
-    .filter(Boolean);
-
 async function settingRows(client: Client, names = managed): Promise<Map<string, SettingRow>> {
   const { rows } = await client.query<SettingRow>(
     'SELECT name, setting, context, pending_restart FROM pg_settings WHERE name = ANY($1)',
@@ -72,10 +67,6 @@ async function settingRows(client: Client, names = managed): Promise<Map<string,
 async function pendingRestart(client: Client): Promise<string[]> {
   const { rows } = await client.query<{ name: string }>('SELECT name FROM pg_settings WHERE pending_restart ORDER BY name');
   return rows.map((r) => r.name);
-}
-
-function alterSystem(client: Client, name: string, to: string): string {
-  return `ALTER SYSTEM SET ${client.escapeIdentifier(name)} = ${client.escapeLiteral(to)}`;
 }
 
 const fail = (type: ErrorType, step: string, reason: string, details?: Record<string, unknown>) =>
@@ -104,7 +95,7 @@ export function createConnectionUpgradeActivities() {
           throw fail(ErrorType.PrecheckFailed, 'precheck', `settings already pending a restart that this runbook did not make: ${foreignPending.join(', ')}; apply or revert them first`);
         }
 
-        const preload = libraries(current('shared_preload_libraries'));
+        const preload = parseList(current('shared_preload_libraries'));
         const available = await value<number>(c, 'SELECT count(*)::int FROM pg_available_extensions WHERE name = $1', [STATEMENTS]);
         if (input.enablePgStatStatements) {
           if (!available) throw fail(ErrorType.PrecheckFailed, 'precheck', `extension ${STATEMENTS} is not available on the server (install the contrib package)`);
@@ -117,28 +108,29 @@ export function createConnectionUpgradeActivities() {
           max_worker_processes: String(Math.max(Number(current('max_worker_processes')), input.maxParallelWorkers + WORKER_HEADROOM)),
           max_parallel_workers: String(input.maxParallelWorkers),
           max_parallel_workers_per_gather: String(input.maxParallelWorkersPerGather),
-          shared_preload_libraries:
-            input.enablePgStatStatements && !preload.includes(STATEMENTS) ? [...preload, STATEMENTS].join(',') : preload.join(','),
+          // The libraries already preloaded stay, in their order.
+          shared_preload_libraries: formatList(input.enablePgStatStatements && !preload.includes(STATEMENTS) ? [...preload, STATEMENTS] : preload),
         };
         const changes: SettingChange[] = managed
-          .filter((name) => wanted[name] !== current(name) || rows.get(name)!.pending_restart)
+          .filter((name) => !sameSetting(name, wanted[name], current(name)) || rows.get(name)!.pending_restart)
           .map((name) => ({ name, from: current(name), to: wanted[name], needsRestart: rows.get(name)!.context === 'postmaster' }));
 
-        const { rows: auto } = await c.query<{ name: string; setting: string }>(
-          `SELECT name, setting FROM pg_file_settings
-            WHERE sourcefile LIKE '%postgresql.auto.conf' AND name = ANY($1) AND applied IS NOT NULL`,
-          [managed],
-        );
+        const autoConf = await autoConfEntries(c, managed);
         const statementsInstalled = await hasStatements(c);
-        const needsRestart = changes.some((ch) => ch.needsRestart && ch.from !== ch.to);
+        const needsRestart = changes.some((ch) => ch.needsRestart && !sameSetting(ch.name, ch.from, ch.to));
         const restart = serviceCommand(postgresOf(target).service, 'restart').argv.join(' ');
         const plan: PlannedAction[] = [
           { step: 'precheck', kind: 'check', text: `PostgreSQL ${serverVersion}; ${connections} client connections; ${STATEMENTS} available: ${Boolean(available)}` },
-          ...changes.map((ch): PlannedAction => ({ step: 'apply', kind: 'sql', text: `${alterSystem(c, ch.name, ch.to)}; -- now ${ch.from}` })),
+          { step: 'apply', kind: 'command', text: 'cp -n postgresql.auto.conf postgresql.auto.conf.fermata-<workflow id>: the configuration to start again on if a restart fails' },
+          ...changes.map((ch): PlannedAction => ({ step: 'apply', kind: 'sql', text: `${alterSystemSql(ch.name, ch.to)}; -- now ${ch.from}` })),
           { step: 'apply', kind: 'sql', text: 'SELECT pg_reload_conf()' },
           ...(needsRestart
             ? [
                 { step: 'restart', kind: 'check', text: 'gate "restart": wait for approval, then the maintenance window' },
+                ...changes
+                  .filter((ch) => ch.needsRestart)
+                  .map((ch): PlannedAction => ({ step: 'restart', kind: 'check', text: `preflight: postgres -C ${ch.name} reads ${q(ch.to)} from the files on disk` })),
+                { step: 'restart', kind: 'sql', text: "preflight: LOAD each library of shared_preload_libraries" },
                 { step: 'restart', kind: 'sql', text: 'CHECKPOINT' },
                 { step: 'restart', kind: 'command', text: restart },
               ] satisfies PlannedAction[]
@@ -150,7 +142,7 @@ export function createConnectionUpgradeActivities() {
         return {
           serverVersion,
           changes,
-          autoConf: Object.fromEntries(auto.map((r) => [r.name, r.setting])),
+          autoConf,
           needsRestart,
           statementsInstalled,
           plan,
@@ -164,12 +156,18 @@ export function createConnectionUpgradeActivities() {
     /** ALTER SYSTEM each change and reload; the reloadable ones must then be live. */
     async upgradeApply(targetName: string, changes: SettingChange[]): Promise<Evidence> {
       const target = resolveTarget(targetName);
-      await onTarget(target, async (c) => {
-        for (const ch of changes) await c.query(alterSystem(c, ch.name, ch.to));
+      const written = await onTarget(target, async (c) => {
+        for (const ch of changes) await c.query(alterSystemSql(ch.name, ch.to));
+        return autoConfEntries(c, changes.map((ch) => ch.name));
       });
+      // What the file now says, element by element: a list written as one element would not start.
+      const miswritten = changes.filter((ch) => !sameSetting(ch.name, written[ch.name] ?? '', ch.to));
+      if (miswritten.length) {
+        throw fail(ErrorType.NotConverged, 'apply', `postgresql.auto.conf does not say what was set: ${miswritten.map((ch) => `${ch.name} = ${q(written[ch.name] ?? '(absent)')}, expected ${q(ch.to)}`).join('; ')}`);
+      }
       await reload(target);
       const live = await onTarget(target, (c) => settingRows(c, changes.map((ch) => ch.name)));
-      const stale = changes.filter((ch) => !ch.needsRestart && live.get(ch.name)?.setting !== ch.to);
+      const stale = changes.filter((ch) => !ch.needsRestart && !sameSetting(ch.name, live.get(ch.name)?.setting ?? '', ch.to));
       if (stale.length) {
         throw fail(ErrorType.NotConverged, 'apply', `not live after reload: ${stale.map((ch) => `${ch.name}=${live.get(ch.name)?.setting}`).join(', ')}`);
       }
@@ -187,12 +185,20 @@ export function createConnectionUpgradeActivities() {
      * keeps a restart-only setting flagged pending_restart when its line is removed, even when the
      * running value is already the one the files give.
      */
-    async upgradeRestore(targetName: string, changes: SettingChange[], autoConf: Record<string, string>): Promise<Evidence & { pendingRestart: string[] }> {
+    async upgradeRestore(
+      targetName: string,
+      changes: SettingChange[],
+      autoConf: Record<string, string>,
+      saved?: SavedConfig,
+    ): Promise<Evidence & { pendingRestart: string[] }> {
       const target = resolveTarget(targetName);
+      const reachable = await onTarget(target, (c) => c.query('SELECT 1')).then(() => true, () => false);
+      // A server that cannot start takes no SQL: its saved file goes back on disk, and it starts on that.
+      const files = !reachable && saved ? await restoreSavedConfig(target, saved) : undefined;
       await onTarget(target, async (c) => {
         for (const { name } of changes) {
           const before = autoConf[name];
-          await c.query(before === undefined ? `ALTER SYSTEM RESET ${c.escapeIdentifier(name)}` : alterSystem(c, name, before));
+          await c.query(before === undefined ? alterSystemResetSql(name) : alterSystemSql(name, before));
         }
       });
       await reload(target);
@@ -205,35 +211,8 @@ export function createConnectionUpgradeActivities() {
         ),
       );
       const pending = rows.map((r) => r.name);
-      return { summary: `restored ${changes.map((ch) => ch.name).join(', ')}; restart needed for: ${pending.join(', ') || 'none'}`, pendingRestart: pending };
-    },
-
-    /**
-     * Restart PostgreSQL through its service manager when a setting is pending restart, and wait
-     * until it accepts connections again. A retry after the restart finds nothing pending and
-     * does nothing, so the server is never restarted twice.
-     */
-    async upgradeRestart(targetName: string): Promise<Evidence> {
-      const target = resolveTarget(targetName);
-      const before = await onTarget(target, async (c) => ({
-        pending: await pendingRestart(c),
-        startedAt: await value<Date>(c, 'SELECT pg_postmaster_start_time()'),
-      })).catch(() => undefined);
-      if (before && before.pending.length === 0) return { summary: 'nothing pending restart: not restarted', restarted: false };
-      if (before) await onTarget(target, (c) => c.query('CHECKPOINT')); // a short shutdown checkpoint
-      const started = Date.now();
-      const command = await heartbeating(controlService(target.host, postgresOf(target).service, 'restart'));
-      const unavailableMs = (await waitForConnections(target)) - started;
-      const after = await onTarget(target, (c) => value<Date>(c, 'SELECT pg_postmaster_start_time()'));
-      return {
-        summary: `restarted; unavailable for ${unavailableMs} ms`,
-        restarted: true,
-        command: command.command,
-        unavailableMs,
-        pendingBefore: before?.pending ?? 'server was down',
-        postmasterStartBefore: before?.startedAt?.toISOString(),
-        postmasterStartAfter: after.toISOString(),
-      };
+      const how = files ? ` (server was down: ${saved!.autoConf} put back from ${saved!.copy} and started)` : '';
+      return { summary: `restored ${changes.map((ch) => ch.name).join(', ')}${how}; restart needed for: ${pending.join(', ') || 'none'}`, pendingRestart: pending, files };
     },
 
     /** Create pg_stat_statements; says whether it was there already. */
@@ -258,7 +237,7 @@ export function createConnectionUpgradeActivities() {
       const target = resolveTarget(input.target);
       return onTarget(target, async (c) => {
         const live = await settingRows(c);
-        const wrong = changes.filter((ch) => live.get(ch.name)?.setting !== ch.to);
+        const wrong = changes.filter((ch) => !sameSetting(ch.name, live.get(ch.name)?.setting ?? '', ch.to));
         const pending = await pendingRestart(c);
         const problems = [
           ...wrong.map((ch) => `${ch.name} is ${live.get(ch.name)?.setting}, expected ${ch.to}`),
@@ -330,16 +309,14 @@ async function reload(target: Target): Promise<void> {
   });
 }
 
-/** Poll until the server answers a query; returns when it did. Heartbeats while it waits. */
-async function waitForConnections(target: Target, timeoutMs = 300_000): Promise<number> {
-  const answers = async () => {
-    heartbeat();
-    await onTarget(target, (c) => c.query('SELECT 1'));
-    return true;
-  };
-  // Polled every 100 ms: the wait is also the measure of how long the server was unavailable.
-  await waitFor(`PostgreSQL of ${target.name}`, answers, timeoutMs, 100);
-  return Date.now();
+/** What postgresql.auto.conf says for each of `names` (absent: not in the file). */
+async function autoConfEntries(c: Client, names: string[]): Promise<Record<string, string>> {
+  const { rows } = await c.query<{ name: string; setting: string }>(
+    `SELECT DISTINCT ON (name) name, setting FROM pg_file_settings
+      WHERE sourcefile LIKE '%postgresql.auto.conf' AND name = ANY($1) ORDER BY name, seqno DESC`,
+    [names],
+  );
+  return Object.fromEntries(rows.map((r) => [r.name, r.setting]));
 }
 
 async function hasStatements(c: Client): Promise<boolean> {

@@ -56,7 +56,9 @@ function stateLine(before: RunbookStatus | undefined, now: RunbookStatus): strin
       ? ` on step ${q(now.pendingDecision.step)}`
       : now.nextWindow && now.state === 'waiting_window'
         ? ` until ${now.nextWindow.opensAt}`
-        : '';
+        : now.waitingForTarget && now.state === 'waiting_target'
+          ? `: ${q(now.target)} is held by ${q(now.waitingForTarget.workflowId)} (${now.waitingForTarget.runbook})`
+          : '';
   return `${when(at)}  ■ runbook ${words(now.state)}${why}`;
 }
 

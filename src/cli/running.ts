@@ -19,8 +19,9 @@ const order: Record<RunState, number | undefined> = {
   waiting_approval: 0,
   waiting_decision: 1,
   waiting_window: 2,
-  rolling_back: 3,
-  running: 4,
+  waiting_target: 3,
+  rolling_back: 4,
+  running: 5,
   completed: undefined,
   rejected: undefined,
   rolled_back: undefined,
@@ -63,10 +64,11 @@ async function since(client: Client, run: WorkflowExecutionInfo): Promise<Date |
   return undefined;
 }
 
-/** What the run holds at, when a worker says: the gate, or the step that failed. */
+/** What the run holds at, when a worker says: the gate, the step that failed, the run it waits for. */
 function holding(status: RunbookStatus | undefined, step: string): string {
   if (status?.pendingGate) return `gate ${q(status.pendingGate.name)}`;
   if (status?.pendingDecision) return `${status.pendingDecision.step} (failed)`;
+  if (status?.waitingForTarget) return `held by ${status.waitingForTarget.workflowId}`;
   return step;
 }
 
@@ -84,7 +86,7 @@ export async function listRunning(client: Client): Promise<string[]> {
       const step = attrs.get(searchAttributes.step) ?? '';
       const [at, status] = await Promise.all([
         since(client, run),
-        waitingForAPerson(state)
+        waitingForAPerson(state) || state === 'waiting_target'
           ? client.withDeadline(deadline, () => client.workflow.getHandle(run.workflowId, run.runId).query(statusQuery)).catch(() => {
               unanswered++;
               return undefined;

@@ -13,6 +13,13 @@ export const ErrorType = {
   PrecheckFailed: 'PrecheckFailed',
   /** Verification read back a state that is not (yet) the requested one; retrying polls it. */
   NotConverged: 'NotConverged',
+  /** The configuration on disk would not start the server as intended. Nothing was restarted. */
+  PreflightFailed: 'PreflightFailed',
+  /**
+   * A restarted server did not come back. The configuration from before the run was put back on
+   * disk and the server started on it; the error says whether that worked and quotes the server's log.
+   */
+  RestartFailed: 'RestartFailed',
   /** A host command (pg_ctl, systemctl, docker, ssh) exited non-zero. */
   CommandFailed: 'CommandFailed',
   /** A port the runbook needs is held by a program it did not start. Nothing was stopped; retrying looks again. */
@@ -30,6 +37,8 @@ export const nonRetryableTypes: string[] = [
   ErrorType.UnknownTarget,
   ErrorType.InvalidTargets,
   ErrorType.PrecheckFailed,
+  ErrorType.PreflightFailed,
+  ErrorType.RestartFailed,
   ErrorType.Refused,
 ];
 

@@ -29,6 +29,8 @@ export const commonInput = {
   /** Minutes a gate waits for a person before the runbook rolls back. */
   gateTimeoutMinutes: z.number().positive().optional(),
   dryRun: z.boolean().default(false),
+  /** When another run is changing the target: wait for it to end (true), or refuse at once (false). */
+  waitForTarget: z.boolean().default(true),
   /** A webhook of the targets file's `webhooks` to tell about gates and decisions, instead of the target's `notify`. */
   notify: nameSchema.optional(),
 };

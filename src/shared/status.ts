@@ -6,6 +6,8 @@ export type RunState =
   | 'running'
   | 'waiting_approval'
   | 'waiting_window'
+  /** Another run holds the target: this one goes on when that one ends. */
+  | 'waiting_target'
   | 'waiting_decision'
   | 'rolling_back'
   | 'completed'
@@ -43,6 +45,13 @@ export interface PlannedAction {
   text: string;
 }
 
+/** The run that holds a target's lease (see src/activities/lease.ts). */
+export interface LeaseHolder {
+  workflowId: string;
+  runbook: string;
+  since: string;
+}
+
 export interface MessageRecord {
   kind: 'approved' | 'rejected' | 'refused' | 'decided';
   gate?: string;
@@ -75,6 +84,8 @@ export interface RunbookStatus {
   pendingGate?: { name: string; does: string; since: string; approvers: string[] };
   pendingDecision?: { step: string; error: string; since: string };
   nextWindow?: Window;
+  /** While the state is waiting_target: who holds the target. */
+  waitingForTarget?: LeaseHolder;
   messages: MessageRecord[];
   plan?: PlannedAction[];
   error?: string;
@@ -198,6 +209,10 @@ export function renderMarkdown(s: RunbookStatus): string {
         `*Send a Signal* \`decide\` with \`{"action": "retry", ${you}}\` (or \`"skip"\`, \`"abort"\`, \`"rollback"\`).`,
       '',
     );
+  }
+  if (s.waitingForTarget && s.state === 'waiting_target') {
+    const { workflowId, runbook, since } = s.waitingForTarget;
+    lines.push(`**Waiting for \`${s.target}\`:** workflow \`${workflowId}\` (${runbook}) has been changing it since ${minute(since)} UTC; this run goes on when that one ends.`, '');
   }
   if (s.notification) lines.push(notificationLine(s.notification), '');
   if (s.nextWindow && (s.state === 'planned' || !finalStates.includes(s.state))) {

@@ -1,5 +1,5 @@
 // Builds a Fermata worker: the runbook workflows and their activities on task queue `runbooks`.
-import { Connection } from '@temporalio/client';
+import { Client, Connection } from '@temporalio/client';
 import { NativeConnection, Worker, type WorkerOptions } from '@temporalio/worker';
 import { ensureAuditStore, AuditLog } from '../activities/audit';
 import { createActivities, type Activities } from '../activities';
@@ -47,7 +47,9 @@ export async function createWorker(options: FermataWorkerOptions): Promise<{ wor
   await ensureAuditStore(audit);
   await ensureSearchAttributes(options.temporal);
   const auditLog = new AuditLog(audit);
-  const activities = createActivities(auditLog);
+  // A client of its own for the activities that ask Temporal whether a lease's holder still runs.
+  const clientConnection = await Connection.connect(options.temporal.connectionOptions());
+  const activities = createActivities(auditLog, new Client({ connection: clientConnection, namespace: options.temporal.namespace }));
   const connection = await NativeConnection.connect(options.temporal.connectionOptions());
   const code: Pick<WorkerOptions, 'workflowBundle' | 'workflowsPath'> = options.workflowBundlePath
     ? { workflowBundle: { codePath: options.workflowBundlePath } }
@@ -64,6 +66,7 @@ export async function createWorker(options: FermataWorkerOptions): Promise<{ wor
     worker,
     close: async () => {
       await auditLog.close();
+      await clientConnection.close();
       await connection.close();
     },
   };

@@ -2,6 +2,7 @@
 // with the restart held at an approval gate and inside the maintenance window.
 import { proxyActivities } from '@temporalio/workflow';
 import type { Activities } from '../activities';
+import type { SavedConfig } from '../activities/restart';
 import { connectionUpgradeSchema } from '../shared/inputs';
 import type { RunbookResult } from '../shared/status';
 import { Runbook, runbookInput, stepRetry } from './runbook';
@@ -29,26 +30,40 @@ export async function connectionUpgrade(raw: unknown): Promise<RunbookResult> {
   ]);
   return rb.run(async () => {
     rb.announceWindow(RESTART_MINUTES); // a window too short for the step is bad input: refused here, audited
+    await rb.holdTarget(); // one change at a time per target, from before the precheck reads it
     const pre = await rb.step('precheck', () => pg.upgradePrecheck(input), { required: true, precheck: true });
     if (input.dryRun) return rb.planned(pre.plan);
 
-    const restartIfPending = async () => {
+    // The configuration before the first change: what a restart that fails starts on again.
+    let saved: SavedConfig | undefined;
+    const restartOnly = pre.changes.filter((ch) => ch.needsRestart);
+    const restartIfPending = async (step: string, expect: Record<string, string>) => {
       await rb.window(RESTART_MINUTES);
-      return service.upgradeRestart(target);
+      saved ??= await pg.saveServerConfig(target);
+      return service.restartPostgres({ target, runbook: 'connectionUpgrade', step, expect, saved });
     };
     if (pre.changes.length) {
-      await rb.step('apply', () => pg.upgradeApply(target, pre.changes), {
-        rollback: async () => {
-          const restored = await pg.upgradeRestore(target, pre.changes, pre.autoConf);
-          return restored.pendingRestart.length ? { ...restored, restart: await restartIfPending() } : restored;
+      await rb.step(
+        'apply',
+        async () => {
+          saved ??= await pg.saveServerConfig(target);
+          return pg.upgradeApply(target, pre.changes);
         },
-      });
+        {
+          rollback: async () => {
+            const restored = await pg.upgradeRestore(target, pre.changes, pre.autoConf, saved);
+            if (!restored.pendingRestart.length) return restored;
+            // What the restored files give: the run's saved entry, else the value it ran with before.
+            const before = Object.fromEntries(restartOnly.map((ch) => [ch.name, pre.autoConf[ch.name] ?? ch.from]));
+            return { ...restored, restart: await restartIfPending('apply', before) };
+          },
+        },
+      );
     } else rb.skip('apply', 'every setting already as requested');
 
     if (pre.needsRestart) {
-      const names = pre.changes.filter((ch) => ch.needsRestart).map((ch) => ch.name);
-      await rb.gate('restart', `restart PostgreSQL on ${target} (a few seconds offline) to apply ${names.join(', ')}`);
-      await rb.step('restart', restartIfPending);
+      await rb.gate('restart', `restart PostgreSQL on ${target} (a few seconds offline) to apply ${restartOnly.map((ch) => ch.name).join(', ')}`);
+      await rb.step('restart', () => restartIfPending('restart', Object.fromEntries(restartOnly.map((ch) => [ch.name, ch.to]))));
     } else rb.skip('restart', 'no setting needs a restart');
 
     if (input.enablePgStatStatements) {

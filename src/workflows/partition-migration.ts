@@ -33,6 +33,7 @@ export async function partitionMigration(raw: unknown): Promise<RunbookResult> {
   ]);
   return rb.run(async () => {
     rb.announceWindow(CUTOVER_MINUTES); // a window too short for the step is bad input: refused here, audited
+    await rb.holdTarget(); // one change at a time per target, from before the precheck reads it
     const inventory = await rb.step('precheck', () => pg.partitionPrecheck(spec), { required: true, precheck: true });
     if (input.dryRun) return rb.planned(inventory.plan);
 

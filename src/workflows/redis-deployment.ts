@@ -29,6 +29,7 @@ export async function redisDeployment(raw: unknown): Promise<RunbookResult> {
   ]);
   return rb.run(async () => {
     rb.announceWindow(DEPLOY_MINUTES); // a window too short for the step is bad input: refused here, audited
+    await rb.holdTarget(); // one change at a time per target, from before the precheck reads it
     const pre = await rb.step('precheck', () => redis.redisPrecheck(input), { required: true, precheck: true });
     if (input.dryRun) return rb.planned(pre.plan);
 

@@ -53,6 +53,15 @@ const { recordAudit } = proxyActivities<Activities>({
   retry: { initialInterval: '1s', maximumInterval: '30s' },
 });
 
+// A target's lease is taken and given back with the same persistence as the audit.
+const { acquireTarget, releaseTarget } = proxyActivities<Activities>({
+  startToCloseTimeout: '30s',
+  retry: { initialInterval: '1s', maximumInterval: '30s' },
+});
+
+/** A run waiting for its target asks again after 5 s, then less often, up to once a minute (a long wait stays a short history). */
+const LEASE_POLL = { firstMs: 5_000, maxMs: 60_000 };
+
 // A notification is one attempt per activity: the runbook retries it itself (`notifyRetry`), so that
 // every attempt is audited and shown in the status, and retries stop once the gate is answered.
 const { notifyWebhook } = proxyActivities<Activities>({ startToCloseTimeout: '20s', retry: { maximumAttempts: 1 } });
@@ -65,6 +74,9 @@ const NOTIFY_PATCH = 'fermata-gate-notifications';
 
 /** Runs that failed before a failed run said so in its search attributes replay without them. */
 const FAILED_STATE_PATCH = 'fermata-failed-state';
+
+/** Runs that started before targets had leases replay without them. */
+const LEASE_PATCH = 'fermata-target-lease';
 
 /** A raw input's `target` longer than this is left out of FermataTarget (a keyword holds 2 KB at most). */
 const RAW_TARGET_CHARS = 256;
@@ -134,6 +146,7 @@ export class Runbook {
   private readonly audits: Promise<unknown>[] = [];
   private readonly notifications: Promise<void>[] = [];
   private published = { step: '', state: '' };
+  private leased = false;
 
   constructor(
     readonly runbook: string,
@@ -165,27 +178,64 @@ export class Runbook {
 
   /** Run the body; a rejection, timeout or decision ends it with an outcome instead of a failure. */
   async run(body: () => Promise<RunState | void>): Promise<RunbookResult> {
-    let outcome: RunState;
     try {
-      outcome = (await body()) ?? 'completed';
-    } catch (err) {
-      if (!(err instanceof Stop)) {
-        this.status.error = message(err);
-        // The step it failed in stays FermataStep; a cancelled run is the server's to call canceled.
-        if (!isCancellation(err) && patched(FAILED_STATE_PATCH)) this.setState('failed');
-        this.audit('failed', { detail: { error: this.status.error } });
-        await this.flush();
-        throw err;
+      let outcome: RunState;
+      try {
+        outcome = (await body()) ?? 'completed';
+      } catch (err) {
+        if (!(err instanceof Stop)) {
+          this.status.error = message(err);
+          // The step it failed in stays FermataStep; a cancelled run is the server's to call canceled.
+          if (!isCancellation(err) && patched(FAILED_STATE_PATCH)) this.setState('failed');
+          this.audit('failed', { detail: { error: this.status.error } });
+          await this.flush();
+          throw err;
+        }
+        if (err.undo) await this.rollBack();
+        outcome = err.outcome;
       }
-      if (err.undo) await this.rollBack();
-      outcome = err.outcome;
+      this.status.state = outcome;
+      this.status.currentStep = undefined;
+      this.audit('finished', { detail: { outcome } });
+      this.publish();
+      await this.flush();
+      return { outcome, status: this.status };
+    } finally {
+      if (this.leased) await CancellationScope.nonCancellable(() => releaseTarget(this.input.target));
     }
-    this.status.state = outcome;
-    this.status.currentStep = undefined;
-    this.audit('finished', { detail: { outcome } });
-    this.publish();
-    await this.flush();
-    return { outcome, status: this.status };
+  }
+
+  /**
+   * Hold the target for the rest of the run, so that one runbook changes a server at a time: while
+   * another run holds it, wait (state waiting_target, naming the holder) or, with `waitForTarget:
+   * false`, refuse. A lease whose holder has ended is taken over. A dry run holds nothing.
+   */
+  async holdTarget(): Promise<void> {
+    if (this.input.dryRun || !patched(LEASE_PATCH)) return;
+    for (let pollMs = LEASE_POLL.firstMs; ; pollMs = Math.min(pollMs * 2, LEASE_POLL.maxMs)) {
+      const lease = await acquireTarget(this.input.target, this.runbook);
+      if (lease.held) {
+        this.leased = true;
+        if (lease.reclaimedFrom) this.audit('lease_reclaimed', { detail: { from: lease.reclaimedFrom } });
+        break;
+      }
+      const { holder } = lease;
+      if (!this.input.waitForTarget) {
+        throw failure(
+          ErrorType.PrecheckFailed,
+          { runbook: this.runbook, phase: 'lease' },
+          `target ${q(this.input.target)} is being changed by workflow ${q(holder.workflowId)} (${holder.runbook}, since ${holder.since}); nothing was changed. Start again when it has ended, or with "waitForTarget": true to wait for it`,
+        );
+      }
+      if (this.status.waitingForTarget?.workflowId !== holder.workflowId) {
+        this.status.waitingForTarget = holder;
+        this.audit('waiting_target', { detail: { holder } });
+      }
+      this.setState('waiting_target');
+      await sleep(pollMs);
+    }
+    this.status.waitingForTarget = undefined;
+    this.setState('running');
   }
 
   /**

@@ -6,6 +6,7 @@ import Redis from 'ioredis';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { Client } from 'pg';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { parse, stringify } from 'yaml';
 import type { Activities } from '../../src/activities';
@@ -136,6 +137,25 @@ export async function startFailingWorker(activity: keyof Activities, message: st
     }),
   });
   return { ...worker, taskQueue };
+}
+
+/** bin/fermata as an operator runs it: a child process, from another directory, against the test stack. */
+export function fermata(args: string[], extraEnv: Record<string, string> = {}) {
+  return execa(path.join(repoRoot, 'bin', 'fermata'), args, {
+    cwd: os.tmpdir(),
+    env: { ...process.env, TEMPORAL_ADDRESS: env.temporalAddress, FERMATA_TARGETS: targetsFile, FERMATA_UI_URL: env.uiUrl, ...extraEnv },
+    reject: false,
+  });
+}
+
+/** Run `fermata list --running` until `done` holds for its output (visibility is eventually consistent). */
+export async function listRunningUntil(done: (stdout: string) => boolean): Promise<execa.ExecaReturnValue> {
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    const run = await fermata(['list', '--running']);
+    if ((run.exitCode === 0 && done(run.stdout)) || Date.now() > deadline) return run;
+    await new Promise((r) => setTimeout(r, 500));
+  }
 }
 
 /** A worker in its own process, for tests that kill it (node itself, not a tsx wrapper that would outlive the kill). */
