@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Fermata needs on a Debian machine: PostgreSQL and Redis servers, chromium (for the
-# browser test), the Temporal CLI (for its dev server) and node_modules. Idempotent, and silent when
-# everything is already there.
+# browser test), sshd (for the ssh-host tests), the Temporal CLI (for its dev server) and
+# node_modules. Idempotent, and silent when everything is already there.
 # Run by `npm start` and by CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,12 +15,14 @@ as_root() { if [[ $EUID -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 packages=()
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || packages+=(postgresql postgresql-contrib)
 command -v redis-server >/dev/null || packages+=(redis-server)
+# Targets on ssh hosts are tested against an sshd of the test run's own on loopback.
+[[ -x /usr/sbin/sshd ]] || packages+=(openssh-server)
 # The browser test drives the Temporal Web UI in Debian's chromium (playwright-core downloads no
 # browser); FERMATA_CHROMIUM names another one (test/harness/web-ui.ts).
 [[ -x ${FERMATA_CHROMIUM:-/usr/bin/chromium} ]] || packages+=(chromium)
 if ((${#packages[@]})); then
   say "installing ${packages[*]}"
-  # The packages start system services on 5432 and 6379; the stack uses clusters of its own instead.
+  # The packages start system services on 5432, 6379 and 22; the stack and the tests use their own instead.
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
 fi

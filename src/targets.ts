@@ -54,6 +54,8 @@ const hostSchema = z.discriminatedUnion('kind', [
       user: z.string().optional(),
       port: z.number().int().optional(),
       identityFile: z.string().optional(),
+      /** The known_hosts file that pins the host's key (BatchMode refuses a host it does not know); by default ssh's own. */
+      knownHostsFile: z.string().optional(),
     })
     .strict(),
 ]);

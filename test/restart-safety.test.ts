@@ -10,7 +10,9 @@ import { approveSignal, decideSignal, rejectSignal, TASK_QUEUE } from '../src/sh
 import type { RunbookResult } from '../src/shared/status';
 import { configure, pgBinDir } from '../src/stack/postgres';
 import { runDir } from './harness/paths';
-import { closeHarness, newTarget, spawnWorker, startWorker, temporal, uniqueId, waitForStatus, type RunningWorker, type TestTarget } from './harness/stack';
+import type { Host } from '../src/targets';
+import { startSshd, type Sshd } from './harness/sshd';
+import { closeHarness, newTarget, spawnWorker, startWorker, temporal, uniqueId, waitForStatus, writeTargets, type RunningWorker, type TestTarget } from './harness/stack';
 
 let worker: RunningWorker | undefined;
 afterAll(async () => {
@@ -22,9 +24,13 @@ async function start(target: TestTarget): Promise<WorkflowHandle> {
   return (await temporal()).workflow.start('connectionUpgrade', { taskQueue: TASK_QUEUE, workflowId: uniqueId('rs'), args: [{ target: target.name }] });
 }
 
-/** A target whose files already say something, as a server that has lived a while: applied by a restart. */
-async function drifted(name: string, conf: Record<string, string>, auto: string[] = [], binDir?: string): Promise<TestTarget> {
+/**
+ * A target whose files already say something, as a server that has lived a while (applied by a
+ * restart): `auto` lines in postgresql.auto.conf; its commands through `binDir`, on `host`.
+ */
+async function drifted(name: string, conf: Record<string, string>, { auto = [], binDir, host }: { auto?: string[]; binDir?: string; host?: Host } = {}): Promise<TestTarget> {
   const target = await newTarget(uniqueId(name), { binDir });
+  if (host) writeTargets((doc) => void ((doc.targets[target.name] as { host: Host }).host = host));
   await target.stop();
   configure(target.dataDir, conf);
   if (auto.length) writeFileSync(autoConfPath(target), readFileSync(autoConfPath(target), 'utf8') + auto.join('\n') + '\n');
@@ -110,7 +116,7 @@ describe('list settings on a drifted server', () => {
   });
 
   test('the libraries set in postgresql.auto.conf: approved, then rolled back to the same list', async () => {
-    const target = await drifted('auto-conf', {}, [`shared_preload_libraries = 'auto_explain'`]);
+    const target = await drifted('auto-conf', {}, { auto: [`shared_preload_libraries = 'auto_explain'`] });
     const before = autoConf(target);
     const handle = await start(target);
     const result = await approveAndFinish(handle);
@@ -157,12 +163,21 @@ describe('list settings on a drifted server', () => {
 });
 
 describe('a restart that does not come back', () => {
-  test('the saved file goes back on disk, the server answers on the old configuration, the FATAL line is quoted', async () => {
+  let sshd: Sshd;
+  beforeAll(async () => {
+    sshd = await startSshd();
+  });
+  afterAll(async () => {
+    await sshd?.stop();
+  });
+
+  test.each(['local', 'ssh'])('the saved file goes back on disk, the server answers on the old configuration, the FATAL line is quoted (%s host)', async (where) => {
     worker ??= await startWorker();
     const pgCtl = failingPgCtl(uniqueId('fail'));
-    const target = await drifted('no-start', { max_connections: '150' }, [], pgCtl.binDir);
+    const target = await drifted('no-start', { max_connections: '150' }, { binDir: pgCtl.binDir, host: where === 'ssh' ? sshd.host : undefined });
     pgCtl.arm(target.dataDir);
     const before = autoConf(target);
+    const loginsBefore = sshd.logins();
     const handle = await start(target);
     await waitForStatus(handle, (s) => s.pendingGate?.name === 'restart');
     await handle.signal(approveSignal, { gate: 'restart', by: 'alice' });
@@ -172,11 +187,19 @@ describe('a restart that does not come back', () => {
     expect(waiting.pendingDecision!.step).toBe('restart');
     expect(error).toMatch(/the server did not come back after the restart: FATAL: +could not access file "fermata_missing_library"/);
     expect(error).toMatch(/put back .*postgresql\.auto\.conf from before the run and started the server on it/);
-    const downtimeMs = Number(/answering again after (\d+) ms down/.exec(error)?.[1]);
-    expect(downtimeMs).toBeGreaterThan(0);
-    expect(downtimeMs).toBeLessThan(30_000);
+    const evidence = waiting.steps.find((s) => s.name === 'restart')!.evidence as { fatal: string; logTail: string; downtimeMs: number; restoredFrom: string };
+    expect(evidence.fatal).toMatch(/^FATAL: +could not access file "fermata_missing_library"/);
+    expect(evidence.logTail).toContain(evidence.fatal);
+    expect(evidence.restoredFrom).toBe(`${target.dataDir}/postgresql.auto.conf.fermata-${handle.workflowId}`);
+    expect(error).toContain(`answering again after ${evidence.downtimeMs} ms down`);
+    expect(evidence.downtimeMs).toBeGreaterThan(0);
+    expect(evidence.downtimeMs).toBeLessThan(30_000);
+    console.log(`restart that did not come back (${where} host): down ${evidence.downtimeMs} ms until it answered on the old configuration`);
     expect(await target.show('max_connections')).toBe('150');
     expect(autoConf(target)).toBe(before);
+    // Save, preflight, restart, log and restore: each a command through ssh, or none.
+    if (where === 'ssh') expect(sshd.logins() - loginsBefore).toBeGreaterThanOrEqual(8);
+    else expect(sshd.logins()).toBe(loginsBefore);
 
     await handle.signal(decideSignal, { action: 'rollback', by: 'carol' });
     expect((await handle.result()).outcome).toBe('rolled_back');
@@ -188,7 +211,7 @@ describe('a restart that does not come back', () => {
     await worker?.stop(); // only the spawned workers poll the queue here
     worker = undefined;
     const pgCtl = failingPgCtl(uniqueId('kill'));
-    const target = await drifted('kill-down', { max_connections: '150' }, [], pgCtl.binDir);
+    const target = await drifted('kill-down', { max_connections: '150' }, { binDir: pgCtl.binDir });
     pgCtl.arm(target.dataDir);
     writeFileSync(path.join(pgCtl.dir, 'slow-start'), '');
     const handle = await start(target);

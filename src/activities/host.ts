@@ -24,7 +24,12 @@ export function commandFor(host: Host, argv: string[], { asUser }: RunOptions = 
   const command = becomeUser ? ['runuser', '-u', asUser, '--', ...argv] : argv;
   if (host.kind === 'local') return command;
   const destination = host.user ? `${host.user}@${host.address}` : host.address;
-  const options = ['-o', 'BatchMode=yes', ...(host.port ? ['-p', String(host.port)] : []), ...(host.identityFile ? ['-i', host.identityFile] : [])];
+  const options = [
+    ...['-o', 'BatchMode=yes'],
+    ...(host.port ? ['-p', String(host.port)] : []),
+    ...(host.identityFile ? ['-i', host.identityFile] : []),
+    ...(host.knownHostsFile ? ['-o', `UserKnownHostsFile=${host.knownHostsFile}`] : []),
+  ];
   return ['ssh', ...options, destination, command.map(shellQuote).join(' ')];
 }
 

@@ -263,9 +263,12 @@ export class Runbook {
         return result;
       } catch (err) {
         step.error = message(err);
-        this.end(step, 'failed');
-        this.audit('step_failed', { step: name, detail: { error: step.error } });
         const cause = err instanceof ActivityFailure ? err.cause : err;
+        // What the failure carries (a server's log tail, an exit code) is the failed step's evidence.
+        const details = cause instanceof ApplicationFailure ? (cause.details?.[0] as Evidence | undefined) : undefined;
+        if (details) step.evidence = details;
+        this.end(step, 'failed');
+        this.audit('step_failed', { step: name, detail: { error: step.error, ...(details ? { evidence: details } : {}) } });
         if (options.precheck && cause instanceof ApplicationFailure && cause.nonRetryable) {
           throw ApplicationFailure.create({ type: cause.type ?? undefined, message: cause.message, nonRetryable: true });
         }
