@@ -12,7 +12,7 @@ import { configure, pgBinDir } from '../src/stack/postgres';
 import { runDir } from './harness/paths';
 import type { Host } from '../src/targets';
 import { startSshd, type Sshd } from './harness/sshd';
-import { closeHarness, newTarget, spawnWorker, startWorker, temporal, uniqueId, waitForStatus, writeTargets, type RunningWorker, type TestTarget } from './harness/stack';
+import { closeHarness, newTarget, spawnWorker, startFailingWorker, startWorker, temporal, uniqueId, waitForStatus, writeTargets, type RunningWorker, type TestTarget } from './harness/stack';
 
 let worker: RunningWorker | undefined;
 afterAll(async () => {
@@ -20,8 +20,8 @@ afterAll(async () => {
   await closeHarness();
 });
 
-async function start(target: TestTarget): Promise<WorkflowHandle> {
-  return (await temporal()).workflow.start('connectionUpgrade', { taskQueue: TASK_QUEUE, workflowId: uniqueId('rs'), args: [{ target: target.name }] });
+async function start(target: TestTarget, { taskQueue = TASK_QUEUE, ...input }: Record<string, unknown> = {}): Promise<WorkflowHandle> {
+  return (await temporal()).workflow.start('connectionUpgrade', { taskQueue: taskQueue as string, workflowId: uniqueId('rs'), args: [{ target: target.name, ...input }] });
 }
 
 /**
@@ -205,6 +205,33 @@ describe('a restart that does not come back', () => {
     expect((await handle.result()).outcome).toBe('rolled_back');
     expect(await target.show('max_connections')).toBe('150');
     expect(autoConf(target)).toBe(before);
+  });
+
+  test('rollback with the server down and unable to start: the saved file goes back on disk and it starts on that', async () => {
+    worker ??= await startWorker();
+    const target = await drifted('down-rollback', { max_connections: '150' });
+    const before = autoConf(target);
+    const failing = await startFailingWorker('upgradeVerify', 'injected: the application reports errors');
+    try {
+      const handle = await start(target, { taskQueue: failing.taskQueue, enablePgStatStatements: false });
+      await waitForStatus(handle, (s) => s.pendingGate?.name === 'restart');
+      await handle.signal(approveSignal, { gate: 'restart', by: 'alice' });
+      await waitForStatus(handle, (s) => s.pendingDecision?.step === 'verify');
+      expect(await target.show('max_connections')).toBe('256');
+      // The server goes down and its files would no longer start it: no SQL can undo anything now.
+      await target.stop();
+      writeFileSync(autoConfPath(target), autoConf(target) + `shared_preload_libraries = 'fermata_missing_library'\n`);
+
+      await handle.signal(decideSignal, { action: 'rollback', by: 'carol' });
+      const result: RunbookResult = await handle.result();
+      expect(result.outcome).toBe('rolled_back');
+      expect(await target.show('max_connections')).toBe('150');
+      expect(autoConf(target)).toBe(before);
+      const rollback = result.status.steps.find((s) => s.name === 'apply')!.evidence!.rollback as { files?: { restoredFrom: string } };
+      expect(rollback.files?.restoredFrom).toBe(`${target.dataDir}/postgresql.auto.conf.fermata-${handle.workflowId}`);
+    } finally {
+      await failing.stop();
+    }
   });
 
   test('worker killed while the server is down after a failed restart: the next worker brings it back', async () => {
