@@ -5,7 +5,7 @@ import { Client } from 'pg';
 import { createPartitionMigrationActivities } from '../src/activities/partition-migration';
 import { createReferenceSql, startWriters } from '../src/fixtures/midi-writers';
 import { approveSignal, rejectSignal, TASK_QUEUE } from '../src/shared/messages';
-import { waitFor } from '../src/stack/ports';
+import { waitFor } from '../src/activities/host/poll';
 import type { RunbookResult } from '../src/shared/status';
 import { historyText, linesWith } from './harness/records';
 import { closeHarness, env, newTarget, spawnWorker, startWorker, temporal, uniqueId, waitForStatus, type RunningWorker, type TestTarget, failureOf } from './harness/stack';

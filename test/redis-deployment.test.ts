@@ -10,7 +10,8 @@ import { cacheKeys, invalidate, onAnalysisComplete, onImportComplete, ttlSeconds
 import { approveUpdate, decideSignal, rejectSignal, TASK_QUEUE } from '../src/shared/messages';
 import { redisDeploymentSchema } from '../src/shared/inputs';
 import type { RunbookResult, RunbookStatus } from '../src/shared/status';
-import { freePort, waitFor } from '../src/stack/ports';
+import { freePort } from '../src/stack/ports';
+import { waitFor } from '../src/activities/host/poll';
 import { stopRedisServers } from './harness/global-teardown';
 import { runDir } from './harness/paths';
 import { auditText, historyText, linesWith } from './harness/records';

@@ -5,7 +5,7 @@ import type { WorkflowHandle } from '@temporalio/client';
 import execa from 'execa';
 import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { parseList } from '../src/activities/settings';
+import { parseList } from '../src/activities/postgres/settings';
 import { approveSignal, decideSignal, rejectSignal, TASK_QUEUE } from '../src/shared/messages';
 import type { RunbookResult } from '../src/shared/status';
 import { configure, pgBinDir } from '../src/stack/postgres';

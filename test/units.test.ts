@@ -4,7 +4,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { createActivities } from '../src/activities';
 import type { AuditLog } from '../src/activities/audit';
-import { alterSystemSql, formatList, parseList, sameSetting } from '../src/activities/settings';
+import { alterSystemSql, formatList, parseList, sameSetting } from '../src/activities/postgres/settings';
 import { runbookSchemas } from '../src/shared/inputs';
 import { renderMarkdown, type RunbookStatus } from '../src/shared/status';
 import { nextSlot } from '../src/shared/window';

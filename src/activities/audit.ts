@@ -2,7 +2,7 @@
 import { Context } from '@temporalio/activity';
 import type { Pool } from 'pg';
 import { leaseDdl } from './lease';
-import { poolFor, withClient } from './postgres';
+import { poolFor, withClient } from './postgres/connection';
 import type { PostgresEndpoint } from '../targets';
 
 export interface AuditEntry {

@@ -5,11 +5,11 @@ import { ErrorType, failure, q } from '../shared/errors';
 import type { ConnectionUpgradeInput } from '../shared/inputs';
 import type { Evidence, PlannedAction } from '../shared/status';
 import { postgresOf, resolveTarget, type Target } from '../targets';
-import { serviceCommand } from './host';
-import { onTarget, value } from './postgres';
-import { restoreSavedConfig, type SavedConfig } from './restart';
-import { alterSystemResetSql, alterSystemSql, formatList, parseList, sameSetting } from './settings';
-import { waitFor } from '../stack/ports';
+import { serviceCommand } from './host/service';
+import { onTarget, value } from './postgres/connection';
+import { restoreSavedConfig, type SavedConfig } from './postgres/restart';
+import { alterSystemResetSql, alterSystemSql, formatList, parseList, sameSetting } from './postgres/settings';
+import { waitFor } from './host/poll';
 
 const runbook = 'connectionUpgrade';
 const STATEMENTS = 'pg_stat_statements';

@@ -6,7 +6,7 @@ import { createLeaseActivities } from './lease';
 import { createNotifyActivities } from './notify';
 import { createPartitionMigrationActivities } from './partition-migration';
 import { createRedisActivities } from './redis';
-import { createRestartActivities } from './restart';
+import { createRestartActivities } from './postgres/restart';
 
 export function createActivities(audit: AuditLog, temporal: TemporalClient) {
   return {

@@ -5,7 +5,7 @@ import { Context } from '@temporalio/activity';
 import { WorkflowNotFoundError, type Client as TemporalClient } from '@temporalio/client';
 import type { LeaseHolder } from '../shared/status';
 import type { PostgresEndpoint } from '../targets';
-import { withClient } from './postgres';
+import { withClient } from './postgres/connection';
 
 export const leaseDdl = `
   CREATE TABLE IF NOT EXISTS target_lease (

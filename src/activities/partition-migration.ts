@@ -8,8 +8,8 @@ import { ErrorType, failure, q } from '../shared/errors';
 import type { PartitionMigrationInput } from '../shared/inputs';
 import type { Evidence, PlannedAction } from '../shared/status';
 import { resolveTarget, type Target } from '../targets';
-import { run } from './host';
-import { onTarget, onTargetTwice, value } from './postgres';
+import { run } from './host/command';
+import { onTarget, onTargetTwice, value } from './postgres/connection';
 
 const runbook = 'partitionMigration';
 const fail = (type: ErrorType, step: string, reason: string) => failure(type, { runbook, step }, reason);

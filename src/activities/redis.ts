@@ -10,10 +10,10 @@ import { ErrorType, failure, q } from '../shared/errors';
 import type { RedisDeploymentInput } from '../shared/inputs';
 import { formatBytes, parseSize } from '../shared/size';
 import type { Evidence, PlannedAction } from '../shared/status';
-import { waitFor } from '../stack/ports';
+import { waitFor } from './host/poll';
 import { password, resolveTarget, type Host, type RedisPlacement, type Target } from '../targets';
-import { heartbeating, run, shellQuote } from './host';
-import { scrub } from './postgres';
+import { heartbeating, run, shellQuote } from './host/command';
+import { scrub } from './postgres/connection';
 
 const runbook = 'redisDeployment';
 const REDIS_IMAGE = 'redis:7-alpine';

@@ -3,7 +3,7 @@
 import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { run } from '../activities/host';
+import { run } from '../activities/host/command';
 import { configure, initCluster, OS_USER, pgBinDir, runningPort, startCluster, stopCluster } from './postgres';
 
 export interface DurableCluster {

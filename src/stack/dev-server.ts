@@ -2,7 +2,7 @@
 // runs in a process group of its own (see startDevServer), so nothing else ends it.
 import type { ChildProcess } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
-import { waitFor } from './ports';
+import { waitFor } from '../activities/host/poll';
 
 /** Running, that is: an exited process that nobody reaped yet (a zombie) counts as gone. */
 const alive = (pid: number): boolean => {

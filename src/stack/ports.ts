@@ -27,12 +27,3 @@ export async function requireFreePort(port: number, what: string, variable: stri
     throw new Error(`port ${port} (${what}) is already in use: stop what holds it or set ${variable} to another port`);
   }
 }
-
-/** Poll `probe` every `intervalMs` until it answers true (a throw counts as not yet). */
-export async function waitFor(what: string, probe: () => Promise<boolean>, timeoutMs = 60_000, intervalMs = 200): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await probe().catch(() => false))) {
-    if (Date.now() > deadline) throw new Error(`${what} did not come up within ${timeoutMs / 1000} s`);
-    await new Promise((r) => setTimeout(r, intervalMs));
-  }
-}

@@ -3,7 +3,8 @@
 import { appendFileSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import execa from 'execa';
-import { controlService, run } from '../activities/host';
+import { run } from '../activities/host/command';
+import { controlService } from '../activities/host/service';
 import type { ServiceControl } from '../targets';
 
 const local = { kind: 'local' } as const;

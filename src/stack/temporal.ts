@@ -5,7 +5,7 @@ import { existsSync, mkdirSync, openSync } from 'node:fs';
 import path from 'node:path';
 import execa from 'execa';
 import { searchAttributes } from '../shared/search-attributes';
-import { waitFor } from './ports';
+import { waitFor } from '../activities/host/poll';
 
 export const repoRoot = path.resolve(__dirname, '..', '..');
 

@@ -2,7 +2,7 @@
 // with the restart held at an approval gate and inside the maintenance window.
 import { proxyActivities } from '@temporalio/workflow';
 import type { Activities } from '../activities';
-import type { SavedConfig } from '../activities/restart';
+import type { SavedConfig } from '../activities/postgres/restart';
 import { connectionUpgradeSchema } from '../shared/inputs';
 import type { RunbookResult } from '../shared/status';
 import { Runbook, runbookInput, stepRetry } from './runbook';

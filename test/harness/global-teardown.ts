@@ -1,7 +1,7 @@
 // Stops every server global setup and the tests started.
 import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
-import { waitFor } from '../../src/stack/ports';
+import { waitFor } from '../../src/activities/host/poll';
 import { runningPort, stopCluster } from '../../src/stack/postgres';
 import { runDir, type HarnessEnv } from './paths';
 

@@ -3,7 +3,8 @@
 import execa from 'execa';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { freePort, waitFor } from '../../src/stack/ports';
+import { freePort } from '../../src/stack/ports';
+import { waitFor } from '../../src/activities/host/poll';
 import type { Host } from '../../src/targets';
 import { runDir } from './paths';
 

@@ -1,7 +1,7 @@
 // Connections to a target's PostgreSQL. Credentials are resolved here, in the worker, and scrubbed
 // from anything that could travel back into workflow history.
 import { Client, Pool } from 'pg';
-import { password, postgresOf, type PostgresEndpoint, type Target } from '../targets';
+import { password, postgresOf, type PostgresEndpoint, type Target } from '../../targets';
 
 export interface Connect {
   endpoint: PostgresEndpoint;

@@ -6,11 +6,12 @@
 import { activityInfo } from '@temporalio/activity';
 import { escapeLiteral } from 'pg';
 import path from 'node:path';
-import { ErrorType, failure, q, type Where } from '../shared/errors';
-import type { Evidence } from '../shared/status';
-import { postgresOf, resolveTarget, type Target } from '../targets';
-import { controlService, heartbeating, run, type CommandResult } from './host';
-import { onTarget, value } from './postgres';
+import { ErrorType, failure, q, type Where } from '../../shared/errors';
+import type { Evidence } from '../../shared/status';
+import { postgresOf, resolveTarget, type Target } from '../../targets';
+import { heartbeating, run, type CommandResult } from '../host/command';
+import { controlService } from '../host/service';
+import { onTarget, value } from './connection';
 import { parseList, sameSetting } from './settings';
 
 /** How long a server may answer nothing after a start before it counts as down. */

@@ -1,8 +1,8 @@
-// Commands on a target's host (this machine or over ssh), and control of its PostgreSQL service.
+// Commands on a target's host: this machine, or over ssh.
 import { heartbeat } from '@temporalio/activity';
 import execa from 'execa';
-import { ErrorType, failure, q } from '../shared/errors';
-import type { Host, ServiceControl } from '../targets';
+import { ErrorType, failure, q } from '../../shared/errors';
+import type { Host } from '../../targets';
 
 const where = { runbook: 'host' };
 
@@ -60,30 +60,6 @@ export async function run(host: Host, argv: string[], options: RunOptions = {}):
 }
 
 const tail = (text: string): string => text.trim().split('\n').slice(-5).join(' | ').slice(-600);
-
-export type ServiceAction = 'start' | 'stop' | 'restart';
-
-/** The command that starts, stops or restarts a PostgreSQL service. */
-export function serviceCommand(service: ServiceControl, action: ServiceAction): { argv: string[]; asUser?: string } {
-  switch (service.kind) {
-    case 'pg_ctl': {
-      const pgCtl = service.binDir ? `${service.binDir}/pg_ctl` : 'pg_ctl';
-      const log = ['-l', service.logFile ?? `${service.dataDir}/pg_ctl.log`];
-      const mode = { start: log, stop: ['-m', 'fast'], restart: ['-m', 'fast', ...log] }[action];
-      // The log file matters: without it the postmaster would inherit our pipes and hold them open.
-      return { argv: [pgCtl, action, '-D', service.dataDir, ...mode, '-w', '-t', '300'], asUser: service.osUser };
-    }
-    case 'systemd':
-      return { argv: ['systemctl', action, service.unit] };
-    case 'docker':
-      return { argv: ['docker', action, service.container] };
-  }
-}
-
-export async function controlService(host: Host, service: ServiceControl, action: ServiceAction): Promise<CommandResult> {
-  const { argv, asUser } = serviceCommand(service, action);
-  return run(host, argv, { asUser });
-}
 
 /** Heartbeat while a long command runs, so a dead worker is noticed by the heartbeat timeout. */
 export async function heartbeating<T>(work: Promise<T>): Promise<T> {
