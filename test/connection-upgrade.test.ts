@@ -3,6 +3,8 @@ import { WorkflowUpdateFailedError, type WorkflowHandle } from '@temporalio/clie
 import { Client } from 'pg';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
+import { onTarget } from '../src/activities/postgres/connection';
+import { resolveTarget } from '../src/targets';
 import { approveSignal, approveUpdate, decideSignal, rejectSignal, TASK_QUEUE } from '../src/shared/messages';
 import { searchAttributes } from '../src/shared/search-attributes';
 import type { RunbookResult } from '../src/shared/status';
@@ -271,6 +273,35 @@ test('PostgreSQL down before verification: the runbook asks for a decision, retr
     expect(await target.show('max_connections')).toBe('256');
   } finally {
     await faulty.stop();
+  }
+});
+
+test('a statement the server refuses reaches the operator as "runbook / step: …" with its SQLSTATE and constraint', async () => {
+  const target = await newTarget(uniqueId('sqlstate'));
+  const taskQueue = uniqueId('sql-error');
+  const refused = await startWorker({
+    taskQueue,
+    wrap: (activities) => ({
+      ...activities,
+      // A driver error, thrown raw by the step as any activity might.
+      upgradeBaseline: (name: string) =>
+        onTarget(resolveTarget(name), (c) => c.query('CREATE TEMP TABLE probe (n int CONSTRAINT probe_positive CHECK (n > 0)); INSERT INTO probe VALUES (-1)')).then(() => ({})),
+    }),
+  });
+  try {
+    const handle = await start({ target: target.name, approvers: [] }, taskQueue);
+    await waitForStatus(handle, (s) => s.pendingGate?.name === 'restart');
+    await handle.signal(approveSignal, { gate: 'restart', by: 'alice' });
+    const waiting = await waitForStatus(handle, (s) => s.pendingDecision !== undefined);
+    expect(waiting.pendingDecision).toMatchObject({
+      step: 'baseline',
+      error: 'connectionUpgrade / baseline: new row for relation "probe" violates check constraint "probe_positive" (SQLSTATE 23514, constraint "probe_positive")',
+    });
+    expect(waiting.steps.find((s) => s.name === 'baseline')!.evidence).toMatchObject({ code: '23514', constraint: 'probe_positive', table: 'probe' });
+    await handle.signal(decideSignal, { action: 'skip', by: 'carol' });
+    expect((await handle.result()).outcome).toBe('completed');
+  } finally {
+    await refused.stop();
   }
 });
 

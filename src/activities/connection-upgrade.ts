@@ -1,7 +1,7 @@
 // Activities of the Connection Upgrade runbook: server settings applied with ALTER SYSTEM, a restart
 // for the ones that need it, and verification read back from the server itself.
 import type { Client } from 'pg';
-import { ErrorType, failure, q } from '../shared/errors';
+import { ErrorType, q } from '../shared/errors';
 import type { ConnectionUpgradeInput } from '../shared/inputs';
 import type { Evidence, PlannedAction } from '../shared/status';
 import { postgresOf, resolveTarget, type Target } from '../targets';
@@ -10,8 +10,8 @@ import { onTarget, value } from './postgres/connection';
 import { restoreSavedConfig, type SavedConfig } from './postgres/restart';
 import { alterSystemResetSql, alterSystemSql, formatList, parseList, sameSetting } from './postgres/settings';
 import { waitFor } from './host/poll';
+import { stepFailure } from './step-errors';
 
-const runbook = 'connectionUpgrade';
 const STATEMENTS = 'pg_stat_statements';
 
 /** Worker processes beyond the parallel ones, for logical replication and extensions. */
@@ -69,9 +69,6 @@ async function pendingRestart(client: Client): Promise<string[]> {
   return rows.map((r) => r.name);
 }
 
-const fail = (type: ErrorType, step: string, reason: string, details?: Record<string, unknown>) =>
-  failure(type, { runbook, step }, reason, details);
-
 export function createConnectionUpgradeActivities() {
   return {
     /** Read the server and decide what must change; refuses, changing nothing, when it cannot go ahead. */
@@ -80,25 +77,25 @@ export function createConnectionUpgradeActivities() {
       return onTarget(target, async (c) => {
         const versionNum = Number(await value(c, 'SHOW server_version_num'));
         const serverVersion = await value(c, 'SHOW server_version');
-        if (versionNum < 100000) throw fail(ErrorType.PrecheckFailed, 'precheck', `PostgreSQL ${serverVersion} is too old (10 or later needed)`);
+        if (versionNum < 100000) throw stepFailure(ErrorType.PrecheckFailed, `PostgreSQL ${serverVersion} is too old (10 or later needed)`);
         const superuser = await value<boolean>(c, 'SELECT rolsuper FROM pg_roles WHERE rolname = current_user');
-        if (!superuser) throw fail(ErrorType.PrecheckFailed, 'precheck', `role ${q(postgresOf(target).postgres.user)} is not a superuser: ALTER SYSTEM needs one`);
+        if (!superuser) throw stepFailure(ErrorType.PrecheckFailed, `role ${q(postgresOf(target).postgres.user)} is not a superuser: ALTER SYSTEM needs one`);
 
         const rows = await settingRows(c);
         const current = (name: string) => rows.get(name)!.setting;
         const connections = Number(await value(c, 'SELECT count(*) FROM pg_stat_activity WHERE backend_type = $1', ['client backend']));
         if (input.maxConnections < connections) {
-          throw fail(ErrorType.PrecheckFailed, 'precheck', `maxConnections ${input.maxConnections} is below the ${connections} client connections open now`);
+          throw stepFailure(ErrorType.PrecheckFailed, `maxConnections ${input.maxConnections} is below the ${connections} client connections open now`);
         }
         const foreignPending = (await pendingRestart(c)).filter((n) => !managed.includes(n));
         if (foreignPending.length) {
-          throw fail(ErrorType.PrecheckFailed, 'precheck', `settings already pending a restart that this runbook did not make: ${foreignPending.join(', ')}; apply or revert them first`);
+          throw stepFailure(ErrorType.PrecheckFailed, `settings already pending a restart that this runbook did not make: ${foreignPending.join(', ')}; apply or revert them first`);
         }
 
         const preload = parseList(current('shared_preload_libraries'));
         const available = await value<number>(c, 'SELECT count(*)::int FROM pg_available_extensions WHERE name = $1', [STATEMENTS]);
         if (input.enablePgStatStatements) {
-          if (!available) throw fail(ErrorType.PrecheckFailed, 'precheck', `extension ${STATEMENTS} is not available on the server (install the contrib package)`);
+          if (!available) throw stepFailure(ErrorType.PrecheckFailed, `extension ${STATEMENTS} is not available on the server (install the contrib package)`);
           // A misspelled library would only show after the restart, when the server refuses to start.
           await c.query(`LOAD ${c.escapeLiteral(STATEMENTS)}`);
         }
@@ -163,13 +160,13 @@ export function createConnectionUpgradeActivities() {
       // What the file now says, element by element: a list written as one element would not start.
       const miswritten = changes.filter((ch) => !sameSetting(ch.name, written[ch.name] ?? '', ch.to));
       if (miswritten.length) {
-        throw fail(ErrorType.NotConverged, 'apply', `postgresql.auto.conf does not say what was set: ${miswritten.map((ch) => `${ch.name} = ${q(written[ch.name] ?? '(absent)')}, expected ${q(ch.to)}`).join('; ')}`);
+        throw stepFailure(ErrorType.NotConverged, `postgresql.auto.conf does not say what was set: ${miswritten.map((ch) => `${ch.name} = ${q(written[ch.name] ?? '(absent)')}, expected ${q(ch.to)}`).join('; ')}`);
       }
       await reload(target);
       const live = await onTarget(target, (c) => settingRows(c, changes.map((ch) => ch.name)));
       const stale = changes.filter((ch) => !ch.needsRestart && !sameSetting(ch.name, live.get(ch.name)?.setting ?? '', ch.to));
       if (stale.length) {
-        throw fail(ErrorType.NotConverged, 'apply', `not live after reload: ${stale.map((ch) => `${ch.name}=${live.get(ch.name)?.setting}`).join(', ')}`);
+        throw stepFailure(ErrorType.NotConverged, `not live after reload: ${stale.map((ch) => `${ch.name}=${live.get(ch.name)?.setting}`).join(', ')}`);
       }
       const pending = changes.filter((ch) => live.get(ch.name)?.pending_restart).map((ch) => ch.name);
       return {
@@ -250,7 +247,7 @@ export function createConnectionUpgradeActivities() {
         }
         const parallel = await parallelScan(c);
         if (input.maxParallelWorkersPerGather > 0 && !parallel.parallel) problems.push(`no Parallel Seq Scan on ${parallel.table}`);
-        if (problems.length) throw fail(ErrorType.NotConverged, 'verify', problems.join('; '));
+        if (problems.length) throw stepFailure(ErrorType.NotConverged, problems.join('; '));
         const shown = Object.fromEntries([...live.values()].map((r) => [r.name, r.setting]));
         return { summary: `${Object.entries(shown).map(([k, v]) => `${k}=${v}`).join(', ')}; nothing pending restart; ${parallel.summary}`, settings: shown, pendingRestart: pending, statements, parallel };
       });
@@ -305,7 +302,7 @@ async function reload(target: Target): Promise<void> {
   });
   const reloaded = async () => (await onTarget(target, (c) => value(c, loadTime))) !== before;
   await waitFor('a configuration reload', reloaded, 10_000, 50).catch(() => {
-    throw fail(ErrorType.NotConverged, 'reload', 'the server has not reloaded its configuration after 10 s');
+    throw stepFailure(ErrorType.NotConverged, 'the server has not reloaded its configuration after 10 s', undefined, 'reload');
   });
 }
 

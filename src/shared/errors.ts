@@ -20,6 +20,8 @@ export const ErrorType = {
    * disk and the server started on it; the error says whether that worked and quotes the server's log.
    */
   RestartFailed: 'RestartFailed',
+  /** The server refused a statement; details carry its SQLSTATE `code` and `constraint`. Retried: a lock or a serialization failure passes. */
+  SqlFailed: 'SqlFailed',
   /** A host command (pg_ctl, systemctl, docker, ssh) exited non-zero. */
   CommandFailed: 'CommandFailed',
   /** A port the runbook needs is held by a program it did not start. Nothing was stopped; retrying looks again. */

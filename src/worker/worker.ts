@@ -3,6 +3,7 @@ import { Client, Connection } from '@temporalio/client';
 import { NativeConnection, Worker, type WorkerOptions } from '@temporalio/worker';
 import { ensureAuditStore, AuditLog } from '../activities/audit';
 import { createActivities, type Activities } from '../activities';
+import { StepErrors } from '../activities/step-errors';
 import { TASK_QUEUE } from '../shared/messages';
 import { searchAttributes } from '../shared/search-attributes';
 import { loadTargets } from '../targets';
@@ -22,6 +23,8 @@ export interface FermataWorkerOptions {
 export const workflowsPath = require.resolve('../workflows');
 /** Bundled with the workflows too: a prebuilt bundle (bundleWorkflowCode) must be given the same path. */
 export const payloadConverterPath = require.resolve('../shared/payload-converter');
+/** Workflow interceptors: a prebuilt bundle must be given the same modules (bundleWorkflowCode's workflowInterceptorModules). */
+export const workflowInterceptorModules = [require.resolve('../workflows/step-context')];
 
 /** Register the custom search attributes if the namespace lacks them (dev server, cluster or Cloud alike). */
 export async function ensureSearchAttributes(temporal: TemporalConnectionConfig): Promise<void> {
@@ -60,6 +63,7 @@ export async function createWorker(options: FermataWorkerOptions): Promise<{ wor
     taskQueue: options.taskQueue ?? TASK_QUEUE,
     ...code,
     dataConverter: { payloadConverterPath },
+    interceptors: { workflowModules: workflowInterceptorModules, activity: [() => ({ inbound: new StepErrors() })] },
     activities: options.wrapActivities ? options.wrapActivities(activities) : activities,
   });
   return {

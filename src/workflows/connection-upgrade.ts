@@ -37,10 +37,10 @@ export async function connectionUpgrade(raw: unknown): Promise<RunbookResult> {
     // The configuration before the first change: what a restart that fails starts on again.
     let saved: SavedConfig | undefined;
     const restartOnly = pre.changes.filter((ch) => ch.needsRestart);
-    const restartIfPending = async (step: string, expect: Record<string, string>) => {
+    const restartIfPending = async (expect: Record<string, string>) => {
       await rb.window(RESTART_MINUTES);
       saved ??= await pg.saveServerConfig(target);
-      return service.restartPostgres({ target, runbook: 'connectionUpgrade', step, expect, saved });
+      return service.restartPostgres({ target, expect, saved });
     };
     if (pre.changes.length) {
       await rb.step(
@@ -55,7 +55,7 @@ export async function connectionUpgrade(raw: unknown): Promise<RunbookResult> {
             if (!restored.pendingRestart.length) return restored;
             // What the restored files give: the run's saved entry, else the value it ran with before.
             const before = Object.fromEntries(restartOnly.map((ch) => [ch.name, pre.autoConf[ch.name] ?? ch.from]));
-            return { ...restored, restart: await restartIfPending('apply', before) };
+            return { ...restored, restart: await restartIfPending(before) };
           },
         },
       );
@@ -63,7 +63,7 @@ export async function connectionUpgrade(raw: unknown): Promise<RunbookResult> {
 
     if (pre.needsRestart) {
       await rb.gate('restart', `restart PostgreSQL on ${target} (a few seconds offline) to apply ${restartOnly.map((ch) => ch.name).join(', ')}`);
-      await rb.step('restart', () => restartIfPending('restart', Object.fromEntries(restartOnly.map((ch) => [ch.name, ch.to]))));
+      await rb.step('restart', () => restartIfPending(Object.fromEntries(restartOnly.map((ch) => [ch.name, ch.to]))));
     } else rb.skip('restart', 'no setting needs a restart');
 
     if (input.enablePgStatStatements) {

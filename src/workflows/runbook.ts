@@ -35,6 +35,7 @@ import {
   type Rejection,
 } from '../shared/messages';
 import { searchAttributes } from '../shared/search-attributes';
+import { enterStep } from './step-context';
 import {
   renderMarkdown,
   type Evidence,
@@ -359,6 +360,7 @@ export class Runbook {
     await CancellationScope.nonCancellable(async () => {
       for (const { step: name, run } of [...this.undo].reverse()) {
         const step = this.find(name);
+        enterStep({ runbook: this.runbook, step: name, phase: 'rollback' });
         for (;;) {
           try {
             const evidence = await run();
@@ -531,6 +533,7 @@ export class Runbook {
   }
 
   private begin(step: StepStatus): void {
+    enterStep({ runbook: this.runbook, step: step.name });
     step.state = 'running';
     step.startedAt = now();
     step.endedAt = undefined;

@@ -6,12 +6,13 @@
 import { activityInfo } from '@temporalio/activity';
 import { escapeLiteral } from 'pg';
 import path from 'node:path';
-import { ErrorType, failure, q, type Where } from '../../shared/errors';
+import { ErrorType, q } from '../../shared/errors';
 import type { Evidence } from '../../shared/status';
 import { postgresOf, resolveTarget, type Target } from '../../targets';
 import { heartbeating, run, type CommandResult } from '../host/command';
 import { controlService } from '../host/service';
 import { onTarget, value } from './connection';
+import { stepFailure } from '../step-errors';
 import { parseList, sameSetting } from './settings';
 
 /** How long a server may answer nothing after a start before it counts as down. */
@@ -35,9 +36,6 @@ export interface SavedConfig {
 
 export interface RestartRequest {
   target: string;
-  /** Where the restart stands, for messages: "runbook / step". */
-  runbook: string;
-  step: string;
   /** Restart-only settings and the values the restarted server must run with, as pg_settings shows them. */
   expect: Record<string, string>;
   saved: SavedConfig;
@@ -93,7 +91,7 @@ export async function saveConfig(target: Target): Promise<SavedConfig> {
  * server would, and every library it would preload loads in a session now. Throws PreflightFailed
  * naming every problem; nothing is restarted then.
  */
-export async function preflight(target: Target, where: Where, saved: SavedConfig, expect: Record<string, string>): Promise<Evidence> {
+export async function preflight(target: Target, saved: SavedConfig, expect: Record<string, string>): Promise<Evidence> {
   const problems: string[] = [];
   const onDisk: Record<string, string> = {};
   for (const name of new Set([...Object.keys(expect), 'shared_preload_libraries'])) {
@@ -113,7 +111,7 @@ export async function preflight(target: Target, where: Where, saved: SavedConfig
     }
   });
   if (problems.length) {
-    throw failure(ErrorType.PreflightFailed, { ...where, phase: 'preflight' }, `the configuration on disk would not start as intended, so nothing was restarted: ${problems.join('; ')}`, { onDisk });
+    throw stepFailure(ErrorType.PreflightFailed, `the configuration on disk would not start as intended, so nothing was restarted: ${problems.join('; ')}`, { onDisk }, 'preflight');
   }
   return { onDisk, libraries };
 }
@@ -184,7 +182,7 @@ export async function restoreSavedConfig(target: Target, saved: SavedConfig): Pr
  * The server did not come back (or was down): put the saved configuration back, start it, and fail
  * the step with the server's own reason. Throws in every case.
  */
-async function bringBack(target: Target, where: Where, saved: SavedConfig, reason: string, downSince: number, cause?: unknown): Promise<never> {
+async function bringBack(target: Target, saved: SavedConfig, reason: string, downSince: number, cause?: unknown): Promise<never> {
   const log = await serverLog(target);
   const why = lastFatal(log) ?? (cause instanceof Error ? cause.message : 'no FATAL line in the server log');
   const details = { fatal: why, logTail: log.split('\n').slice(-10).join('\n') };
@@ -193,15 +191,15 @@ async function bringBack(target: Target, where: Where, saved: SavedConfig, reaso
     restored = await restoreSavedConfig(target, saved);
   } catch (err) {
     // Retryable: the next attempt finds the server down and tries again.
-    throw failure(ErrorType.CommandFailed, { ...where, phase: 'restore' }, `${reason}: ${why}; starting it again on the configuration from before the run failed too, the server is DOWN: ${(err as Error).message}`, details);
+    throw stepFailure(ErrorType.CommandFailed, `${reason}: ${why}; starting it again on the configuration from before the run failed too, the server is DOWN: ${(err as Error).message}`, details, 'restore');
   }
   const downtimeMs = Date.now() - downSince;
   const edited = restored.postgresqlConfChanged ? ` (postgresql.conf was edited meanwhile: left as it is)` : '';
-  throw failure(
+  throw stepFailure(
     ErrorType.RestartFailed,
-    { ...where, phase: 'restart' },
     `${reason}: ${why}; put back ${saved.autoConf} from before the run and started the server on it${edited}: answering again after ${downtimeMs} ms down`,
     { ...details, ...restored, downtimeMs },
+    'restart',
   );
 }
 
@@ -227,16 +225,15 @@ export function createRestartActivities() {
      */
     async restartPostgres(request: RestartRequest): Promise<Evidence> {
       const target = resolveTarget(request.target);
-      const where = { runbook: request.runbook, step: request.step };
       const { service } = postgresOf(target);
       return heartbeating(
         (async () => {
           let before = await pendingRestart(target);
           if (!before && (await comesUp(target))) before = await pendingRestart(target);
-          if (!before) return bringBack(target, where, request.saved, 'the server was down when the restart began', Date.now());
+          if (!before) return bringBack(target, request.saved, 'the server was down when the restart began', Date.now());
           if (before.pending.length === 0) return { summary: 'nothing pending restart: not restarted', restarted: false };
 
-          const checked = await preflight(target, where, request.saved, request.expect);
+          const checked = await preflight(target, request.saved, request.expect);
           await onTarget(target, (c) => c.query('CHECKPOINT')); // a short shutdown checkpoint
           const started = Date.now();
           let command: CommandResult;
@@ -244,7 +241,7 @@ export function createRestartActivities() {
             command = await controlService(target.host, service, 'restart');
             if (!(await comesUp(target))) throw new Error(`nothing answers ${DOWN_MS / 1000} s after the restart`);
           } catch (err) {
-            return bringBack(target, where, request.saved, 'the server did not come back after the restart', started, err);
+            return bringBack(target, request.saved, 'the server did not come back after the restart', started, err);
           }
           const unavailableMs = Date.now() - started;
           const after = await pendingRestart(target);
