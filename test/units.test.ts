@@ -6,6 +6,7 @@ import { createActivities } from '../src/activities';
 import type { AuditLog } from '../src/activities/audit';
 import { alterSystemSql, formatList, parseList, sameSetting } from '../src/activities/postgres/settings';
 import { runbookSchemas } from '../src/shared/inputs';
+import { runbookSteps, type StepOf } from '../src/shared/steps';
 import { renderMarkdown, type RunbookStatus } from '../src/shared/status';
 import { nextSlot } from '../src/shared/window';
 
@@ -226,4 +227,11 @@ describe('list settings are written and compared element by element', () => {
     expect(sameSetting('max_connections', '256', '256')).toBe(true);
     expect(formatList(['auto_explain', 'a,b'])).toBe('auto_explain, "a,b"');
   });
+});
+
+test('a misspelt step name is a compile error (tsc checks this file)', () => {
+  // @ts-expect-error: connectionUpgrade has no step "restrat"
+  const typo: StepOf<'connectionUpgrade'> = 'restrat';
+  const steps: StepOf<'partitionMigration'>[] = runbookSteps.partitionMigration.map(([name]) => name);
+  expect([typo, steps[0]]).toEqual(['restrat', 'precheck']);
 });

@@ -4,6 +4,7 @@ import type { Client } from 'pg';
 import { ErrorType, q } from '../shared/errors';
 import type { ConnectionUpgradeInput } from '../shared/inputs';
 import type { Evidence, PlannedAction } from '../shared/status';
+import type { StepOf } from '../shared/steps';
 import { postgresOf, resolveTarget, type Target } from '../targets';
 import { serviceCommand } from './host/service';
 import { onTarget, value } from './postgres/connection';
@@ -13,6 +14,9 @@ import { waitFor } from './host/poll';
 import { stepFailure } from './step-errors';
 
 const STATEMENTS = 'pg_stat_statements';
+
+/** A line of this runbook's plan: its step names only. */
+type Planned = PlannedAction<StepOf<'connectionUpgrade'>>;
 
 /** Worker processes beyond the parallel ones, for logical replication and extensions. */
 export const WORKER_HEADROOM = 8;
@@ -32,7 +36,7 @@ export interface Precheck extends Evidence {
   autoConf: Record<string, string>;
   needsRestart: boolean;
   statementsInstalled: boolean;
-  plan: PlannedAction[];
+  plan: Planned[];
   summary: string;
 }
 
@@ -116,23 +120,23 @@ export function createConnectionUpgradeActivities() {
         const statementsInstalled = await hasStatements(c);
         const needsRestart = changes.some((ch) => ch.needsRestart && !sameSetting(ch.name, ch.from, ch.to));
         const restart = serviceCommand(postgresOf(target).service, 'restart').argv.join(' ');
-        const plan: PlannedAction[] = [
+        const plan: Planned[] = [
           { step: 'precheck', kind: 'check', text: `PostgreSQL ${serverVersion}; ${connections} client connections; ${STATEMENTS} available: ${Boolean(available)}` },
           { step: 'apply', kind: 'command', text: 'cp -n postgresql.auto.conf postgresql.auto.conf.fermata-<workflow id>: the configuration to start again on if a restart fails' },
-          ...changes.map((ch): PlannedAction => ({ step: 'apply', kind: 'sql', text: `${alterSystemSql(ch.name, ch.to)}; -- now ${ch.from}` })),
+          ...changes.map((ch): Planned => ({ step: 'apply', kind: 'sql', text: `${alterSystemSql(ch.name, ch.to)}; -- now ${ch.from}` })),
           { step: 'apply', kind: 'sql', text: 'SELECT pg_reload_conf()' },
           ...(needsRestart
             ? [
                 { step: 'restart', kind: 'check', text: 'gate "restart": wait for approval, then the maintenance window' },
                 ...changes
                   .filter((ch) => ch.needsRestart)
-                  .map((ch): PlannedAction => ({ step: 'restart', kind: 'check', text: `preflight: postgres -C ${ch.name} reads ${q(ch.to)} from the files on disk` })),
+                  .map((ch): Planned => ({ step: 'restart', kind: 'check', text: `preflight: postgres -C ${ch.name} reads ${q(ch.to)} from the files on disk` })),
                 { step: 'restart', kind: 'sql', text: "preflight: LOAD each library of shared_preload_libraries" },
                 { step: 'restart', kind: 'sql', text: 'CHECKPOINT' },
                 { step: 'restart', kind: 'command', text: restart },
-              ] satisfies PlannedAction[]
+              ] satisfies Planned[]
             : []),
-          ...(input.enablePgStatStatements ? [{ step: 'extension', kind: 'sql', text: `CREATE EXTENSION IF NOT EXISTS ${STATEMENTS}` } satisfies PlannedAction] : []),
+          ...(input.enablePgStatStatements ? [{ step: 'extension', kind: 'sql', text: `CREATE EXTENSION IF NOT EXISTS ${STATEMENTS}` } satisfies Planned] : []),
           { step: 'verify', kind: 'check', text: 'SHOW each setting; pending_restart false everywhere; EXPLAIN ANALYZE shows a Parallel Seq Scan' },
           { step: 'baseline', kind: 'check', text: 'database size, file count, index and table counts, connections, slowest statements' },
         ];

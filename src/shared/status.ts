@@ -39,8 +39,8 @@ export interface Window {
 }
 
 /** One command a step would run, as a dry run reports it. */
-export interface PlannedAction {
-  step: string;
+export interface PlannedAction<Step extends string = string> {
+  step: Step;
   kind: 'sql' | 'command' | 'check';
   text: string;
 }

@@ -20,20 +20,8 @@ const RESTART_MINUTES = 5;
 export async function connectionUpgrade(raw: unknown): Promise<RunbookResult> {
   const input = runbookInput('connectionUpgrade', connectionUpgradeSchema, raw);
   const { target } = input;
-  const rb = new Runbook('connectionUpgrade', input, [
-    ['precheck', 'Pre-checks: server, privileges, current values'],
-    ['apply', 'ALTER SYSTEM and reload'],
-    ['restart', 'Restart for restart-only settings (gate "restart", window)'],
-    ['extension', 'CREATE EXTENSION pg_stat_statements'],
-    ['verify', 'Verify from a fresh connection'],
-    ['baseline', 'Baseline report'],
-  ]);
-  return rb.run(async () => {
-    rb.announceWindow(RESTART_MINUTES); // a window too short for the step is bad input: refused here, audited
-    await rb.holdTarget(); // one change at a time per target, from before the precheck reads it
-    const pre = await rb.step('precheck', () => pg.upgradePrecheck(input), { required: true, precheck: true });
-    if (input.dryRun) return rb.planned(pre.plan);
-
+  const rb = new Runbook('connectionUpgrade', input);
+  return rb.run({ windowMinutes: RESTART_MINUTES, precheck: () => pg.upgradePrecheck(input) }, async (pre) => {
     // The configuration before the first change: what a restart that fails starts on again.
     let saved: SavedConfig | undefined;
     const restartOnly = pre.changes.filter((ch) => ch.needsRestart);

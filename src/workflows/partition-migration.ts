@@ -3,7 +3,7 @@
 // old table stays current until gate "finalize", so rollback loses no write.
 import { proxyActivities } from '@temporalio/workflow';
 import type { Activities } from '../activities';
-import type { Progress } from '../activities/partition-migration';
+import type { Progress } from '../shared/progress';
 import { partitionMigrationSchema } from '../shared/inputs';
 import type { RunbookResult } from '../shared/status';
 import { Runbook, runbookInput, stepRetry } from './runbook';
@@ -21,22 +21,8 @@ export async function partitionMigration(raw: unknown): Promise<RunbookResult> {
   const input = runbookInput('partitionMigration', partitionMigrationSchema, raw);
   const { target, table, partitionKey, partitions, batchRows, throttle } = input;
   const spec = { target, table, partitionKey, partitions, batchRows, throttle };
-  const rb = new Runbook('partitionMigration', input, [
-    ['precheck', 'Pre-checks: table, key, indexes, foreign keys, disk'],
-    ['create-shadow', 'Create the partitioned shadow table'],
-    ['capture', 'Install the trigger that captures writes'],
-    ['backfill', 'Copy rows in key-range batches'],
-    ['verify', 'Compare counts and checksums per key range'],
-    ['cutover', 'Cut over (gate "cutover", window)'],
-    ['post-verify', 'Verify the partitioned table'],
-    ['finalize', 'Drop the old table and triggers (gate "finalize")'],
-  ]);
-  return rb.run(async () => {
-    rb.announceWindow(CUTOVER_MINUTES); // a window too short for the step is bad input: refused here, audited
-    await rb.holdTarget(); // one change at a time per target, from before the precheck reads it
-    const inventory = await rb.step('precheck', () => pg.partitionPrecheck(spec), { required: true, precheck: true });
-    if (input.dryRun) return rb.planned(inventory.plan);
-
+  const rb = new Runbook('partitionMigration', input);
+  return rb.run({ windowMinutes: CUTOVER_MINUTES, precheck: () => pg.partitionPrecheck(spec) }, async (inventory) => {
     await rb.step('create-shadow', () => pg.partitionCreateShadow(spec, inventory), { rollback: () => pg.partitionDropShadow(spec) });
     const captured = await rb.step('capture', () => pg.partitionInstallCapture(spec, inventory), {
       required: true,

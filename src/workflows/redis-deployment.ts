@@ -19,20 +19,8 @@ const DEPLOY_MINUTES = 5;
 
 export async function redisDeployment(raw: unknown): Promise<RunbookResult> {
   const input = runbookInput('redisDeployment', redisDeploymentSchema, raw);
-  const rb = new Runbook('redisDeployment', input, [
-    ['precheck', 'Pre-checks: host, redis-server or docker, port, memory'],
-    ['start', 'Start Redis from its config file (gate "deploy", window)'],
-    ['verify', 'Verify: PING, CONFIG GET, INFO persistence, the config file'],
-    ['durability', 'Durability: a sentinel key survives a restart'],
-    ['smoke', 'Cache conventions: one key per family with its TTL, invalidation'],
-    ['monitoring', 'Monitoring snapshot: hit ratio, memory, evictions'],
-  ]);
-  return rb.run(async () => {
-    rb.announceWindow(DEPLOY_MINUTES); // a window too short for the step is bad input: refused here, audited
-    await rb.holdTarget(); // one change at a time per target, from before the precheck reads it
-    const pre = await rb.step('precheck', () => redis.redisPrecheck(input), { required: true, precheck: true });
-    if (input.dryRun) return rb.planned(pre.plan);
-
+  const rb = new Runbook('redisDeployment', input);
+  return rb.run({ windowMinutes: DEPLOY_MINUTES, precheck: () => redis.redisPrecheck(input) }, async (pre) => {
     const changing = pre.state !== 'running' || pre.changes.length > 0;
     if (changing) {
       await rb.gate('deploy', pre.does);

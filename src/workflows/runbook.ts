@@ -35,6 +35,7 @@ import {
   type Rejection,
 } from '../shared/messages';
 import { searchAttributes } from '../shared/search-attributes';
+import { runbookSteps, type RunbookType, type StepOf } from '../shared/steps';
 import { enterStep } from './step-context';
 import {
   renderMarkdown,
@@ -131,12 +132,16 @@ export interface StepOptions<T> {
   evidence?: (result: T) => Evidence;
 }
 
-/** [name, title]: the steps of a runbook, in order, as the status lists them from the start. */
-export type StepList = [name: string, title: string][];
-
 const now = (): string => new Date().toISOString();
 
-export class Runbook {
+/** How a runbook opens: the time its risky step needs in the maintenance window, and its precheck. */
+export interface Opening<P> {
+  windowMinutes: number;
+  /** Reads the target, changes nothing; its plan is a dry run's result. */
+  precheck: () => Promise<P>;
+}
+
+export class Runbook<R extends RunbookType> {
   readonly status: RunbookStatus;
   private readonly undo: { step: string; run: () => Promise<Evidence | void> }[] = [];
   /** true: approved, false: rejected, undefined: no answer yet. */
@@ -150,15 +155,14 @@ export class Runbook {
   private leased = false;
 
   constructor(
-    readonly runbook: string,
+    readonly runbook: R,
     private readonly input: CommonInput,
-    steps: StepList,
   ) {
     this.status = {
       runbook,
       target: input.target,
       state: 'running',
-      steps: steps.map(([name, title]) => ({ name, title, state: 'pending' })),
+      steps: runbookSteps[runbook].map(([name, title]) => ({ name, title, state: 'pending' })),
       messages: [],
     };
     const about = handlerDescriptions;
@@ -177,12 +181,19 @@ export class Runbook {
     this.publish();
   }
 
-  /** Run the body; a rejection, timeout or decision ends it with an outcome instead of a failure. */
-  async run(body: () => Promise<RunState | void>): Promise<RunbookResult> {
+  /**
+   * Open the runbook — the window checked (a window too short for the step is bad input, refused
+   * and audited), the target held, the precheck run (a dry run ends there, with its plan) — then run
+   * the body. A rejection, timeout or decision ends it with an outcome instead of a failure.
+   */
+  async run<P extends { plan: PlannedAction[] }>(opening: Opening<P>, body: (pre: P) => Promise<RunState | void>): Promise<RunbookResult> {
     try {
       let outcome: RunState;
       try {
-        outcome = (await body()) ?? 'completed';
+        this.announceWindow(opening.windowMinutes);
+        await this.holdTarget();
+        const pre = await this.step('precheck' as StepOf<R>, opening.precheck, { required: true, precheck: true });
+        outcome = this.input.dryRun ? this.planned(pre.plan) : ((await body(pre)) ?? 'completed');
       } catch (err) {
         if (!(err instanceof Stop)) {
           this.status.error = message(err);
@@ -211,7 +222,7 @@ export class Runbook {
    * another run holds it, wait (state waiting_target, naming the holder) or, with `waitForTarget:
    * false`, refuse. A lease whose holder has ended is taken over. A dry run holds nothing.
    */
-  async holdTarget(): Promise<void> {
+  private async holdTarget(): Promise<void> {
     if (this.input.dryRun || !patched(LEASE_PATCH)) return;
     for (let pollMs = LEASE_POLL.firstMs; ; pollMs = Math.min(pollMs * 2, LEASE_POLL.maxMs)) {
       const lease = await acquireTarget(this.input.target, this.runbook);
@@ -244,10 +255,10 @@ export class Runbook {
    * steps (their result is needed later) cannot be skipped; a non-retryable failure of a
    * `precheck` step fails the runbook at once, since nothing has changed yet.
    */
-  step<T>(name: string, run: () => Promise<T>, options: StepOptions<T> & { required: true; precheck?: boolean }): Promise<T>;
-  step<T>(name: string, run: () => Promise<T>, options?: StepOptions<T>): Promise<T | undefined>;
+  step<T>(name: StepOf<R>, run: () => Promise<T>, options: StepOptions<T> & { required: true; precheck?: boolean }): Promise<T>;
+  step<T>(name: StepOf<R>, run: () => Promise<T>, options?: StepOptions<T>): Promise<T | undefined>;
   async step<T>(
-    name: string,
+    name: StepOf<R>,
     run: () => Promise<T>,
     options: StepOptions<T> & { required?: boolean; precheck?: boolean } = {},
   ): Promise<T | undefined> {
@@ -285,13 +296,13 @@ export class Runbook {
   }
 
   /** Show how far a running step has got (rows copied, rate, ETA) in the status and the UI. */
-  progress(name: string, evidence: Evidence): void {
+  progress(name: StepOf<R>, evidence: Evidence): void {
     this.find(name).evidence = evidence;
     this.publish();
   }
 
   /** Mark a step as not needed, with the reason as evidence. */
-  skip(name: string, reason: string): void {
+  skip(name: StepOf<R>, reason: string): void {
     const step = this.find(name);
     step.evidence = { summary: reason };
     this.end(step, 'skipped');
@@ -333,7 +344,7 @@ export class Runbook {
   }
 
   /** Show the next window in the status before the runbook gets there. */
-  announceWindow(needMinutes: number): void {
+  private announceWindow(needMinutes: number): void {
     if (!this.input.maintenanceWindow) return;
     try {
       this.status.nextWindow = nextSlot(this.input.maintenanceWindow, needMinutes, new Date());
@@ -344,7 +355,7 @@ export class Runbook {
   }
 
   /** End a dry run: the plan is the result, nothing was changed. */
-  planned(plan: PlannedAction[]): RunState {
+  private planned(plan: PlannedAction[]): RunState {
     this.status.plan = plan;
     for (const step of this.status.steps) if (step.state === 'pending') step.evidence = { summary: 'dry run' };
     return 'planned';
