@@ -3,7 +3,9 @@ import { WorkflowUpdateFailedError, type WorkflowHandle } from '@temporalio/clie
 import { Client } from 'pg';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
+import { ApplicationFailure } from '@temporalio/common';
 import { onTarget } from '../src/activities/postgres/connection';
+import { liveView } from '../src/cli/live';
 import { resolveTarget } from '../src/targets';
 import { approveSignal, approveUpdate, decideSignal, rejectSignal, TASK_QUEUE } from '../src/shared/messages';
 import { searchAttributes } from '../src/shared/search-attributes';
@@ -302,6 +304,44 @@ test('a statement the server refuses reaches the operator as "runbook / step: �
     expect((await handle.result()).outcome).toBe('completed');
   } finally {
     await refused.stop();
+  }
+});
+
+test('while a step retries, the status, the current details and fermata watch show the attempt and the last error', async () => {
+  const target = await newTarget(uniqueId('retries'));
+  const taskQueue = uniqueId('flaky');
+  let calls = 0;
+  const flaky = await startWorker({
+    taskQueue,
+    wrap: (activities) => ({
+      ...activities,
+      upgradeBaseline: async (name: string) => {
+        calls++;
+        if (calls <= 2) throw ApplicationFailure.retryable(`injected: attempt ${calls} of the baseline fails`, 'NotConverged');
+        await new Promise((r) => setTimeout(r, 2_000)); // the third attempt takes long enough to be seen
+        return activities.upgradeBaseline(name);
+      },
+    }),
+  });
+  try {
+    const handle = await start({ target: target.name }, taskQueue);
+    await waitForStatus(handle, (s) => s.pendingGate?.name === 'restart');
+    await handle.signal(approveSignal, { gate: 'restart', by: 'alice' });
+    const retrying = await waitForStatus(handle, (s) => s.steps.some((st) => st.name === 'baseline' && st.retry?.attempt === 3));
+    const baseline = retrying.steps.find((st) => st.name === 'baseline')!;
+    expect(baseline).toMatchObject({ state: 'running', retry: { attempt: 3, error: 'injected: attempt 2 of the baseline fails' } });
+    const metadata = await handle.query<{ currentDetails: string }>('__temporal_workflow_metadata');
+    expect(metadata.currentDetails).toMatch(/\| Baseline report \| ▶\u00a0running \| attempt 3, after: injected: attempt 2 of the baseline fails \|/);
+    const printed: string[] = [];
+    liveView({ write: (line: string) => printed.push(line), isTTY: false } as unknown as NodeJS.WriteStream).update(retrying);
+    expect(printed.join('')).toMatch(/▶ baseline +running +attempt 3, after: injected: attempt 2 of the baseline fails/);
+
+    const result: RunbookResult = await handle.result();
+    expect(result.outcome).toBe('completed');
+    expect(result.status.steps.find((st) => st.name === 'baseline')).toMatchObject({ state: 'done', evidence: expect.objectContaining({ maxConnections: 256 }) });
+    expect(result.status.steps.find((st) => st.name === 'baseline')!.retry).toBeUndefined();
+  } finally {
+    await flaky.stop();
   }
 });
 

@@ -11,7 +11,7 @@ import { onTarget, value } from './postgres/connection';
 import { restoreSavedConfig, type SavedConfig } from './postgres/restart';
 import { alterSystemResetSql, alterSystemSql, formatList, parseList, sameSetting } from './postgres/settings';
 import { waitFor } from './host/poll';
-import { stepFailure } from './step-errors';
+import { stepFailure } from './step-context';
 
 const STATEMENTS = 'pg_stat_statements';
 

@@ -4,7 +4,7 @@
 import { Format, MultiBar, type Options, type Params, type SingleBar } from 'cli-progress';
 import { q } from '../shared/errors';
 import { fraction, progressOf, type StepProgress } from '../shared/progress';
-import { stepIcon, summarize, type RunbookStatus, type StepStatus } from '../shared/status';
+import { retryText, stepIcon, summarize, type RunbookStatus, type StepStatus } from '../shared/status';
 import { note, when, words } from './format';
 
 export interface LiveView {
@@ -43,7 +43,7 @@ export function progressText(p: StepProgress): string {
 export function stepDetail(step: StepStatus): string {
   if (step.state !== 'running') return note(step) || step.title;
   const p = progressOf(step.evidence);
-  return p ? progressText(p) : summarize(step.evidence) || step.title;
+  return p ? progressText(p) : step.retry ? retryText(step.retry) : summarize(step.evidence) || step.title;
 }
 
 /** "■ runbook waiting approval at gate …" when the run's state changed from `before` to `now`. */

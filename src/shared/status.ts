@@ -31,6 +31,8 @@ export interface StepStatus {
   endedAt?: string;
   evidence?: Evidence;
   error?: string;
+  /** While its activity retries: the attempt running now, and the error of the last one that failed. */
+  retry?: { attempt: number; error?: string };
 }
 
 export interface Window {
@@ -225,7 +227,7 @@ export function renderMarkdown(s: RunbookStatus): string {
   }
   lines.push('| step | state | evidence |', '|---|---|---|');
   for (const step of s.steps) {
-    const note = step.error ? `✖ ${step.error}` : summarize(step.evidence);
+    const note = step.error ? `✖ ${step.error}` : step.state === 'running' && step.retry ? retryText(step.retry) : summarize(step.evidence);
     // No-break spaces keep the icon and the state ("↺ rolled back") on one line in a narrow column.
     const state = `${stepIcon[step.state]} ${words(step.state)}`.replace(/ /g, '\u00a0');
     lines.push(`| ${cell(step.title)} | ${state} | ${cell(clip(note, EVIDENCE_CHARS))} |`);
@@ -236,6 +238,9 @@ export function renderMarkdown(s: RunbookStatus): string {
   lines.push('', '\u00a0');
   return lines.join('\n');
 }
+
+/** "attempt 2, after: connectionUpgrade / verify: …": a step whose activity Temporal retries. */
+export const retryText = (retry: NonNullable<StepStatus['retry']>): string => `attempt ${retry.attempt}${retry.error ? `, after: ${retry.error}` : ''}`;
 
 /** A one-line digest of evidence: its `summary` if it has one, else its scalar fields. */
 export function summarize(evidence?: Evidence): string {

@@ -11,3 +11,15 @@ export interface StepContext {
   /** `rollback` while the step is undone. */
   phase?: string;
 }
+
+/**
+ * How a step's activity is doing while Temporal retries it: the attempt that starts, or the one
+ * that failed and its error. Sent by the worker; not a signal for people (the Web UI does not list it).
+ */
+export const ATTEMPT_SIGNAL = 'fermata-attempt';
+
+export interface AttemptNote {
+  step: string;
+  attempt: number;
+  error?: string;
+}

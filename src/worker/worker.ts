@@ -3,7 +3,7 @@ import { Client, Connection } from '@temporalio/client';
 import { NativeConnection, Worker, type WorkerOptions } from '@temporalio/worker';
 import { ensureAuditStore, AuditLog } from '../activities/audit';
 import { createActivities, type Activities } from '../activities';
-import { StepErrors } from '../activities/step-errors';
+import { StepInterceptor } from '../activities/step-context';
 import { TASK_QUEUE } from '../shared/messages';
 import { searchAttributes } from '../shared/search-attributes';
 import { loadTargets } from '../targets';
@@ -50,9 +50,10 @@ export async function createWorker(options: FermataWorkerOptions): Promise<{ wor
   await ensureAuditStore(audit);
   await ensureSearchAttributes(options.temporal);
   const auditLog = new AuditLog(audit);
-  // A client of its own for the activities that ask Temporal whether a lease's holder still runs.
+  // A client of its own: activities ask whether a lease's holder still runs, and tell a runbook of retries.
   const clientConnection = await Connection.connect(options.temporal.connectionOptions());
-  const activities = createActivities(auditLog, new Client({ connection: clientConnection, namespace: options.temporal.namespace }));
+  const client = new Client({ connection: clientConnection, namespace: options.temporal.namespace });
+  const activities = createActivities(auditLog, client);
   const connection = await NativeConnection.connect(options.temporal.connectionOptions());
   const code: Pick<WorkerOptions, 'workflowBundle' | 'workflowsPath'> = options.workflowBundlePath
     ? { workflowBundle: { codePath: options.workflowBundlePath } }
@@ -63,7 +64,7 @@ export async function createWorker(options: FermataWorkerOptions): Promise<{ wor
     taskQueue: options.taskQueue ?? TASK_QUEUE,
     ...code,
     dataConverter: { payloadConverterPath },
-    interceptors: { workflowModules: workflowInterceptorModules, activity: [() => ({ inbound: new StepErrors() })] },
+    interceptors: { workflowModules: workflowInterceptorModules, activity: [() => ({ inbound: new StepInterceptor(client) })] },
     activities: options.wrapActivities ? options.wrapActivities(activities) : activities,
   });
   return {

@@ -9,6 +9,7 @@ import {
   patched,
   proxyActivities,
   setCurrentDetails,
+  setDefaultSignalHandler,
   setHandler,
   sleep,
   upsertSearchAttributes,
@@ -36,6 +37,7 @@ import {
 } from '../shared/messages';
 import { searchAttributes } from '../shared/search-attributes';
 import { runbookSteps, type RunbookType, type StepOf } from '../shared/steps';
+import { ATTEMPT_SIGNAL, type AttemptNote } from '../shared/step-context';
 import { enterStep } from './step-context';
 import {
   renderMarkdown,
@@ -173,6 +175,10 @@ export class Runbook<R extends RunbookType> {
     setHandler(approveUpdate, (a) => this.strict(this.onApprove(a)), { validator: needs('gate', 'by'), description: about.approveUpdate });
     setHandler(rejectUpdate, (r) => this.strict(this.onReject(r)), { validator: needs('gate', 'by', 'reason'), description: about.rejectUpdate });
     setHandler(decideUpdate, (d) => this.strict(this.onDecide(d)), { validator: needs('action', 'by'), description: about.decideUpdate });
+    // The worker's notes on retries: by the default handler, so the Web UI's signal menu lists only people's signals.
+    setDefaultSignalHandler((name, note) => {
+      if (name === ATTEMPT_SIGNAL) this.onAttempt(note as AttemptNote);
+    });
     upsertSearchAttributes([
       { key: searchAttributes.runbook, value: runbook },
       { key: searchAttributes.target, value: input.target },
@@ -474,6 +480,15 @@ export class Runbook<R extends RunbookType> {
     }
   }
 
+  /** A step's activity failed and Temporal retries it, or the next attempt began: the status shows which, after what. */
+  private onAttempt({ step: name, attempt, error }: AttemptNote): void {
+    const step = this.status.steps.find((s) => s.name === name);
+    if (step?.state !== 'running') return;
+    step.retry = error ? { attempt: attempt + 1, error } : { attempt, error: step.retry?.error };
+    if (error) this.audit('step_attempt_failed', { step: name, detail: { attempt, error } });
+    this.publish();
+  }
+
   // Message handlers return a refusal reason, or undefined when accepted.
   private onApprove(a: Approval): string | undefined {
     const refusal = this.gateRefusal(a.gate) ?? this.approverRefusal(a.by);
@@ -549,12 +564,14 @@ export class Runbook<R extends RunbookType> {
     step.startedAt = now();
     step.endedAt = undefined;
     step.error = undefined;
+    step.retry = undefined;
     this.status.currentStep = step.name;
     this.publish();
   }
 
   private end(step: StepStatus, state: StepStatus['state']): void {
     step.state = state;
+    step.retry = undefined;
     step.endedAt = now();
     this.publish();
   }

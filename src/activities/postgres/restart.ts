@@ -12,7 +12,7 @@ import { postgresOf, resolveTarget, type Target } from '../../targets';
 import { heartbeating, run, type CommandResult } from '../host/command';
 import { controlService } from '../host/service';
 import { onTarget, value } from './connection';
-import { stepFailure } from '../step-errors';
+import { stepFailure } from '../step-context';
 import { parseList, sameSetting } from './settings';
 
 /** How long a server may answer nothing after a start before it counts as down. */

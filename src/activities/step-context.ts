@@ -1,12 +1,14 @@
 // Every activity runs inside its step's context (the header the workflow sends, see
-// src/shared/step-context.ts), and every error it throws leaves as "runbook / step / phase: reason":
-// a driver's error with its SQLSTATE, a Node error with its code, never raw.
+// src/shared/step-context.ts): every error it throws leaves as "runbook / step / phase: reason" (a
+// driver's error with its SQLSTATE, a Node error with its code, never raw), and while it retries the
+// runbook is told the attempt and the last error, for its status.
 import { Context } from '@temporalio/activity';
+import type { Client as TemporalClient } from '@temporalio/client';
 import { ApplicationFailure, defaultPayloadConverter, TemporalFailure } from '@temporalio/common';
 import type { ActivityExecuteInput, ActivityInboundCallsInterceptor, Next } from '@temporalio/worker';
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { describe, ErrorType, failure, type Where } from '../shared/errors';
-import { STEP_HEADER, type StepContext } from '../shared/step-context';
+import { ATTEMPT_SIGNAL, STEP_HEADER, type AttemptNote, type StepContext } from '../shared/step-context';
 
 const current = new AsyncLocalStorage<StepContext>();
 
@@ -37,16 +39,32 @@ export function asFailure(err: unknown): TemporalFailure {
   return ApplicationFailure.create({ type: fields.code ?? error.name, message: describe(where(), error.message), details: fields.code ? [{ code: fields.code }] : undefined });
 }
 
-export class StepErrors implements ActivityInboundCallsInterceptor {
+export class StepInterceptor implements ActivityInboundCallsInterceptor {
+  constructor(private readonly temporal: TemporalClient) {}
+
   async execute(input: ActivityExecuteInput, next: Next<ActivityInboundCallsInterceptor, 'execute'>): Promise<unknown> {
     const header = input.headers[STEP_HEADER];
     const context = header ? defaultPayloadConverter.fromPayload<StepContext>(header) : { runbook: Context.current().info.activityType };
+    const { attempt } = Context.current().info;
     return current.run(context, async () => {
+      if (attempt > 1) await this.tell(context, { attempt });
       try {
         return await next(input);
       } catch (err) {
-        throw asFailure(err);
+        const failure = asFailure(err);
+        if (failure instanceof ApplicationFailure && !failure.nonRetryable) await this.tell(context, { attempt, error: failure.message });
+        throw failure;
       }
     });
+  }
+
+  /** Tell the runbook how its step's activity is doing; a runbook that cannot be told is not held up. */
+  private async tell(context: StepContext, note: Omit<AttemptNote, 'step'>): Promise<void> {
+    const workflowId = Context.current().info.workflowExecution?.workflowId;
+    if (!workflowId || !context.step || context.phase) return;
+    await this.temporal.workflow
+      .getHandle(workflowId)
+      .signal(ATTEMPT_SIGNAL, { step: context.step, ...note })
+      .catch(() => undefined);
   }
 }
