@@ -5,7 +5,7 @@ import execa from 'execa';
 import { chmodSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { commandsOf, configText, layoutOf, planOf, type Layout } from '../src/activities/redis';
+import { commandsOf, configText, layoutOf, planOf, type Layout } from '../src/activities/redis-deployment-plan';
 import { cacheKeys, invalidate, onAnalysisComplete, onImportComplete, ttlSeconds } from '../src/cache/keys';
 import { approveUpdate, decideSignal, rejectSignal, TASK_QUEUE } from '../src/shared/messages';
 import { redisDeploymentSchema } from '../src/shared/inputs';
