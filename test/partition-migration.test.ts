@@ -2,7 +2,7 @@
 import type { WorkflowHandle } from '@temporalio/client';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { Client } from 'pg';
-import { createPartitionMigrationActivities } from '../src/activities/partition-migration';
+import { createPartitionMigrationActivities } from '../src/activities/partition-migration/activities';
 import { createReferenceSql, startWriters } from '../src/fixtures/midi-writers';
 import { approveSignal, rejectSignal, TASK_QUEUE } from '../src/shared/messages';
 import { waitFor } from '../src/activities/host/poll';

@@ -4,8 +4,8 @@ import type { AuditLog } from './audit';
 import { createConnectionUpgradeActivities } from './connection-upgrade';
 import { createLeaseActivities } from './lease';
 import { createNotifyActivities } from './notify';
-import { createPartitionMigrationActivities } from './partition-migration';
-import { createRedisActivities } from './redis';
+import { createPartitionMigrationActivities } from './partition-migration/activities';
+import { createRedisActivities } from './redis-deployment';
 import { createRestartActivities } from './postgres/restart';
 
 export function createActivities(audit: AuditLog, temporal: TemporalClient) {

@@ -1,0 +1,284 @@
+// Activities of the Partition Migration runbook: an online move of a table into hash partitions.
+// A trigger captures writes into a partitioned shadow while batches copy the rest; verification
+// compares both in one snapshot; the cut-over renames in one short transaction and leaves a
+// reverse trigger so the old table stays current until the migration is finalized.
+// The SQL is built in ./sql.ts; this module runs it.
+import { activityInfo, heartbeat } from '@temporalio/activity';
+import { escapeIdentifier as ident, type Client } from 'pg';
+import { ErrorType, failure } from '../../shared/errors';
+import type { Progress } from '../../shared/progress';
+import type { Evidence } from '../../shared/status';
+import { resolveTarget } from '../../targets';
+import { exists } from '../postgres/catalog';
+import { compare, listRanges } from '../postgres/compare';
+import { onTarget, onTargetTwice, value } from '../postgres/connection';
+import { blockKeys, lockRetrying } from '../postgres/locks';
+import { keyBounds, longTransactions, throttle } from '../postgres/probes';
+import { precheck } from './precheck';
+import * as sql from './sql';
+import { names, type Inventory, type MigrationSpec } from './sql';
+
+const fail = (type: ErrorType, step: string, reason: string) => failure(type, { runbook: 'partitionMigration', step }, reason);
+
+/** Keys per range the comparisons count and checksum in one statement. */
+const VERIFY_CHUNK = 200_000;
+
+export function createPartitionMigrationActivities() {
+  return {
+    partitionPrecheck: precheck,
+
+    /** The partitioned shadow with every partition and index, and the control row. Idempotent. */
+    async partitionCreateShadow(spec: MigrationSpec, inventory: Inventory): Promise<Evidence> {
+      const target = resolveTarget(spec.target);
+      const workflowId = activityInfo().workflowExecution?.workflowId ?? '';
+      const n = names(spec.table);
+      return onTarget(target, async (c) => {
+        await c.query('BEGIN');
+        await c.query(sql.controlTableSql);
+        await c.query(sql.claimSql, [spec.table, workflowId]);
+        const statements = sql.shadowDdl(spec, inventory);
+        const there = await exists(c, n.shadow);
+        if (!there) for (const statement of statements) await c.query(statement);
+        await c.query('COMMIT');
+        const partitions = await value<number>(c, 'SELECT count(*)::int FROM pg_inherits WHERE inhparent = to_regclass($1)', [`public.${n.shadow}`]);
+        if (partitions !== spec.partitions) throw fail(ErrorType.PrecheckFailed, 'create-shadow', `shadow has ${partitions} partitions, expected ${spec.partitions}`);
+        return { summary: `${n.shadow}: ${partitions} hash partitions, ${inventory.indexes.length} indexes${there ? ' (already there)' : ''}`, partitions };
+      });
+    },
+
+    /** Drop the shadow and the control row's claim (rollback before cut-over). Idempotent. */
+    async partitionDropShadow(spec: MigrationSpec): Promise<Evidence> {
+      const target = resolveTarget(spec.target);
+      const n = names(spec.table);
+      return onTarget(target, async (c) => {
+        await lockRetrying(c, async () => {
+          await c.query(sql.dropTableSql(n.shadow));
+          // A create-shadow whose transaction failed on a fresh target left no control table: no claim to release.
+          if (await exists(c, 'fermata_migrations')) await c.query(sql.setStateSql('rolled_back'), [spec.table]);
+        });
+        return { summary: `${n.shadow} dropped; ${spec.table} untouched` };
+      });
+    },
+
+    /** The trigger that applies every write on the source to the shadow, installed under a short lock timeout. */
+    async partitionInstallCapture(spec: MigrationSpec, inventory: Inventory): Promise<Evidence & { minKey: number; maxKey: number }> {
+      const target = resolveTarget(spec.target);
+      const n = names(spec.table);
+      return onTarget(target, async (c) => {
+        await c.query(sql.syncFunction(n.forwardFunction, n.shadow, inventory, spec));
+        await lockRetrying(c, async () => {
+          await c.query(sql.dropTriggerSql(n.forwardTrigger, spec.table));
+          await c.query(sql.syncTriggerSql(n.forwardTrigger, spec.table, n.forwardFunction));
+        });
+        // Every write not captured committed before the trigger took its lock: the backfill covers
+        // exactly the keys present now (the precheck's bounds could miss rows inserted since).
+        const { minKey, maxKey } = await keyBounds(c, spec.table, spec.partitionKey);
+        return { summary: `trigger ${n.forwardTrigger} on ${spec.table} copies every write to ${n.shadow}; backfill keys ${minKey}..${maxKey}`, minKey, maxKey };
+      });
+    },
+
+    async partitionRemoveCapture(spec: MigrationSpec): Promise<Evidence> {
+      const target = resolveTarget(spec.target);
+      const n = names(spec.table);
+      return onTarget(target, async (c) => {
+        await lockRetrying(c, async () => {
+          if (await exists(c, spec.table)) await c.query(sql.dropTriggerSql(n.forwardTrigger, spec.table));
+          await c.query(sql.dropFunctionsSql(n.forwardFunction));
+        });
+        return { summary: `trigger ${n.forwardTrigger} removed` };
+      });
+    },
+
+    /**
+     * Copy key blocks for about `seconds`, then return the position (the workflow shows progress
+     * between calls). A batch is one block of `batchRows` keys, copied under the block's advisory
+     * lock, which the capture trigger takes shared for every key it writes. Holding it, the batch
+     * owns the block's keys in the shadow: no write in flight can touch them, and every committed
+     * one is in the source. So it replaces them with the source's rows: a delete of what captured
+     * writes put there, then a plain insert (as fast as the bulk insert; ON CONFLICT costs a third
+     * more). A write in flight waits for the batch and then applies itself: nothing deleted comes
+     * back, nothing newer is overwritten, no source row is locked. A batch holds no other lock, so it
+     * cannot deadlock. A replayed batch copies its block again. The position is heartbeated after
+     * every batch, so a retry resumes where it stopped.
+     */
+    async partitionBackfill(spec: MigrationSpec, inventory: Inventory, from: Progress, seconds = 3): Promise<Progress> {
+      const target = resolveTarget(spec.target);
+      const resumed = activityInfo().heartbeatDetails as Progress | undefined;
+      const progress: Progress = { ...(resumed ?? from), resumedFrom: resumed ? resumed.last : from.resumedFrom };
+      const deadline = Date.now() + seconds * 1000;
+      const batch = sql.backfillSql(spec, inventory);
+      // Two lanes copy adjacent blocks side by side.
+      return onTargetTwice(target, async (c, second) => {
+        // A batch waiting for its block's lock would queue the block's other writers behind it: it
+        // waits a second at most, then lets them through and tries again.
+        const copyBlock = async (lane: Client, [low, high, block]: number[]): Promise<number> => {
+          for (;;) {
+            await lane.query('BEGIN');
+            try {
+              await lane.query(`SET LOCAL lock_timeout = '1s'`);
+              await lane.query(batch.lock, [block]);
+              await lane.query(batch.clear, [low, high]);
+              const { rowCount } = await lane.query(batch.copy, [low, high]);
+              await lane.query('COMMIT');
+              return rowCount ?? 0;
+            } catch (err) {
+              await lane.query('ROLLBACK').catch(() => undefined);
+              if ((err as { code?: string }).code !== '55P03') throw err;
+              heartbeat(progress);
+              await delay(250);
+            }
+          }
+        };
+        const lanes = [c, second];
+        while (progress.last < progress.maxKey && Date.now() < deadline) {
+          await throttle(c, spec.throttle);
+          const batches: number[][] = [];
+          for (let low = progress.last + 1; batches.length < lanes.length && low <= progress.maxKey; ) {
+            const block = Math.trunc(low / spec.batchRows);
+            const high = Math.min(blockKeys(block, spec.batchRows)[1], progress.maxKey);
+            batches.push([low, high, block]);
+            low = high + 1;
+          }
+          const counts = await Promise.all(batches.map((keys, i) => copyBlock(lanes[i], keys)));
+          const rows = counts.reduce((a, b) => a + b, 0);
+          const upper = batches[batches.length - 1][1];
+          progress.copied += rows;
+          progress.batches += batches.length;
+          // Skip a gap in the keys in one step instead of block by block.
+          const next = rows ? upper : Number((await value(c, batch.next, [upper])) ?? progress.maxKey);
+          progress.last = Math.min(Math.max(next, upper), progress.maxKey);
+          await c.query(sql.positionSql, [spec.table, progress.last]);
+          heartbeat(progress);
+        }
+        progress.done = progress.last >= progress.maxKey;
+        progress.summary = `${progress.copied} rows copied in ${progress.batches} batches, key ${progress.last} of ${progress.maxKey}`;
+        return progress;
+      });
+    },
+
+    /**
+     * Compare source and shadow per key range, each range in one statement (one snapshot): counts
+     * and a checksum of the rows' text. Exact under load, because the trigger commits with the
+     * write it copies. `against` is the shadow before the cut-over (then ANALYZEd: autovacuum never
+     * analyzes a partitioned parent) and the old table after it.
+     */
+    async partitionVerify(spec: MigrationSpec, against: 'shadow' | 'old', chunk = VERIFY_CHUNK): Promise<Evidence> {
+      const target = resolveTarget(spec.target);
+      const [left, right] = [spec.table, names(spec.table)[against]];
+      return onTargetTwice(target, async (c, second) => {
+        const mismatches = await compare([c, second], spec.partitionKey, left, right, chunk);
+        if (mismatches.ranges.length) {
+          throw fail(ErrorType.NotConverged, 'verify', `${left} and ${right} differ in key ranges ${listRanges(mismatches.ranges)}`);
+        }
+        if (against === 'shadow') await c.query(`ANALYZE ${ident(right)}`);
+        return { summary: `${mismatches.rows} rows equal in ${mismatches.chunks} key range${mismatches.chunks === 1 ? '' : 's'} (count and ${mismatches.hash} checksum)`, rows: mismatches.rows, ranges: mismatches.chunks };
+      });
+    },
+
+    /**
+     * The cut-over, one transaction under a lock timeout (a timeout is retried by the activity's
+     * retry policy; it never queues behind a long transaction, which would block readers too).
+     * The full comparison runs just before, without a lock (the gate may have waited for days);
+     * under the lock only checks that take no time with the table's size: the capture trigger is
+     * still enabled, so nothing written since has been missed, and the highest keys agree.
+     */
+    async partitionCutover(spec: MigrationSpec, inventory: Inventory): Promise<Evidence> {
+      const target = resolveTarget(spec.target);
+      const n = names(spec.table);
+      return onTargetTwice(target, async (c, second) => {
+        const state = await value<string | null>(c, sql.stateSql, [spec.table]);
+        if (state === 'cut_over') return { summary: 'already cut over', writeBlockMs: 0 };
+        const long = await longTransactions(c, 30);
+        if (long.length) throw fail(ErrorType.NotConverged, 'cutover', `waiting for long transactions to end first: ${long.map((r) => `pid ${r.pid} (${r.seconds} s)`).join(', ')}`);
+        const compared = await compare([c, second], spec.partitionKey, spec.table, n.shadow, VERIFY_CHUNK);
+        if (compared.ranges.length) throw fail(ErrorType.NotConverged, 'cutover', `${spec.table} and ${n.shadow} differ in key ranges ${listRanges(compared.ranges)}: changed since verify without the capture trigger (TRUNCATE, or the trigger disabled)?`);
+        await c.query(sql.syncFunction(n.reverseFunction, n.old, inventory));
+        const locked = await lockRetrying(c, async () => {
+          await c.query(sql.lockTablesSql(spec.table, n.shadow));
+          const locked = Date.now();
+          for (const fk of inventory.foreignKeys) await c.query(sql.lockReferencingSql(fk));
+          const [check] = (await c.query<{ capturing: boolean; source: string | null; shadow: string | null }>(sql.finalCheckSql(spec), [`public.${spec.table}`, n.forwardTrigger])).rows;
+          if (!check.capturing) throw fail(ErrorType.NotConverged, 'cutover', `final check: trigger ${n.forwardTrigger} on ${spec.table} is missing or disabled`);
+          if (check.source !== check.shadow) throw fail(ErrorType.NotConverged, 'cutover', `final check: highest ${spec.partitionKey} is ${check.source} in ${spec.table}, ${check.shadow} in ${n.shadow}`);
+          for (const statement of sql.swap(spec, inventory, 'forward')) await c.query(statement);
+          await c.query(sql.setStateSql('cut_over'), [spec.table]);
+          return locked;
+        });
+        const writeBlockMs = Date.now() - locked; // until the commit
+        for (const fk of inventory.foreignKeys) await c.query(sql.validateSql(fk));
+        await c.query(`ANALYZE ${ident(spec.table)}`);
+        return {
+          summary: `cut over: writes blocked for ${writeBlockMs} ms; ${compared.rows} rows equal just before; ${spec.table}_old kept current by a reverse trigger`,
+          writeBlockMs,
+          rows: compared.rows,
+        };
+      });
+    },
+
+    /** Swap back (rollback after cut-over): the original table returns with every write made since. Idempotent. */
+    async partitionSwapBack(spec: MigrationSpec, inventory: Inventory): Promise<Evidence> {
+      const target = resolveTarget(spec.target);
+      const n = names(spec.table);
+      return onTarget(target, async (c) => {
+        const state = await value<string | null>(c, sql.stateSql, [spec.table]);
+        if (state !== 'cut_over') {
+          // A cut-over that failed before its commit left its reverse function behind, used by nothing.
+          await c.query(sql.dropFunctionsSql(n.reverseFunction));
+          return { summary: 'not cut over: nothing to swap back' };
+        }
+        const locked = await lockRetrying(c, async () => {
+          await c.query(sql.lockTablesSql(spec.table, n.old));
+          const locked = Date.now();
+          for (const fk of inventory.foreignKeys) await c.query(sql.lockReferencingSql(fk));
+          for (const statement of sql.swap(spec, inventory, 'back')) await c.query(statement);
+          await c.query(sql.dropFunctionsSql(n.reverseFunction)); // its trigger went with the swap
+          await c.query(sql.setStateSql('copying'), [spec.table]);
+          return locked;
+        });
+        const writeBlockMs = Date.now() - locked;
+        for (const fk of inventory.foreignKeys) await c.query(sql.validateSql(fk));
+        return { summary: `swapped back: ${spec.table} is the original table again (writes blocked ${writeBlockMs} ms)`, writeBlockMs };
+      });
+    },
+
+    /** After cut-over: lookups by key touch one partition, and the application's typical queries run. */
+    async partitionPostVerify(spec: MigrationSpec): Promise<Evidence> {
+      const target = resolveTarget(spec.target);
+      return onTarget(target, async (c) => {
+        const key = await value<string>(c, sql.sampleKeySql(spec));
+        const { rows } = await c.query(sql.lookupPlanSql(spec), [key ?? 1]);
+        const plan = rows.map((r) => r['QUERY PLAN'] as string).join('\n');
+        const scanned = new Set(plan.match(new RegExp(`${spec.table}_p\\d+`, 'g')) ?? []);
+        if (scanned.size !== 1) throw fail(ErrorType.NotConverged, 'post-verify', `a lookup by ${spec.partitionKey} touches ${scanned.size} partitions:\n${plan}`);
+        const results: Record<string, number> = {};
+        for (const [name, query] of Object.entries(spec.table === 'files' ? sql.filesQueries : {})) {
+          if (await exists(c, query.joins)) results[name] = (await c.query(query.sql)).rowCount ?? 0;
+        }
+        return { summary: `lookup by ${spec.partitionKey} scans 1 partition (${[...scanned][0]}); ${Object.entries(results).map(([k, v]) => `${k}: ${v} rows`).join(', ')}`, plan, queries: results };
+      });
+    },
+
+    /** Drop the old table and the triggers: from here on there is no way back. Idempotent. */
+    async partitionFinalize(spec: MigrationSpec): Promise<Evidence> {
+      const target = resolveTarget(spec.target);
+      const n = names(spec.table);
+      return onTarget(target, async (c) => {
+        // One table at a time: with the trigger gone first, no writer touches the old table any more.
+        // DROP TRIGGER alone locks the partitions before the parent, and deadlocked with writers
+        // holding the parent and waiting for a partition; LOCK TABLE takes the parent first.
+        await lockRetrying(c, async () => {
+          await c.query(sql.lockTablesSql(spec.table));
+          await c.query(sql.dropTriggerSql(n.reverseTrigger, spec.table));
+        });
+        await lockRetrying(c, async () => {
+          await c.query(sql.dropTableSql(n.old));
+          await c.query(sql.dropFunctionsSql(n.reverseFunction, n.forwardFunction));
+          await c.query(sql.setStateSql('finalized'), [spec.table]);
+        });
+        return { summary: `${n.old} and the sync triggers dropped` };
+      });
+    },
+  };
+}
+
+const delay = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));

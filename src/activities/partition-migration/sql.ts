@@ -1,0 +1,233 @@
+// The Partition Migration's SQL, built without a client: the dry run's plan and the run use the same
+// builders, and the unit tests read what they build. Identifiers and literals are escaped by pg's own
+// escapeIdentifier and escapeLiteral.
+import { escapeIdentifier as ident, escapeLiteral } from 'pg';
+import { q } from '../../shared/errors';
+import type { PartitionMigrationInput } from '../../shared/inputs';
+import type { Evidence, PlannedAction } from '../../shared/status';
+import type { ForeignKey } from '../postgres/catalog';
+import { blockLock } from '../postgres/locks';
+
+export type MigrationSpec = Pick<PartitionMigrationInput, 'target' | 'table' | 'partitionKey' | 'partitions' | 'batchRows' | 'throttle'>;
+
+/** Names derived from the table: every object the migration creates is recognisable as its own. */
+export function names(table: string) {
+  return {
+    table,
+    shadow: `${table}_fermata_new`,
+    old: `${table}_old`,
+    partition: (i: number, width: number) => `${table}_p${String(i).padStart(width, '0')}`,
+    forwardFunction: `fermata_sync_${table}`,
+    forwardTrigger: 'fermata_sync_to_shadow',
+    reverseFunction: `fermata_sync_back_${table}`,
+    reverseTrigger: 'fermata_sync_to_old',
+  };
+}
+
+/** What the precheck found that the later steps need. */
+export interface TableFacts {
+  columns: string[];
+  primaryKey: string[];
+  indexes: { name: string; definition: string; primary: boolean }[];
+  /** Foreign keys of other tables that reference this one: re-pointed at the cut-over. */
+  foreignKeys: ForeignKey[];
+  /** This table's own foreign keys: the shadow gets them too (constraint names are per table). */
+  ownForeignKeys: ForeignKey[];
+  sequence: { name: string; identity: boolean } | null;
+  grants: { grantee: string; privilege: string }[];
+  rows: number;
+  bytes: number;
+  minKey: number;
+  maxKey: number;
+}
+
+export type Inventory = TableFacts & Evidence & { plan: PlannedAction[]; summary: string };
+
+/** The control table: one row per migrated table, the claim of the workflow migrating it. */
+export const controlTableSql = `CREATE TABLE IF NOT EXISTS fermata_migrations (
+  table_name  text PRIMARY KEY,
+  workflow_id text NOT NULL,
+  state       text NOT NULL,
+  last_key    bigint,
+  updated_at  timestamptz NOT NULL DEFAULT now()
+)`;
+
+/** Claim the table for a workflow ($1 table, $2 workflow id), starting over from the first key. */
+export const claimSql = `INSERT INTO fermata_migrations (table_name, workflow_id, state) VALUES ($1, $2, 'copying')
+           ON CONFLICT (table_name) DO UPDATE SET workflow_id = EXCLUDED.workflow_id, state = 'copying', last_key = NULL, updated_at = now()`;
+
+/** The workflow migrating the table ($1) now, if any. */
+export const runningSql = `SELECT workflow_id FROM fermata_migrations WHERE table_name = $1 AND state NOT IN ('finalized', 'rolled_back')`;
+
+export const stateSql = 'SELECT state FROM fermata_migrations WHERE table_name = $1';
+
+export type MigrationState = 'copying' | 'cut_over' | 'rolled_back' | 'finalized';
+
+export const setStateSql = (state: MigrationState): string => `UPDATE fermata_migrations SET state = ${escapeLiteral(state)}, updated_at = now() WHERE table_name = $1`;
+
+/** The backfill's position ($2) for the table ($1). */
+export const positionSql = 'UPDATE fermata_migrations SET last_key = $2, updated_at = now() WHERE table_name = $1';
+
+/** CREATE statements of the shadow: columns and defaults as the source, partitions, then indexes. */
+export function shadowDdl(spec: MigrationSpec, inventory: TableFacts): string[] {
+  const n = names(spec.table);
+  const width = String(spec.partitions - 1).length;
+  const shadow = ident(n.shadow);
+  const statements = [`CREATE TABLE ${shadow} (LIKE ${ident(spec.table)} INCLUDING ALL EXCLUDING INDEXES) PARTITION BY HASH (${ident(spec.partitionKey)})`];
+  for (let i = 0; i < spec.partitions; i++) {
+    statements.push(`CREATE TABLE ${ident(n.partition(i, width))} PARTITION OF ${shadow} FOR VALUES WITH (MODULUS ${spec.partitions}, REMAINDER ${i})`);
+  }
+  statements.push(`ALTER TABLE ${shadow} ADD CONSTRAINT ${ident(`${n.shadow}_pkey`)} PRIMARY KEY (${inventory.primaryKey.map((col) => ident(col)).join(', ')})`);
+  for (const index of inventory.indexes.filter((i) => !i.primary)) statements.push(shadowIndex(index, spec.table, n.shadow));
+  for (const fk of inventory.ownForeignKeys) statements.push(`ALTER TABLE ${shadow} ADD CONSTRAINT ${ident(fk.name)} ${fk.definition}`);
+  for (const g of inventory.grants) statements.push(`GRANT ${g.privilege} ON ${shadow} TO ${g.grantee}`);
+  return statements;
+}
+
+/** The source index's definition aimed at the shadow, under a name of its own until the cut-over. */
+export function shadowIndex(index: { name: string; definition: string }, table: string, shadow: string): string {
+  const match = /^CREATE (UNIQUE )?INDEX (\S+) ON (?:public\.)?(\S+) (USING .*)$/.exec(index.definition);
+  if (!match || match[3] !== table) throw new Error(`cannot read index definition ${q(index.definition)}`);
+  return `CREATE ${match[1] ?? ''}INDEX ${ident(`${index.name}_fm`)} ON ${ident(shadow)} ${match[4]}`;
+}
+
+/**
+ * A trigger function that applies each write on its table to `into`, by primary key. With `blocks`
+ * (the capture trigger) it first takes the shared lock of each key's block, as the backfill expects.
+ */
+export function syncFunction(name: string, into: string, inventory: TableFacts, blocks?: MigrationSpec): string {
+  const cols = inventory.columns.map((col) => ident(col));
+  const pk = inventory.primaryKey.map((col) => ident(col));
+  const match = (row: string) => pk.map((col) => `${col} = ${row}.${col}`).join(' AND ');
+  const updates = cols.filter((col) => !pk.includes(col));
+  const lock = (row: string) => (blocks ? blockLock(blocks.table, `${row}.${ident(blocks.partitionKey)} / ${blocks.batchRows}`, 'shared') : '');
+  return `CREATE OR REPLACE FUNCTION ${ident(name)}() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN${blocks ? `
+  IF TG_OP <> 'INSERT' THEN PERFORM ${lock('OLD')}; END IF;
+  IF TG_OP <> 'DELETE' THEN PERFORM ${lock('NEW')}; END IF;` : ''}
+  IF TG_OP IN ('DELETE', 'UPDATE') THEN
+    DELETE FROM ${ident(into)} WHERE ${match('OLD')};
+    IF TG_OP = 'DELETE' THEN RETURN NULL; END IF;
+  END IF;
+  INSERT INTO ${ident(into)} (${cols.join(', ')}) VALUES (${cols.map((col) => `NEW.${col}`).join(', ')})
+  ON CONFLICT (${pk.join(', ')}) DO ${updates.length ? `UPDATE SET (${updates.join(', ')}) = ROW(${updates.map((col) => `EXCLUDED.${col}`).join(', ')})` : 'NOTHING'};
+  RETURN NULL;
+END $fn$`;
+}
+
+/** A row trigger running a sync function after every write. */
+export const syncTriggerSql = (trigger: string, table: string, fn: string): string =>
+  `CREATE TRIGGER ${ident(trigger)} AFTER INSERT OR UPDATE OR DELETE ON ${ident(table)} FOR EACH ROW EXECUTE FUNCTION ${ident(fn)}()`;
+
+export const dropTriggerSql = (trigger: string, table: string): string => `DROP TRIGGER IF EXISTS ${ident(trigger)} ON ${ident(table)}`;
+
+export const dropFunctionsSql = (...fns: string[]): string => `DROP FUNCTION IF EXISTS ${fns.map((fn) => `${ident(fn)}()`).join(', ')}`;
+
+export const dropTableSql = (table: string): string => `DROP TABLE IF EXISTS ${ident(table)}`;
+
+export const lockTablesSql = (...tables: string[]): string => `LOCK TABLE ${tables.map((t) => ident(t)).join(', ')} IN ACCESS EXCLUSIVE MODE`;
+
+/** A referencing table's lock while its foreign key is swapped: reads go on, writes wait. */
+export const lockReferencingSql = (fk: ForeignKey): string => `LOCK TABLE ${fk.table} IN SHARE ROW EXCLUSIVE MODE`;
+
+/** Validate a foreign key re-added NOT VALID: scans under a lock that lets writes through. */
+export const validateSql = (fk: ForeignKey): string => `ALTER TABLE ${fk.table} VALIDATE CONSTRAINT ${ident(fk.name)}`;
+
+/**
+ * One backfill batch: the block's exclusive lock ($1 the block), then its keys ($1..$2) in the
+ * shadow replaced by the source's; `next` finds the first key above $1 (a gap skipped at once).
+ */
+export function backfillSql(spec: MigrationSpec, inventory: TableFacts) {
+  const n = names(spec.table);
+  const columns = inventory.columns.map((col) => ident(col)).join(', ');
+  const key = ident(spec.partitionKey);
+  return {
+    lock: `SELECT ${blockLock(spec.table, '$1::bigint', 'exclusive')}`,
+    clear: `DELETE FROM ${ident(n.shadow)} WHERE ${key} BETWEEN $1 AND $2`,
+    copy: `INSERT INTO ${ident(n.shadow)} (${columns}) SELECT ${columns} FROM ${ident(spec.table)} WHERE ${key} BETWEEN $1 AND $2`,
+    next: `SELECT min(${key}) - 1 FROM ${ident(spec.table)} WHERE ${key} > $1`,
+  };
+}
+
+/**
+ * The renames of a cut-over (`forward`) or a swap back (`back`): tables, indexes, the sequence,
+ * sync triggers and the foreign keys that reference the table (re-added NOT VALID, validated after).
+ */
+export function swap(spec: MigrationSpec, inventory: TableFacts, direction: 'forward' | 'back'): string[] {
+  const n = names(spec.table);
+  const [live, parked, incoming] = direction === 'forward' ? [spec.table, n.old, n.shadow] : [spec.table, n.shadow, n.old];
+  const id = (name: string) => ident(name);
+  const indexSuffix = { forward: ['', '_old', '_fm'], back: ['', '_fm', '_old'] }[direction];
+  const statements = [
+    ...inventory.foreignKeys.map((fk) => `ALTER TABLE ${fk.table} DROP CONSTRAINT ${id(fk.name)}`),
+    `DROP TRIGGER IF EXISTS ${id(direction === 'forward' ? n.forwardTrigger : n.reverseTrigger)} ON ${id(live)}`,
+    `ALTER TABLE ${id(live)} RENAME TO ${id(parked)}`,
+    `ALTER TABLE ${id(incoming)} RENAME TO ${id(live)}`,
+  ];
+  for (const index of inventory.indexes) {
+    const [, parkedSuffix, incomingSuffix] = indexSuffix;
+    const liveName = index.primary ? `${spec.table}_pkey` : index.name;
+    const incomingName = index.primary ? (direction === 'forward' ? `${n.shadow}_pkey` : `${liveName}_old`) : `${index.name}${incomingSuffix}`;
+    const parkedName = index.primary ? (direction === 'forward' ? `${liveName}_old` : `${n.shadow}_pkey`) : `${index.name}${parkedSuffix}`;
+    statements.push(`ALTER INDEX ${id(liveName)} RENAME TO ${id(parkedName)}`, `ALTER INDEX ${id(incomingName)} RENAME TO ${id(liveName)}`);
+  }
+  if (inventory.sequence) {
+    const serial = (table: string) => `pg_get_serial_sequence(${escapeLiteral(`public.${table}`)}, ${escapeLiteral(spec.partitionKey)})`;
+    statements.push(
+      inventory.sequence.identity
+        ? // Each table has an identity sequence of its own: move the live one past every key either handed out.
+          `SELECT setval(${serial(live)}, greatest((SELECT max(${id(spec.partitionKey)}) FROM ${id(live)}),
+             coalesce(pg_sequence_last_value(${serial(parked)}::regclass), 0), 1))`
+        : `ALTER SEQUENCE ${inventory.sequence.name} OWNED BY ${id(live)}.${id(spec.partitionKey)}`,
+    );
+  }
+  statements.push(
+    direction === 'forward' ? syncTriggerSql(n.reverseTrigger, live, n.reverseFunction) : syncTriggerSql(n.forwardTrigger, live, n.forwardFunction),
+    ...inventory.foreignKeys.map((fk) => `ALTER TABLE ${fk.table} ADD CONSTRAINT ${id(fk.name)} ${fk.definition} NOT VALID`),
+  );
+  return statements;
+}
+
+/**
+ * The cut-over's last check, under its lock ($1 the table as public.table, $2 the capture trigger):
+ * is the capture trigger enabled, and the highest key of source and shadow.
+ */
+export function finalCheckSql(spec: MigrationSpec): string {
+  const n = names(spec.table);
+  const key = ident(spec.partitionKey);
+  return `SELECT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = to_regclass($1) AND tgname = $2 AND tgenabled IN ('O', 'A')) AS capturing,
+                      (SELECT max(${key}) FROM ${ident(spec.table)})::text AS source, (SELECT max(${key}) FROM ${ident(n.shadow)})::text AS shadow`;
+}
+
+/** A lookup by key ($1), explained: after the cut-over it must touch one partition. */
+export const lookupPlanSql = (spec: MigrationSpec): string => `EXPLAIN SELECT * FROM ${ident(spec.table)} WHERE ${ident(spec.partitionKey)} = $1`;
+
+export const sampleKeySql = (spec: MigrationSpec): string => `SELECT ${ident(spec.partitionKey)}::text FROM ${ident(spec.table)} LIMIT 1`;
+
+/** The application's typical queries on the seed's `files`, each with the table it joins. */
+export const filesQueries: Record<string, { joins: string; sql: string }> = {
+  tagLookup: { joins: 'file_tags', sql: 'SELECT f.id, f.filename FROM files f JOIN file_tags ft ON ft.file_id = f.id WHERE ft.tag_id = 1 LIMIT 100' },
+  bpmRange: { joins: 'musical_metadata', sql: 'SELECT f.id, m.bpm FROM files f JOIN musical_metadata m ON m.file_id = f.id WHERE m.bpm BETWEEN 120 AND 130 LIMIT 100' },
+};
+
+/** The dry run's plan: the DDL, the batch plan and the cut-over, from the builders the run uses. */
+export function plan(spec: MigrationSpec, inventory: TableFacts): PlannedAction[] {
+  const n = names(spec.table);
+  const ddl = shadowDdl(spec, inventory);
+  const batches = Math.ceil((inventory.maxKey - inventory.minKey + 1) / spec.batchRows);
+  const sql = (step: string) => (text: string): PlannedAction => ({ step, kind: 'sql', text });
+  return [
+    ...ddl.slice(0, 2).map(sql('create-shadow')),
+    { step: 'create-shadow', kind: 'sql', text: `… ${spec.partitions - 1} more partitions, then the primary key and ${inventory.indexes.length - 1} indexes:` },
+    ...ddl.slice(spec.partitions + 1).map(sql('create-shadow')),
+    sql('capture')(syncFunction(n.forwardFunction, n.shadow, inventory, spec)),
+    sql('capture')(syncTriggerSql(n.forwardTrigger, spec.table, n.forwardFunction)),
+    sql('backfill')(
+      `${batches} blocks of ${spec.batchRows} keys from ${inventory.minKey} to ${inventory.maxKey}, two at a time, each in a transaction holding its advisory lock: DELETE FROM ${n.shadow} WHERE ${spec.partitionKey} BETWEEN $low AND $high; INSERT INTO ${n.shadow} SELECT … FROM ${spec.table} WHERE ${spec.partitionKey} BETWEEN $low AND $high`,
+    ),
+    { step: 'verify', kind: 'check', text: `count(*) and sum(hash_record_extended(row, 0)) per key range of ${spec.table} and ${n.shadow}, on two connections; ANALYZE ${n.shadow}` },
+    { step: 'cutover', kind: 'check', text: 'gate "cutover", then the maintenance window' },
+    ...swap(spec, inventory, 'forward').map(sql('cutover')),
+    sql('finalize')(`gate "finalize", then DROP TABLE ${n.old} and the sync triggers`),
+  ];
+}

@@ -1,0 +1,246 @@
+// Every Partition Migration step that has a rollback, run the pgroll way on a fresh target by calling
+// its activities directly: check → apply → verify → rollback → rollback again → check → apply again →
+// verify. And with a fault injected part-way through apply (a statement the server refuses, or the
+// connection killed), the rollback still leaves the target exactly as it was, twice over. Every
+// state is read back by the test through a connection of its own.
+import { MockActivityEnvironment } from '@temporalio/testing';
+import { DefaultLogger } from '@temporalio/worker';
+import { Client } from 'pg';
+import { createPartitionMigrationActivities } from '../src/activities/partition-migration/activities';
+import type { Inventory, MigrationSpec } from '../src/activities/partition-migration/sql';
+import type { Progress } from '../src/shared/progress';
+import { closeHarness, env, newTarget, uniqueId, type TestTarget } from './harness/stack';
+
+afterAll(closeHarness);
+
+const acts = createPartitionMigrationActivities();
+const mock = new MockActivityEnvironment(undefined, { logger: new DefaultLogger('ERROR') }); // the injected faults are expected
+const act = <A extends unknown[], R>(fn: (...args: A) => Promise<R>, ...args: A): Promise<R> => mock.run(fn as never, ...args) as Promise<R>;
+
+/** A statement of apply's that goes wrong: the `nth` one matching `at` fails on the server, or kills its connection. */
+interface Fault {
+  label: string;
+  at: RegExp;
+  nth?: number;
+  kind: 'error' | 'kill';
+}
+
+interface Stage {
+  t: TestTarget;
+  spec: MigrationSpec;
+  inventory: Inventory;
+}
+
+interface Step {
+  name: string;
+  /** A fresh target brought to where the step starts (the steps before it applied). */
+  setup(t: TestTarget): Promise<Stage>;
+  check(s: Stage): Promise<void>;
+  apply(s: Stage): Promise<unknown>;
+  verify(s: Stage): Promise<void>;
+  rollback(s: Stage): Promise<unknown>;
+  faults: Fault[];
+}
+
+/** A connection of the test's own. */
+async function observe<T>(t: TestTarget, fn: (c: Client) => Promise<T>): Promise<T> {
+  const c = new Client({ host: '127.0.0.1', port: t.port, user: 'fermata', password: env.targetPassword, database: 'midi_library' });
+  await c.connect();
+  try {
+    return await fn(c);
+  } finally {
+    await c.end();
+  }
+}
+
+/**
+ * Everything a step could change, as read from the catalog and the data: relations (with the table
+ * each index is on, the parent of each partition, grants), the sequence behind files.id, triggers,
+ * functions, constraints, a fingerprint of each copy of `files`, and whether a migration holds the
+ * table (a released claim, rolled back or never made, reads "none": the control table records history).
+ */
+async function state(t: TestTarget) {
+  return observe(t, async (c) => {
+    const rows = async (sql: string) => (await c.query(sql)).rows;
+    const relations = await rows(
+      `SELECT c.relname, c.relkind::text, coalesce(t.relname, '') AS "on", coalesce(c.relacl::text, '') AS acl,
+              coalesce((SELECT p.relname FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent WHERE i.inhrelid = c.oid), '') AS parent
+         FROM pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace
+         LEFT JOIN pg_index x ON x.indexrelid = c.oid LEFT JOIN pg_class t ON t.oid = x.indrelid
+        WHERE s.nspname = 'public' AND c.relkind IN ('r', 'p', 'i', 'I', 'S') AND c.relname NOT LIKE 'fermata_migrations%'
+        ORDER BY 1`,
+    );
+    const data: Record<string, string> = {};
+    for (const table of ['files', 'files_fermata_new', 'files_old']) {
+      if (relations.some((r) => r.relname === table)) {
+        data[table] = (await rows(`SELECT count(*) || ':' || coalesce(sum(hashtextextended(x::text, 0)), 0) AS f FROM ${table} x`))[0].f;
+      }
+    }
+    const claim = (await rows(`SELECT to_regclass('fermata_migrations') IS NOT NULL AS tracked`))[0].tracked
+      ? (await rows(`SELECT state FROM fermata_migrations WHERE table_name = 'files' AND state IN ('copying', 'cut_over')`))[0]?.state ?? 'none'
+      : 'none';
+    return {
+      relations,
+      serial: (await rows(`SELECT pg_get_serial_sequence('files', 'id') AS s`))[0].s,
+      triggers: await rows(`SELECT tgrelid::regclass::text AS "table", tgname, tgenabled::text AS enabled FROM pg_trigger WHERE NOT tgisinternal ORDER BY 1, 2`),
+      functions: (await rows(`SELECT proname FROM pg_proc WHERE pronamespace = 'public'::regnamespace ORDER BY 1`)).map((r) => r.proname),
+      constraints: await rows(
+        `SELECT conrelid::regclass::text AS "table", conname, contype::text, confrelid::regclass::text AS refs, convalidated
+           FROM pg_constraint WHERE connamespace = 'public'::regnamespace AND conrelid <> 0 AND conrelid IS DISTINCT FROM to_regclass('fermata_migrations') ORDER BY 1, 2`,
+      ),
+      data,
+      claim,
+    };
+  });
+}
+
+const one = async (t: TestTarget, sql: string, params: unknown[] = []) => Object.values((await t.query(sql, params))[0] ?? {})[0];
+const relkind = (t: TestTarget, table: string) => one(t, `SELECT (SELECT relkind FROM pg_class WHERE oid = to_regclass($1))::text`, [table]);
+const triggerOn = (t: TestTarget, table: string, trigger: string) =>
+  one(t, `SELECT tgenabled::text FROM pg_trigger WHERE tgrelid = to_regclass($1) AND tgname = $2`, [table, trigger]);
+
+/** Run apply with `fault` injected into the activities' statements; the error it ended with. */
+async function failing(fault: Fault, apply: () => Promise<unknown>): Promise<Error> {
+  const query = Client.prototype.query;
+  let seen = 0;
+  let fired = false;
+  const spy = jest.spyOn(Client.prototype, 'query').mockImplementation(function (this: Client, ...args: unknown[]) {
+    const text = typeof args[0] === 'string' ? args[0] : (args[0] as { text?: unknown } | undefined)?.text;
+    if (!fired && typeof text === 'string' && fault.at.test(text) && ++seen === (fault.nth ?? 1)) {
+      fired = true;
+      const instead = fault.kind === 'kill' ? 'SELECT pg_terminate_backend(pg_backend_pid())' : `DO $$ BEGIN RAISE EXCEPTION 'injected fault'; END $$`;
+      return (query as (sql: string) => Promise<unknown>).call(this, instead);
+    }
+    return (query as (...a: unknown[]) => Promise<unknown>).apply(this, args);
+  } as never);
+  try {
+    const error = await apply().then(
+      () => undefined,
+      (err: Error) => err,
+    );
+    expect(fired).toBe(true);
+    expect(error?.message).toMatch(fault.kind === 'error' ? /injected fault/ : /terminat|connection/i);
+    return error!;
+  } finally {
+    spy.mockRestore();
+  }
+}
+
+async function prechecked(t: TestTarget): Promise<Stage> {
+  const spec: MigrationSpec = { target: t.name, table: 'files', partitionKey: 'id', partitions: 8, batchRows: 10_000, throttle: { pauseMs: 0 } };
+  return { t, spec, inventory: await act(acts.partitionPrecheck, spec) };
+}
+
+const createShadow: Step = {
+  name: 'create-shadow',
+  setup: prechecked,
+  check: async (s) => void (s.inventory = await act(acts.partitionPrecheck, s.spec)),
+  apply: (s) => act(acts.partitionCreateShadow, s.spec, s.inventory),
+  verify: async ({ t, inventory }) => {
+    expect(await relkind(t, 'files_fermata_new')).toBe('p');
+    expect(await one(t, `SELECT count(*)::int FROM pg_inherits WHERE inhparent = 'files_fermata_new'::regclass`)).toBe(8);
+    expect(await one(t, `SELECT count(*)::int FROM pg_index WHERE indrelid = 'files_fermata_new'::regclass`)).toBe(inventory.indexes.length);
+    expect(await one(t, `SELECT count(*)::int FROM files_fermata_new`)).toBe(0);
+    expect(await one(t, `SELECT state FROM fermata_migrations WHERE table_name = 'files'`)).toBe('copying');
+  },
+  rollback: (s) => act(acts.partitionDropShadow, s.spec),
+  faults: [
+    { label: 'the 5th partition (refused)', at: /PARTITION OF/, nth: 5, kind: 'error' },
+    { label: 'the primary key (connection killed)', at: /PRIMARY KEY/, kind: 'kill' },
+  ],
+};
+
+const capture: Step = {
+  name: 'capture',
+  setup: async (t) => {
+    const s = await prechecked(t);
+    await act(acts.partitionCreateShadow, s.spec, s.inventory);
+    return s;
+  },
+  check: async ({ t }) => {
+    expect(await relkind(t, 'files_fermata_new')).toBe('p');
+    expect(await triggerOn(t, 'files', 'fermata_sync_to_shadow')).toBeUndefined();
+  },
+  apply: async (s) => expect(await act(acts.partitionInstallCapture, s.spec, s.inventory)).toMatchObject({ minKey: 1, maxKey: 60_000 }),
+  verify: async ({ t }) => {
+    expect(await triggerOn(t, 'files', 'fermata_sync_to_shadow')).toBe('O');
+    // A write is captured in the writer's own transaction (rolled back: it leaves no trace).
+    const captured = await observe(t, async (c) => {
+      await c.query('BEGIN');
+      await c.query(`UPDATE files SET filename = 'captured.mid' WHERE id = 1`);
+      const { rows } = await c.query('SELECT filename FROM files_fermata_new WHERE id = 1');
+      await c.query('ROLLBACK');
+      return rows;
+    });
+    expect(captured).toEqual([{ filename: 'captured.mid' }]);
+  },
+  rollback: (s) => act(acts.partitionRemoveCapture, s.spec),
+  faults: [
+    { label: 'CREATE TRIGGER, after the function (refused)', at: /^CREATE TRIGGER/, kind: 'error' },
+    { label: 'the key bounds, after the commit (connection killed)', at: /^SELECT \(SELECT min/, kind: 'kill' },
+  ],
+};
+
+const cutover: Step = {
+  name: 'cutover',
+  setup: async (t) => {
+    const s = await capture.setup(t);
+    const { minKey, maxKey } = await act(acts.partitionInstallCapture, s.spec, s.inventory);
+    let progress: Progress = { last: minKey - 1, maxKey, copied: 0, batches: 0, done: false };
+    while (!progress.done) progress = await act(acts.partitionBackfill, s.spec, s.inventory, progress, 30);
+    return s;
+  },
+  check: async (s) => void (await act(acts.partitionVerify, s.spec, 'shadow')),
+  apply: (s) => act(acts.partitionCutover, s.spec, s.inventory),
+  verify: async (s) => {
+    const { t } = s;
+    expect([await relkind(t, 'files'), await relkind(t, 'files_old'), await relkind(t, 'files_fermata_new')]).toEqual(['p', 'r', null]);
+    expect(await triggerOn(t, 'files', 'fermata_sync_to_old')).toBe('O');
+    expect(await one(t, `SELECT count(*)::int FROM pg_constraint WHERE contype = 'f' AND confrelid = 'files'::regclass AND convalidated`)).toBe(s.inventory.foreignKeys.length);
+    await act(acts.partitionVerify, s.spec, 'old');
+    await act(acts.partitionPostVerify, s.spec);
+  },
+  rollback: (s) => act(acts.partitionSwapBack, s.spec, s.inventory),
+  faults: [
+    { label: 'the shadow renamed into place (connection killed)', at: /^ALTER TABLE "files_fermata_new" RENAME TO "files"$/, kind: 'kill' },
+    { label: 'the second VALIDATE, after the commit (refused)', at: /VALIDATE CONSTRAINT/, nth: 2, kind: 'error' },
+  ],
+};
+
+describe.each([createShadow, capture, cutover])('step $name', (step) => {
+  test('check → apply → verify → rollback → rollback again → check → apply again → verify', async () => {
+    const s = await step.setup(await newTarget(uniqueId(`step-${step.name}`)));
+    await step.check(s);
+    const before = await state(s.t);
+    await step.apply(s);
+    await step.verify(s);
+    const applied = await state(s.t);
+    expect(applied).not.toEqual(before);
+
+    await step.rollback(s);
+    expect(await state(s.t)).toEqual(before);
+    await step.rollback(s);
+    expect(await state(s.t)).toEqual(before);
+
+    await step.check(s);
+    await step.apply(s);
+    await step.verify(s);
+    expect(await state(s.t)).toEqual(applied);
+  });
+
+  test.each(step.faults)('apply fails at $label: rollback leaves the target as it was, twice over; apply then succeeds', async (fault) => {
+    const s = await step.setup(await newTarget(uniqueId(`fault-${step.name}`)));
+    await step.check(s);
+    const before = await state(s.t);
+    await failing(fault, () => step.apply(s));
+
+    await step.rollback(s);
+    expect(await state(s.t)).toEqual(before);
+    await step.rollback(s);
+    expect(await state(s.t)).toEqual(before);
+
+    await step.check(s);
+    await step.apply(s);
+    await step.verify(s);
+  });
+});
