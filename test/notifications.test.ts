@@ -7,12 +7,13 @@ import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
-import { slackMessage, type NotifyRequest } from '../src/activities/notify';
+import { slackMessage } from '../src/activities/notify';
+import type { NotifyRequest } from '../src/shared/notify-request';
 import { approveSignal, decideSignal, rejectSignal } from '../src/shared/messages';
 import type { RunbookResult, RunbookStatus } from '../src/shared/status';
 import { freePort } from '../src/stack/ports';
 import { loadTargets } from '../src/targets';
-import { notifyRetry } from '../src/workflows/runbook';
+import { notifyRetry } from '../src/workflows/notifications';
 import { runDir } from './harness/paths';
 import { historyText, linesWith } from './harness/records';
 import {

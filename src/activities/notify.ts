@@ -7,18 +7,8 @@ import { ApplicationFailure } from '@temporalio/common';
 import { describe, ErrorType, q } from '../shared/errors';
 import { decisionActions } from '../shared/messages';
 import { resolveWebhook } from '../targets';
+import type { NotifyRequest } from '../shared/notify-request';
 import { uiUrl, workflowUrl } from '../temporal-connection';
-
-/** What a notification is about; the workflow's ids and namespace come from the activity's context. */
-export interface NotifyRequest {
-  runbook: string;
-  target: string;
-  /** The run's input `notify`: a webhook of the targets file's `webhooks`; by default the target's `notify`. */
-  webhook?: string;
-  approvers: string[];
-  gate?: { name: string; does: string };
-  decision?: { step: string; error: string };
-}
 
 /** A delivered notification. */
 export interface Delivery {

@@ -1,6 +1,6 @@
 // One error catalogue for workflows, activities, the CLI and tests. The type names are what retry
 // policies and tests match on: keep them stable.
-import { ApplicationFailure } from '@temporalio/common';
+import { ActivityFailure, ApplicationFailure } from '@temporalio/common';
 
 export const ErrorType = {
   /** The input breaks a rule of the runbook's schema. Nothing was changed. */
@@ -66,3 +66,9 @@ export function failure(type: ErrorType, where: Where, reason: string, details?:
 
 /** Quote a name the way the messages do. */
 export const q = (name: string): string => JSON.stringify(name);
+
+/** What went wrong, in words: an activity's failure by its cause (the activity's own message). */
+export function errorMessage(err: unknown): string {
+  if (err instanceof ActivityFailure && err.cause) return err.cause.message;
+  return err instanceof Error ? err.message : String(err);
+}
