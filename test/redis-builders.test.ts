@@ -130,8 +130,8 @@ describe('changes and verification', () => {
     const file = { ...want, maxmemory: String(32 * 1024 ** 2), 'maxmemory-policy': 'noeviction' };
     const changes = changesOf(want, live, file);
     expect(changes).toEqual([
-      { name: 'maxmemory', live: String(32 * 1024 ** 2), file: String(32 * 1024 ** 2), to: String(64 * 1024 ** 2) },
-      { name: 'maxmemory-policy', live: 'allkeys-lfu', file: 'noeviction', to: 'allkeys-lfu' },
+      { name: 'maxmemory', from: String(32 * 1024 ** 2), file: String(32 * 1024 ** 2), to: String(64 * 1024 ** 2) },
+      { name: 'maxmemory-policy', from: 'allkeys-lfu', file: 'noeviction', to: 'allkeys-lfu' },
     ]);
     expect(changes.map(changeText)).toEqual(['maxmemory 32 MiB→64 MiB', 'maxmemory-policy "allkeys-lfu" (config file only)']);
     expect(changesOf(want, want, want)).toEqual([]);

@@ -1,16 +1,18 @@
 // Activities of the Connection Upgrade runbook: server settings applied with ALTER SYSTEM, a restart
 // for the ones that need it, and verification read back from the server itself.
-import type { Client } from 'pg';
 import { ErrorType, q } from '../shared/errors';
 import type { ConnectionUpgradeInput } from '../shared/inputs';
 import type { Evidence, PlannedAction } from '../shared/status';
 import type { StepOf } from '../shared/steps';
-import { postgresOf, resolveTarget, type Target } from '../targets';
+import { postgresOf, resolveTarget } from '../targets';
 import { serviceCommand } from './host/service';
+import { autoConfEntries, pendingRestart, reload, settingRows } from './postgres/config';
 import { onTarget, value } from './postgres/connection';
-import { restoreSavedConfig, type SavedConfig } from './postgres/restart';
+import { baseline, hasStatements, parallelScan, statementsCollecting } from './postgres/probes';
+import type { SavedConfig } from '../shared/restart';
+import type { SettingChange } from '../shared/settings';
+import { restartServer, restoreSavedConfig, saveConfig } from './postgres/restart';
 import { alterSystemResetSql, alterSystemSql, formatList, parseList, sameSetting } from './postgres/settings';
-import { waitFor } from './host/poll';
 import { stepFailure } from './step-context';
 
 const STATEMENTS = 'pg_stat_statements';
@@ -21,13 +23,6 @@ type Planned = PlannedAction<StepOf<'connectionUpgrade'>>;
 /** Worker processes beyond the parallel ones, for logical replication and extensions. */
 export const WORKER_HEADROOM = 8;
 
-export interface SettingChange {
-  name: string;
-  /** The value the server runs with now. */
-  from: string;
-  to: string;
-  needsRestart: boolean;
-}
 
 export interface Precheck extends Evidence {
   serverVersion: string;
@@ -45,13 +40,6 @@ export type UpgradeSettings = Pick<
   'target' | 'maxConnections' | 'maxParallelWorkers' | 'maxParallelWorkersPerGather' | 'enablePgStatStatements'
 >;
 
-interface SettingRow {
-  name: string;
-  setting: string;
-  context: string;
-  pending_restart: boolean;
-}
-
 const managed = [
   'max_connections',
   'max_worker_processes',
@@ -59,19 +47,6 @@ const managed = [
   'max_parallel_workers_per_gather',
   'shared_preload_libraries',
 ];
-
-async function settingRows(client: Client, names = managed): Promise<Map<string, SettingRow>> {
-  const { rows } = await client.query<SettingRow>(
-    'SELECT name, setting, context, pending_restart FROM pg_settings WHERE name = ANY($1)',
-    [names],
-  );
-  return new Map(rows.map((r) => [r.name, r]));
-}
-
-async function pendingRestart(client: Client): Promise<string[]> {
-  const { rows } = await client.query<{ name: string }>('SELECT name FROM pg_settings WHERE pending_restart ORDER BY name');
-  return rows.map((r) => r.name);
-}
 
 export function createConnectionUpgradeActivities() {
   return {
@@ -85,7 +60,7 @@ export function createConnectionUpgradeActivities() {
         const superuser = await value<boolean>(c, 'SELECT rolsuper FROM pg_roles WHERE rolname = current_user');
         if (!superuser) throw stepFailure(ErrorType.PrecheckFailed, `role ${q(postgresOf(target).postgres.user)} is not a superuser: ALTER SYSTEM needs one`);
 
-        const rows = await settingRows(c);
+        const rows = await settingRows(c, managed);
         const current = (name: string) => rows.get(name)!.setting;
         const connections = Number(await value(c, 'SELECT count(*) FROM pg_stat_activity WHERE backend_type = $1', ['client backend']));
         if (input.maxConnections < connections) {
@@ -216,6 +191,14 @@ export function createConnectionUpgradeActivities() {
       return { summary: `restored ${changes.map((ch) => ch.name).join(', ')}${how}; restart needed for: ${pending.join(', ') || 'none'}`, pendingRestart: pending, files };
     },
 
+    /**
+     * The restart of runs started before restarts kept a copy of the configuration (they replay
+     * calling this): the copy is taken now, and the preflight still proves every library loads.
+     */
+    async upgradeRestart(targetName: string): Promise<Evidence> {
+      return restartServer({ target: targetName, expect: {}, saved: await saveConfig(resolveTarget(targetName)) });
+    },
+
     /** Create pg_stat_statements; says whether it was there already. */
     async upgradeCreateExtension(targetName: string): Promise<Evidence> {
       const target = resolveTarget(targetName);
@@ -237,7 +220,7 @@ export function createConnectionUpgradeActivities() {
     async upgradeVerify(input: UpgradeSettings, changes: SettingChange[]): Promise<Evidence> {
       const target = resolveTarget(input.target);
       return onTarget(target, async (c) => {
-        const live = await settingRows(c);
+        const live = await settingRows(c, managed);
         const wrong = changes.filter((ch) => !sameSetting(ch.name, live.get(ch.name)?.setting ?? '', ch.to));
         const pending = await pendingRestart(c);
         const problems = [
@@ -259,116 +242,8 @@ export function createConnectionUpgradeActivities() {
 
     /** The seed's baseline report, as evidence. */
     async upgradeBaseline(targetName: string): Promise<Evidence> {
-      const target = resolveTarget(targetName);
-      return onTarget(target, async (c) => {
-        const report = await c.query(`
-          SELECT pg_size_pretty(pg_database_size(current_database())) AS db_size,
-                 pg_database_size(current_database()) AS db_bytes,
-                 (SELECT count(*) FROM pg_stat_user_indexes) AS index_count,
-                 (SELECT count(*) FROM pg_tables WHERE schemaname = 'public') AS table_count,
-                 (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend') AS connections,
-                 current_setting('max_connections') AS max_connections`);
-        const files = await c.query(`SELECT to_regclass('public.files') IS NOT NULL AS present`);
-        const fileCount = files.rows[0].present ? Number(await value(c, 'SELECT count(*) FROM public.files')) : null;
-        const slowest = (await hasStatements(c))
-          ? (
-              await c.query(`SELECT left(query, 120) AS query, calls, round(mean_exec_time::numeric, 2) AS mean_ms
-                               FROM pg_stat_statements ORDER BY mean_exec_time DESC LIMIT 5`)
-            ).rows
-          : [];
-        const r = report.rows[0];
-        return {
-          summary: `DB ${r.db_size}, ${fileCount ?? 'no'} files, ${r.index_count} indexes, ${r.table_count} tables, ${r.connections}/${r.max_connections} connections`,
-          dbSize: r.db_size,
-          dbBytes: Number(r.db_bytes),
-          fileCount,
-          indexCount: Number(r.index_count),
-          tableCount: Number(r.table_count),
-          connections: Number(r.connections),
-          maxConnections: Number(r.max_connections),
-          slowestStatements: slowest,
-        };
-      });
+      return onTarget(resolveTarget(targetName), baseline);
     },
-  };
-}
-
-/**
- * Reload the configuration and wait until new connections run with it: the postmaster handles the
- * reload signal asynchronously, and a backend forked before that still reports the old state.
- */
-async function reload(target: Target): Promise<void> {
-  const loadTime = 'SELECT pg_conf_load_time()::text';
-  const before = await onTarget(target, async (c) => {
-    const at = await value(c, loadTime);
-    await c.query('SELECT pg_reload_conf()');
-    return at;
-  });
-  const reloaded = async () => (await onTarget(target, (c) => value(c, loadTime))) !== before;
-  await waitFor('a configuration reload', reloaded, 10_000, 50).catch(() => {
-    throw stepFailure(ErrorType.NotConverged, 'the server has not reloaded its configuration after 10 s', undefined, 'reload');
-  });
-}
-
-/** What postgresql.auto.conf says for each of `names` (absent: not in the file). */
-async function autoConfEntries(c: Client, names: string[]): Promise<Record<string, string>> {
-  const { rows } = await c.query<{ name: string; setting: string }>(
-    `SELECT DISTINCT ON (name) name, setting FROM pg_file_settings
-      WHERE sourcefile LIKE '%postgresql.auto.conf' AND name = ANY($1) ORDER BY name, seqno DESC`,
-    [names],
-  );
-  return Object.fromEntries(rows.map((r) => [r.name, r.setting]));
-}
-
-async function hasStatements(c: Client): Promise<boolean> {
-  return Boolean(await value<number>(c, 'SELECT count(*)::int FROM pg_extension WHERE extname = $1', [STATEMENTS]));
-}
-
-/** Collecting means the counters move: the first count is itself counted by the second. */
-async function statementsCollecting(c: Client): Promise<Evidence> {
-  if (!(await hasStatements(c))) return { collecting: false, reason: 'extension not installed' };
-  const calls = () => value<number>(c, 'SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements').then(Number);
-  const before = await calls();
-  const after = await calls();
-  const tracked = await value<number>(c, 'SELECT count(*)::int FROM pg_stat_statements');
-  return { collecting: after > before, callsBefore: before, callsAfter: after, statementsTracked: tracked };
-}
-
-/**
- * EXPLAIN ANALYZE a count over the largest table (files in the MIDI schema). On a small table the
- * planner rightly prefers a serial scan, so it then asks again with parallel costs at zero: the
- * check is that parallel workers launch, not the planner's cost model.
- */
-async function parallelScan(c: Client): Promise<Evidence & { parallel: boolean; table: string }> {
-  const table = await value<string>(
-    c,
-    `SELECT coalesce(to_regclass('public.files')::text,
-       (SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-         ORDER BY c.relpages DESC LIMIT 1))`,
-  );
-  if (!table) return { parallel: false, table: '(no table)', summary: 'no user table to scan' };
-  const explain = async (): Promise<string> => {
-    const { rows } = await c.query(`EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) SELECT count(*) FROM ${table}`);
-    return rows.map((r) => r['QUERY PLAN']).join('\n');
-  };
-  let plan = await explain();
-  let forced = false;
-  if (!plan.includes('Parallel Seq Scan')) {
-    forced = true;
-    await c.query('BEGIN');
-    await c.query("SET LOCAL parallel_setup_cost = 0; SET LOCAL parallel_tuple_cost = 0; SET LOCAL min_parallel_table_scan_size = 0");
-    plan = await explain().finally(() => c.query('ROLLBACK'));
-  }
-  const launched = Number(/Workers Launched: (\d+)/.exec(plan)?.[1] ?? 0);
-  const parallel = plan.includes('Parallel Seq Scan') && launched > 0;
-  return {
-    summary: parallel ? `Parallel Seq Scan on ${table}, ${launched} workers launched${forced ? ' (parallel costs zeroed)' : ''}` : `no parallel scan on ${table}`,
-    parallel,
-    table,
-    workersLaunched: launched,
-    costsZeroed: forced,
-    plan,
   };
 }
 

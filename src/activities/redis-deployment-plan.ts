@@ -3,7 +3,8 @@
 import { q } from '../shared/errors';
 import type { RedisDeploymentInput } from '../shared/inputs';
 import type { Evidence, PlannedAction } from '../shared/status';
-import { configText, managed, type SettingChange } from './redis/config';
+import type { SettingChange } from '../shared/settings';
+import { configText, managed } from './redis/config';
 import { commandsOf, layoutOf as redisLayout, shown, type Layout, type Placement, type RedisTarget } from './redis/layout';
 
 export { commandsOf, configText, type Layout };
@@ -34,7 +35,7 @@ export function planOf(layout: Layout, settings: RedisSettings, state: RedisPrec
   const start: PlannedAction[] =
     state === 'running'
       ? [
-          ...changes.filter((ch) => ch.live !== ch.to).map((ch): PlannedAction => ({ step: 'start', kind: 'command', text: `CONFIG SET ${ch.name} ${q(ch.to)} -- now ${q(ch.live)}` })),
+          ...changes.filter((ch) => ch.from !== ch.to).map((ch): PlannedAction => ({ step: 'start', kind: 'command', text: `CONFIG SET ${ch.name} ${q(ch.to)} -- now ${q(ch.from)}` })),
           { step: 'start', kind: 'command', text: 'CONFIG REWRITE' },
         ]
       : [

@@ -1,8 +1,8 @@
 // Seed phases 1.1 and 1.2: max_connections 100→256, parallel workers 32/16 and pg_stat_statements,
 // with the restart held at an approval gate and inside the maintenance window.
-import { proxyActivities } from '@temporalio/workflow';
+import { patched, proxyActivities } from '@temporalio/workflow';
 import type { Activities } from '../activities';
-import type { SavedConfig } from '../activities/postgres/restart';
+import type { SavedConfig } from '../shared/restart';
 import { connectionUpgradeSchema } from '../shared/inputs';
 import type { RunbookResult } from '../shared/status';
 import { Runbook, runbookInput, stepRetry } from './runbook';
@@ -17,16 +17,21 @@ const service = proxyActivities<Activities>({ startToCloseTimeout: '10m', heartb
 /** Minutes of maintenance window a restart must have left before it starts. */
 const RESTART_MINUTES = 5;
 
+/** Runs started before restarts kept a copy of the configuration replay as they ran (restart: upgradeRestart). */
+const SAVED_CONFIG_PATCH = 'fermata-saved-config';
+
 export async function connectionUpgrade(raw: unknown): Promise<RunbookResult> {
   const input = runbookInput('connectionUpgrade', connectionUpgradeSchema, raw);
   const { target } = input;
   const rb = new Runbook('connectionUpgrade', input);
   return rb.run({ windowMinutes: RESTART_MINUTES, precheck: () => pg.upgradePrecheck(input) }, async (pre) => {
     // The configuration before the first change: what a restart that fails starts on again.
+    const keepsCopy = patched(SAVED_CONFIG_PATCH);
     let saved: SavedConfig | undefined;
     const restartOnly = pre.changes.filter((ch) => ch.needsRestart);
     const restartIfPending = async (expect: Record<string, string>) => {
       await rb.window(RESTART_MINUTES);
+      if (!keepsCopy) return service.upgradeRestart(target);
       saved ??= await pg.saveServerConfig(target);
       return service.restartPostgres({ target, expect, saved });
     };
@@ -34,7 +39,7 @@ export async function connectionUpgrade(raw: unknown): Promise<RunbookResult> {
       await rb.step(
         'apply',
         async () => {
-          saved ??= await pg.saveServerConfig(target);
+          if (keepsCopy) saved ??= await pg.saveServerConfig(target);
           return pg.upgradeApply(target, pre.changes);
         },
         {

@@ -7,10 +7,12 @@ import { activityInfo } from '@temporalio/activity';
 import { escapeLiteral } from 'pg';
 import path from 'node:path';
 import { ErrorType, q } from '../../shared/errors';
+import type { RestartRequest, SavedConfig } from '../../shared/restart';
 import type { Evidence } from '../../shared/status';
 import { postgresOf, resolveTarget, type Target } from '../../targets';
 import { heartbeating, run, type CommandResult } from '../host/command';
 import { controlService } from '../host/service';
+import { pendingRestart } from './config';
 import { onTarget, value } from './connection';
 import { stepFailure } from '../step-context';
 import { parseList, sameSetting } from './settings';
@@ -19,27 +21,6 @@ import { parseList, sameSetting } from './settings';
 const DOWN_MS = 30_000;
 /** How long a server that says it is starting up (crash recovery, say) may take. */
 const STARTING_MS = 600_000;
-
-/** Where the server's files are, and the copy of postgresql.auto.conf kept before the run changed it. */
-export interface SavedConfig {
-  dataDir: string;
-  /** The directory of config_file: what `postgres -C … -D` reads. */
-  configDir: string;
-  /** The running server's own binaries. */
-  binDir: string;
-  autoConf: string;
-  copy: string;
-  copySha256: string;
-  postgresqlConf: string;
-  postgresqlConfSha256: string;
-}
-
-export interface RestartRequest {
-  target: string;
-  /** Restart-only settings and the values the restarted server must run with, as pg_settings shows them. */
-  expect: Record<string, string>;
-  saved: SavedConfig;
-}
 
 /**
  * Run `argv` where the server's files are, as the user that owns them. A stopped container cannot
@@ -203,11 +184,55 @@ async function bringBack(target: Target, saved: SavedConfig, reason: string, dow
   );
 }
 
-async function pendingRestart(target: Target): Promise<{ pending: string[]; startedAt: Date } | undefined> {
+/** What waits for a restart, and when the postmaster started; undefined when the server does not answer. */
+async function restartState(target: Target): Promise<{ pending: string[]; startedAt: Date } | undefined> {
   return onTarget(target, async (c) => ({
-    pending: (await c.query<{ name: string }>('SELECT name FROM pg_settings WHERE pending_restart ORDER BY name')).rows.map((r) => r.name),
+    pending: await pendingRestart(c),
     startedAt: await value<Date>(c, 'SELECT pg_postmaster_start_time()'),
   })).catch(() => undefined);
+}
+
+/**
+ * Restart PostgreSQL when a setting is pending restart: preflight, CHECKPOINT, restart, wait for
+ * it to answer. A server that does not come back is brought back on the saved configuration. A
+ * retry after the restart finds nothing pending and does nothing; one that finds the server down
+ * (a worker died mid-restart) waits for it, then brings it back.
+ */
+export async function restartServer(request: RestartRequest): Promise<Evidence> {
+  const target = resolveTarget(request.target);
+  const { service } = postgresOf(target);
+  return heartbeating(
+    (async () => {
+      let before = await restartState(target);
+      if (!before && (await comesUp(target))) before = await restartState(target);
+      if (!before) return bringBack(target, request.saved, 'the server was down when the restart began', Date.now());
+      if (before.pending.length === 0) return { summary: 'nothing pending restart: not restarted', restarted: false };
+
+      const checked = await preflight(target, request.saved, request.expect);
+      await onTarget(target, (c) => c.query('CHECKPOINT')); // a short shutdown checkpoint
+      const started = Date.now();
+      let command: CommandResult;
+      try {
+        command = await controlService(target.host, service, 'restart');
+        if (!(await comesUp(target))) throw new Error(`nothing answers ${DOWN_MS / 1000} s after the restart`);
+      } catch (err) {
+        return bringBack(target, request.saved, 'the server did not come back after the restart', started, err);
+      }
+      const unavailableMs = Date.now() - started;
+      const after = await restartState(target);
+      return {
+        summary: `restarted; unavailable for ${unavailableMs} ms`,
+        restarted: true,
+        command: command.command,
+        unavailableMs,
+        preflight: checked,
+        pendingBefore: before.pending,
+        pendingAfter: after?.pending,
+        postmasterStartBefore: before.startedAt.toISOString(),
+        postmasterStartAfter: after?.startedAt.toISOString(),
+      };
+    })(),
+  );
 }
 
 export function createRestartActivities() {
@@ -217,47 +242,6 @@ export function createRestartActivities() {
       return saveConfig(resolveTarget(targetName));
     },
 
-    /**
-     * Restart PostgreSQL when a setting is pending restart: preflight, CHECKPOINT, restart, wait for
-     * it to answer. A server that does not come back is brought back on the saved configuration. A
-     * retry after the restart finds nothing pending and does nothing; one that finds the server down
-     * (a worker died mid-restart) waits for it, then brings it back.
-     */
-    async restartPostgres(request: RestartRequest): Promise<Evidence> {
-      const target = resolveTarget(request.target);
-      const { service } = postgresOf(target);
-      return heartbeating(
-        (async () => {
-          let before = await pendingRestart(target);
-          if (!before && (await comesUp(target))) before = await pendingRestart(target);
-          if (!before) return bringBack(target, request.saved, 'the server was down when the restart began', Date.now());
-          if (before.pending.length === 0) return { summary: 'nothing pending restart: not restarted', restarted: false };
-
-          const checked = await preflight(target, request.saved, request.expect);
-          await onTarget(target, (c) => c.query('CHECKPOINT')); // a short shutdown checkpoint
-          const started = Date.now();
-          let command: CommandResult;
-          try {
-            command = await controlService(target.host, service, 'restart');
-            if (!(await comesUp(target))) throw new Error(`nothing answers ${DOWN_MS / 1000} s after the restart`);
-          } catch (err) {
-            return bringBack(target, request.saved, 'the server did not come back after the restart', started, err);
-          }
-          const unavailableMs = Date.now() - started;
-          const after = await pendingRestart(target);
-          return {
-            summary: `restarted; unavailable for ${unavailableMs} ms`,
-            restarted: true,
-            command: command.command,
-            unavailableMs,
-            preflight: checked,
-            pendingBefore: before.pending,
-            pendingAfter: after?.pending,
-            postmasterStartBefore: before.startedAt.toISOString(),
-            postmasterStartAfter: after?.startedAt.toISOString(),
-          };
-        })(),
-      );
-    },
+    restartPostgres: restartServer,
   };
 }

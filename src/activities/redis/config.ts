@@ -3,6 +3,7 @@
 import { q } from '../../shared/errors';
 import { formatBytes, parseSize } from '../../shared/size';
 import type { Layout } from './layout';
+import type { SettingChange } from '../../shared/settings';
 
 /** The settings a deployment manages, as requested (maxmemory in bytes). */
 export interface ServerSettings {
@@ -62,24 +63,16 @@ export function parseConfig(text: string): Record<string, string> {
   return found;
 }
 
-export interface SettingChange {
-  name: string;
-  /** What Redis runs with now, and what its config file says. */
-  live: string;
-  file?: string;
-  to: string;
-}
-
 /** The managed settings where the running server or its config file differs from the request. */
 export function changesOf(want: Record<string, string>, live: Record<string, string>, file: Record<string, string>): SettingChange[] {
-  return managed.filter((name) => live[name] !== want[name] || file[name] !== want[name]).map((name) => ({ name, live: live[name], file: file[name], to: want[name] }));
+  return managed.filter((name) => live[name] !== want[name] || file[name] !== want[name]).map((name) => ({ name, from: live[name], file: file[name], to: want[name] }));
 }
 
 const valueText = (name: string, value: string | undefined): string => (name === 'maxmemory' && value ? formatBytes(Number(value)) : q(value ?? '(none)'));
 
 /** "maxmemory 256 MiB→512 MiB", or "… (config file only)" when only the file differs. */
 export const changeText = (ch: SettingChange): string =>
-  `${ch.name} ${ch.live === ch.to ? `${valueText(ch.name, ch.to)} (config file only)` : `${valueText(ch.name, ch.live)}→${valueText(ch.name, ch.to)}`}`;
+  `${ch.name} ${ch.from === ch.to ? `${valueText(ch.name, ch.to)} (config file only)` : `${valueText(ch.name, ch.from)}→${valueText(ch.name, ch.to)}`}`;
 
 export const describeSettings = (s: ServerSettings): string =>
   `maxmemory ${formatBytes(s.maxmemory)} ${s.maxmemoryPolicy}, appendonly ${s.appendonly ? 'yes' : 'no'}, save ${q(s.save)}`;
