@@ -1,5 +1,6 @@
 // Starts the real parts every test file shares: a Temporal dev server, an audit PostgreSQL, a
 // template PostgreSQL cluster holding the MIDI library (copied per test), and the workflow bundle.
+// First it stops what killed runs left behind, and from then on an interrupt stops this run's servers.
 import { bundleWorkflowCode } from '@temporalio/worker';
 import { Client } from 'pg';
 import { randomBytes } from 'node:crypto';
@@ -9,14 +10,30 @@ import { createSchema, generateFiles } from '../../src/fixtures/midi-library';
 import { freePort } from '../../src/stack/ports';
 import { initCluster, startCluster, stopCluster } from '../../src/stack/postgres';
 import { startDevServer } from '../../src/stack/temporal';
-import { payloadConverterPath, workflowsPath } from '../../src/worker/worker';
-import { runDir, type HarnessEnv } from './paths';
+import { payloadConverterPath, workflowInterceptorModules, workflowsPath } from '../../src/worker/worker';
+import { claimRun, holdIfInterrupted, reapStaleRuns, stopRun, stopRunOnSignal } from './cleanup';
+import { repoRoot, runDir, temporalDbFile, type HarnessEnv } from './paths';
 
 const TEMPLATE_FILES = 60_000;
 
 export default async function globalSetup(): Promise<void> {
+  stopRunOnSignal(runDir);
+  for (const { dir, stopped, removed } of await reapStaleRuns()) {
+    const what = stopped.length ? `stopped ${stopped.map((s) => `${s.kind} ${s.pid}`).join(', ')}` : 'nothing was running';
+    console.warn(`\nreaped ${path.relative(repoRoot, dir)}, left by a killed test run: ${what}${removed ? '; removed it' : ''}`);
+  }
   rmSync(runDir, { recursive: true, force: true });
   mkdirSync(path.join(runDir, 'secrets'), { recursive: true });
+  claimRun(runDir);
+  await startStack().catch(async (err: unknown) => {
+    await holdIfInterrupted();
+    // jest runs no teardown after a failed setup. The directory stays: the error may point at a log in it.
+    await stopRun(runDir, { keep: true });
+    throw err;
+  });
+}
+
+async function startStack(): Promise<void> {
   const [temporalPort, uiPort, auditPort, templatePort] = [await freePort(), await freePort(), await freePort(), await freePort()];
   const env: HarnessEnv = {
     temporalAddress: `127.0.0.1:${temporalPort}`,
@@ -31,8 +48,8 @@ export default async function globalSetup(): Promise<void> {
   writeFileSync(path.join(runDir, 'secrets', 'target.pw'), env.targetPassword, { mode: 0o600 });
   writeFileSync(path.join(runDir, 'secrets', 'audit.pw'), env.auditPassword, { mode: 0o600 });
 
-  const temporal = startDevServer({ port: temporalPort, uiPort, dbFile: path.join(runDir, 'temporal.db'), logFile: path.join(runDir, 'temporal.log') });
-  const bundle = bundleWorkflowCode({ workflowsPath, payloadConverterPath, logger: quietLogger }).then(({ code }) => writeFileSync(env.workflowBundle, code));
+  const temporal = startDevServer({ port: temporalPort, uiPort, dbFile: temporalDbFile(runDir), logFile: path.join(runDir, 'temporal.log') });
+  const bundle = bundleWorkflowCode({ workflowsPath, payloadConverterPath, workflowInterceptorModules, logger: quietLogger }).then(({ code }) => writeFileSync(env.workflowBundle, code));
 
   await initCluster({ dataDir: env.auditDataDir, port: auditPort, user: 'fermata', password: env.auditPassword, fast: true });
   await startCluster(env.auditDataDir);
