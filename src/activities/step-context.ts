@@ -18,6 +18,9 @@ export function where(phase?: string): Where {
   return phase ? { ...context, phase } : context;
 }
 
+/** The step an activity runs for, when code runs inside one (host commands also run outside, for npm start). */
+export const currentStep = (): StepContext | undefined => current.getStore();
+
 /** A failure of the running step: "runbook / step / phase: reason". */
 export const stepFailure = (type: ErrorType, reason: string, details?: Record<string, unknown>, phase?: string): ApplicationFailure =>
   failure(type, where(phase), reason, details);

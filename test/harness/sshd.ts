@@ -13,16 +13,19 @@ export interface Sshd {
   host: Host;
   /** How many logins it has accepted: proof that commands went through ssh. */
   logins(): number;
+  /** Cut every open ssh connection as a crashed or rebooted host would (SIGKILL to sshd's session processes); how many were cut. */
+  dropConnections(): Promise<number>;
   stop(): Promise<void>;
 }
 
 export async function startSshd(): Promise<Sshd> {
-  const dir = path.join(runDir, 'sshd');
+  const port = await freePort();
+  // A directory per sshd: keys of its own, so that two test files of one run never share (or overwrite) them.
+  const dir = path.join(runDir, 'sshd', String(port));
   mkdirSync(dir, { recursive: true });
   mkdirSync('/run/sshd', { recursive: true }); // its privilege separation directory
   const key = (name: string) => execa('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', name, '-f', path.join(dir, name)]);
   await Promise.all([key('host_key'), key('client_key')]);
-  const port = await freePort();
   writeFileSync(path.join(dir, 'authorized_keys'), readFileSync(path.join(dir, 'client_key.pub')));
   const [type, hostKey] = readFileSync(path.join(dir, 'host_key.pub'), 'utf8').split(' ');
   writeFileSync(path.join(dir, 'known_hosts'), `[127.0.0.1]:${port} ${type} ${hostKey}\n`);
@@ -51,6 +54,13 @@ export async function startSshd(): Promise<Sshd> {
   return {
     host,
     logins: () => logins,
+    dropConnections: async () => {
+      // Each connection is a child of the listening sshd (its "sshd: root@notty" session process).
+      const { stdout } = await execa('pgrep', ['-P', String(child.pid)], { reject: false });
+      const sessions = stdout.split('\n').filter(Boolean).map(Number);
+      for (const pid of sessions) process.kill(pid, 'SIGKILL');
+      return sessions.length;
+    },
     stop: async () => {
       child.kill('SIGTERM');
       await child;
