@@ -15,7 +15,9 @@ import { createReferenceSql, startWriters } from '../src/fixtures/midi-writers';
 import { freePort } from '../src/stack/ports';
 import { clusterService, initCluster, startCluster, stopCluster } from '../src/stack/postgres';
 
-const { values } = parseArgs({ options: { rows: { type: 'string', default: '1720000' }, 'batch-rows': { type: 'string', default: '50000' } } });
+const { values } = parseArgs({
+  options: { rows: { type: 'string', default: '1720000' }, 'batch-rows': { type: 'string', default: '50000' } },
+});
 const rows = Number(values.rows);
 const WRITERS = 2;
 const WRITER_PAUSE_MS = 10; // two writers, each about 100 writes/s at most
@@ -45,12 +47,23 @@ async function main(): Promise<void> {
     process.env.FERMATA_TARGETS = path.join(dir, 'targets.yaml');
     writeFileSync(
       process.env.FERMATA_TARGETS,
-      stringify({ targets: { bench: { postgres: { ...connection, password: undefined, passwordFile: 'pw' }, service: clusterService(dataDir) } } }),
+      stringify({
+        targets: { bench: { postgres: { ...connection, password: undefined, passwordFile: 'pw' }, service: clusterService(dataDir) } },
+      }),
     );
     const acts = createPartitionMigrationActivities();
     const mock = new MockActivityEnvironment();
-    const env = { run: <A extends unknown[], R>(fn: (...args: A) => Promise<R>, ...args: A): Promise<R> => mock.run(fn as never, ...args) as Promise<R> };
-    const spec: MigrationSpec = { target: 'bench', table: 'files', partitionKey: 'id', partitions: 256, batchRows: Number(values['batch-rows']), throttle: { pauseMs: 0 } };
+    const env = {
+      run: <A extends unknown[], R>(fn: (...args: A) => Promise<R>, ...args: A): Promise<R> => mock.run(fn as never, ...args) as Promise<R>,
+    };
+    const spec: MigrationSpec = {
+      target: 'bench',
+      table: 'files',
+      partitionKey: 'id',
+      partitions: 256,
+      batchRows: Number(values['batch-rows']),
+      throttle: { pauseMs: 0 },
+    };
     const inventory = await env.run(acts.partitionPrecheck, spec);
 
     // The in-database limit: one INSERT … SELECT into an identical partitioned table.

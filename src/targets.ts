@@ -114,10 +114,18 @@ const fileSchema = z
         ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['targets', name], message: 'needs a postgres or a redis section' });
       }
       if (target.postgres && !target.service) {
-        ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['targets', name, 'service'], message: 'required with postgres: how to restart its server' });
+        ctx.addIssue({
+          code: z.ZodIssueCode.custom,
+          path: ['targets', name, 'service'],
+          message: 'required with postgres: how to restart its server',
+        });
       }
       if (typeof target.notify === 'string' && !Object.hasOwn(file.webhooks ?? {}, target.notify)) {
-        ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['targets', name, 'notify'], message: `no webhook ${q(target.notify)} in webhooks` });
+        ctx.addIssue({
+          code: z.ZodIssueCode.custom,
+          path: ['targets', name, 'notify'],
+          message: `no webhook ${q(target.notify)} in webhooks`,
+        });
       }
     }
   });
@@ -150,7 +158,8 @@ export function loadTargets(file = targetsPath()): TargetsFile {
   const parsed = fileSchema.safeParse(parse(text));
   if (!parsed.success) throw failure(ErrorType.InvalidTargets, where, `${file}: ${explain(parsed.error)}`);
   const resolve = (relative: string) => path.resolve(path.dirname(file), relative);
-  const absolute = <T extends Secret>(endpoint: T): T => (endpoint.passwordFile ? { ...endpoint, passwordFile: resolve(endpoint.passwordFile) } : endpoint);
+  const absolute = <T extends Secret>(endpoint: T): T =>
+    endpoint.passwordFile ? { ...endpoint, passwordFile: resolve(endpoint.passwordFile) } : endpoint;
   const hook = (w: WebhookSource): WebhookSource => (w.urlFile ? { ...w, urlFile: resolve(w.urlFile) } : w);
   const { audit, webhooks, targets } = parsed.data;
   return {
@@ -182,7 +191,8 @@ export function resolveTarget(name: string, file = targetsPath()): Target {
 
 /** The target's PostgreSQL and its service, or a clear error for a target without them (Redis only). */
 export function postgresOf(target: Target): { postgres: PostgresEndpoint; service: ServiceControl } {
-  if (!target.postgres || !target.service) throw failure(ErrorType.InvalidTargets, where, `target ${q(target.name)} has no postgres section`);
+  if (!target.postgres || !target.service)
+    throw failure(ErrorType.InvalidTargets, where, `target ${q(target.name)} has no postgres section`);
   return { postgres: target.postgres, service: target.service };
 }
 

@@ -141,7 +141,9 @@ export function temporalConnectionConfig(env: Env = process.env): TemporalConnec
   const namespace = read(env, 'TEMPORAL_NAMESPACE') ?? DEFAULT_NAMESPACE;
   const apiKey = read(env, 'TEMPORAL_API_KEY');
   if (apiKey !== undefined && !headerSafe.test(apiKey)) {
-    throw new TemporalConfigError('TEMPORAL_API_KEY holds spaces, line breaks or non-ASCII characters, which no API key has: check how it was set');
+    throw new TemporalConfigError(
+      'TEMPORAL_API_KEY holds spaces, line breaks or non-ASCII characters, which no API key has: check how it was set',
+    );
   }
   if (flag(env, 'TEMPORAL_TLS_DISABLE_HOST_VERIFICATION')) {
     throw new TemporalConfigError(
@@ -159,7 +161,9 @@ export function temporalConnectionConfig(env: Env = process.env): TemporalConnec
     (name): name is string => !!name,
   );
   if (tlsSetting === false && tlsVariables.length) {
-    throw new TemporalConfigError(`TEMPORAL_TLS=false, yet ${tlsVariables.join(', ')} ${tlsVariables.length > 1 ? 'are' : 'is'} set: unset one or the other`);
+    throw new TemporalConfigError(
+      `TEMPORAL_TLS=false, yet ${tlsVariables.join(', ')} ${tlsVariables.length > 1 ? 'are' : 'is'} set: unset one or the other`,
+    );
   }
   if (clientCert && !clientKey) {
     throw new TemporalConfigError(`${clientCert.from} has no key: set TEMPORAL_TLS_CLIENT_KEY_PATH to the certificate's private key`);

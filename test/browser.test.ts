@@ -10,7 +10,17 @@ import { searchAttributes } from '../src/shared/search-attributes';
 import { freePort } from '../src/stack/ports';
 import { stopRedisServers } from './harness/global-teardown';
 import { repoRoot, runDir } from './harness/paths';
-import { closeHarness, env, newRedisTarget, newTarget, startWorker, temporal, uniqueId, type RunningWorker, type TestTarget } from './harness/stack';
+import {
+  closeHarness,
+  env,
+  newRedisTarget,
+  newTarget,
+  startWorker,
+  temporal,
+  uniqueId,
+  type RunningWorker,
+  type TestTarget,
+} from './harness/stack';
 import { screenshotRoot, WebUi } from './harness/web-ui';
 
 let worker: RunningWorker;
@@ -28,7 +38,9 @@ afterAll(async () => {
   await worker?.stop();
   await closeHarness();
   await stopRedisServers(path.join(runDir, 'redis'));
-  console.log(`browser test: ${((Date.now() - started) / 1000).toFixed(1)} s; screenshots in ${path.relative(repoRoot, screenshotRoot)}/browser`);
+  console.log(
+    `browser test: ${((Date.now() - started) / 1000).toFixed(1)} s; screenshots in ${path.relative(repoRoot, screenshotRoot)}/browser`,
+  );
 });
 
 const example = (runbook: string): Record<string, unknown> =>
@@ -46,7 +58,10 @@ test('operator path: Start Workflow, held at gate "restart", Send a Signal appro
   const window = { ...(example('connection-upgrade').maintenanceWindow as object), cron: '0 * * * *' };
   const input = { ...example('connection-upgrade'), target: target.name, maintenanceWindow: window };
 
-  await ui.startWorkflow({ workflowId, workflowType: 'connectionUpgrade', taskQueue: TASK_QUEUE, input: inputText(input) }, 'start-workflow-form');
+  await ui.startWorkflow(
+    { workflowId, workflowType: 'connectionUpgrade', taskQueue: TASK_QUEUE, input: inputText(input) },
+    'start-workflow-form',
+  );
   const held = await ui.currentDetails(/Holding at gate restart/);
   await ui.screenshot('held-at-gate-restart');
   expect(held).toMatch(/connectionUpgrade on \S+ — waiting approval/);
@@ -55,7 +70,11 @@ test('operator path: Start Workflow, held at gate "restart", Send a Signal appro
   expect(held).toMatch(/Pre-checks: server, privileges, current values\s+✔\sdone/);
   expect(await target.show('max_connections')).toBe('100');
 
-  const menu = await ui.sendSignal('approve', JSON.stringify({ gate: 'restart', by: 'alice', comment: 'from the Web UI' }), 'send-signal-approve');
+  const menu = await ui.sendSignal(
+    'approve',
+    JSON.stringify({ gate: 'restart', by: 'alice', comment: 'from the Web UI' }),
+    'send-signal-approve',
+  );
   // The menu says what to send, from the description the worker reports.
   expect(menu).toContain('{"gate": "<gate>", "by": "<your name>", "comment"?: "<text>"}');
   await ui.waitForStatus('Completed');
@@ -111,7 +130,13 @@ describe('every example launches from the form as it is; bad input fails at once
     expect(autoConf(target)).toBe(confBefore);
 
     // The form's other Encoding, json/protobuf, sends the same JSON: the worker reads it as JSON.
-    const form = { workflowId: uniqueId('ui-cu'), workflowType: 'connectionUpgrade', taskQueue: TASK_QUEUE, input: inputText(input), encoding: 'json/protobuf' as const };
+    const form = {
+      workflowId: uniqueId('ui-cu'),
+      workflowType: 'connectionUpgrade',
+      taskQueue: TASK_QUEUE,
+      input: inputText(input),
+      encoding: 'json/protobuf' as const,
+    };
     await ui.startWorkflow(form, 'connectionUpgrade-example-json-protobuf');
     const held = await ui.currentDetails(/Holding at gate restart/);
     expect(held).toMatch(/Maintenance window: Sun \d{4}-\d\d-\d\d 02:00 → 04:00 UTC/);
@@ -124,14 +149,20 @@ describe('every example launches from the form as it is; bad input fails at once
   test('partitionMigration', async () => {
     const target = await newTarget(uniqueId('ui-pm'));
     const input = { ...example('partition-migration'), target: target.name };
-    const leftovers = () => target.query(`SELECT relname FROM pg_class WHERE relname LIKE 'files%' AND relname <> 'files' AND relkind IN ('r', 'p')`);
+    const leftovers = () =>
+      target.query(`SELECT relname FROM pg_class WHERE relname LIKE 'files%' AND relname <> 'files' AND relkind IN ('r', 'p')`);
     const before = await leftovers();
 
     const failure = await failsAtOnce('partitionMigration', { ...input, partitions: 4096 }, 'partitionMigration-bad-input');
     expect(failure).toContain('partitionMigration / input: partitions: Number must be less than or equal to 1024');
     expect(await target.query(`SELECT to_regclass('fermata_migrations') AS t`)).toEqual([{ t: null }]);
 
-    await ui.startWorkflow({ workflowId: uniqueId('ui-pm'), workflowType: 'partitionMigration', taskQueue: TASK_QUEUE, input: inputText(input) });
+    await ui.startWorkflow({
+      workflowId: uniqueId('ui-pm'),
+      workflowType: 'partitionMigration',
+      taskQueue: TASK_QUEUE,
+      input: inputText(input),
+    });
     await ui.currentDetails(/Holding at gate cutover/);
     await ui.screenshot('partitionMigration-example-held');
     await rejectFromUi('cutover', 'partitionMigration-example-rejected');
@@ -147,7 +178,12 @@ describe('every example launches from the form as it is; bad input fails at once
     const failure = await failsAtOnce('redisDeployment', { ...input, maxmemory: '256 megs' }, 'redisDeployment-bad-input');
     expect(failure).toContain('redisDeployment / input: maxmemory: unparsable size \\"256 megs\\"');
 
-    await ui.startWorkflow({ workflowId: uniqueId('ui-redis'), workflowType: 'redisDeployment', taskQueue: TASK_QUEUE, input: inputText(input) });
+    await ui.startWorkflow({
+      workflowId: uniqueId('ui-redis'),
+      workflowType: 'redisDeployment',
+      taskQueue: TASK_QUEUE,
+      input: inputText(input),
+    });
     await ui.currentDetails(/Holding at gate deploy/);
     await ui.screenshot('redisDeployment-example-held');
     await rejectFromUi('deploy', 'redisDeployment-example-rejected');

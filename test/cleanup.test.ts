@@ -50,7 +50,11 @@ async function startSshd(dir: string): Promise<number> {
   mkdirSync('/run/sshd', { recursive: true });
   await execa('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', path.join(dir, 'host_key')]);
   const config = path.join(dir, 'sshd_config');
-  writeFileSync(config, [`Port ${await freePort()}`, 'ListenAddress 127.0.0.1', `HostKey ${dir}/host_key`, `PidFile ${dir}/sshd.pid`, 'UsePAM no'].join('\n') + '\n');
+  writeFileSync(
+    config,
+    [`Port ${await freePort()}`, 'ListenAddress 127.0.0.1', `HostKey ${dir}/host_key`, `PidFile ${dir}/sshd.pid`, 'UsePAM no'].join('\n') +
+      '\n',
+  );
   await execa('/usr/sbin/sshd', ['-f', config]);
   await waitFor('the sshd pid file', async () => existsSync(path.join(dir, 'sshd.pid')), 10_000, 50);
   return pidIn(path.join(dir, 'sshd.pid'));
@@ -59,7 +63,22 @@ async function startSshd(dir: string): Promise<number> {
 async function startRedis(dir: string): Promise<number> {
   mkdirSync(dir, { recursive: true });
   const port = await freePort();
-  await execa('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--daemonize', 'yes', '--dir', dir, '--pidfile', `${dir}/redis.pid`, '--save', '', '--appendonly', 'no']);
+  await execa('redis-server', [
+    '--port',
+    String(port),
+    '--bind',
+    '127.0.0.1',
+    '--daemonize',
+    'yes',
+    '--dir',
+    dir,
+    '--pidfile',
+    `${dir}/redis.pid`,
+    '--save',
+    '',
+    '--appendonly',
+    'no',
+  ]);
   await waitFor('the redis-server pid file', async () => existsSync(path.join(dir, 'redis.pid')), 10_000, 50);
   return pidIn(path.join(dir, 'redis.pid'));
 }
@@ -76,7 +95,13 @@ test('a new run stops the servers a killed run left and removes its directory; l
   const postmaster = pidIn(path.join(dataDir, 'postmaster.pid'));
   const redis = await startRedis(path.join(dir, 'redis', 'cache', 'redis-1'));
   const sshd = await startSshd(path.join(dir, 'sshd'));
-  const temporal = await startDevServer({ port: await freePort(), uiPort: await freePort(), dbFile: temporalDbFile(dir), logFile: path.join(dir, 'temporal.log'), ui: false });
+  const temporal = await startDevServer({
+    port: await freePort(),
+    uiPort: await freePort(),
+    dbFile: temporalDbFile(dir),
+    logFile: path.join(dir, 'temporal.log'),
+    ui: false,
+  });
 
   // Stale pid files in the dead run that name processes it does not own (pid numbers reused): a
   // sleep, and a redis-server serving another directory.
@@ -84,7 +109,12 @@ test('a new run stops the servers a killed run left and removes its directory; l
   const stranger = execa('sleep', ['60']);
   try {
     const foreignRedis = await startRedis(foreignDir);
-    const stale = { 'pg/reused/postmaster.pid': stranger.pid, 'redis/cache/redis-2/redis.pid': foreignRedis, 'redis/cache/redis-3/redis.pid': stranger.pid, 'sshd-reused/sshd.pid': stranger.pid };
+    const stale = {
+      'pg/reused/postmaster.pid': stranger.pid,
+      'redis/cache/redis-2/redis.pid': foreignRedis,
+      'redis/cache/redis-3/redis.pid': stranger.pid,
+      'sshd-reused/sshd.pid': stranger.pid,
+    };
     for (const [file, pid] of Object.entries(stale)) {
       mkdirSync(path.dirname(path.join(dir, file)), { recursive: true });
       writeFileSync(path.join(dir, file), `${pid}\n`);
@@ -121,15 +151,24 @@ test('a new run stops the servers a killed run left and removes its directory; l
 /** `jest --runInBand` on the fixture test file, as a child with a run directory of its own. */
 function childRun(): { child: execa.ExecaChildProcess; dir: string } {
   const { FERMATA_TEST_RUN, FERMATA_KEEP_TEST_DATA, FERMATA_TARGETS, JEST_WORKER_ID, ...inherited } = process.env;
-  const child = execa(process.execPath, [path.join(repoRoot, 'node_modules', 'jest', 'bin', 'jest.js'), '--runInBand', '--testMatch', '**/test/fixtures/interrupted.fixture.ts'], {
-    cwd: repoRoot,
-    env: inherited,
-    extendEnv: false,
-    // A process group of its own, as a terminal gives `npm test`: Ctrl-C signals the whole group.
-    detached: true,
-    reject: false,
-    all: true,
-  });
+  const child = execa(
+    process.execPath,
+    [
+      path.join(repoRoot, 'node_modules', 'jest', 'bin', 'jest.js'),
+      '--runInBand',
+      '--testMatch',
+      '**/test/fixtures/interrupted.fixture.ts',
+    ],
+    {
+      cwd: repoRoot,
+      env: inherited,
+      extendEnv: false,
+      // A process group of its own, as a terminal gives `npm test`: Ctrl-C signals the whole group.
+      detached: true,
+      reject: false,
+      all: true,
+    },
+  );
   return { child, dir: path.join(testDataRoot, `run-${child.pid}`) };
 }
 

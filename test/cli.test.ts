@@ -23,7 +23,6 @@ import {
   type TestTarget,
 } from './harness/stack';
 
-
 /** Exit code `code` and exactly one "fermata: …" line on stderr matching `problem`. */
 function expectFailure(run: execa.ExecaReturnValue, code: number, problem: RegExp): void {
   expect({ exitCode: run.exitCode, stderr: run.stderr }).toEqual({ exitCode: code, stderr: expect.stringMatching(problem) });
@@ -94,7 +93,9 @@ test('start --dry-run prints the plan and changes nothing', async () => {
   const run = await fermata(['start', 'connectionUpgrade', '--target', target.name, '--dry-run']);
   expect(run.stderr).toBe('');
   expect(run.exitCode).toBe(0);
-  expect(run.stdout).toMatch(new RegExp(`^Started connectionUpgrade on ${target.name}: connectionUpgrade-${target.name}-[0-9a-f]{6}$`, 'm'));
+  expect(run.stdout).toMatch(
+    new RegExp(`^Started connectionUpgrade on ${target.name}: connectionUpgrade-${target.name}-[0-9a-f]{6}$`, 'm'),
+  );
   expect(run.stdout).toContain('Plan (dry run: nothing was changed):');
   expect(run.stdout).toMatch(/apply +sql +ALTER SYSTEM SET "max_connections" = '256'/);
   expect(await target.show('max_connections')).toBe('100');
@@ -181,7 +182,10 @@ test('list --running shows a run held at a gate, and neither a completed run nor
   const listed = await listRunningUntil((out) => out.includes(heldId));
   expect(listed.stderr).toBe('');
   expect(listed.stdout).toMatch(/^Running runbooks: \d+, \d+ waiting for a person$/m);
-  const row = new RegExp(`^  ${heldId} +connectionUpgrade +${held.name} +gate "restart" +waiting approval +(?:(\\S+) )?(\\d\\d:\\d\\d:\\d\\d)$`, 'm').exec(listed.stdout);
+  const row = new RegExp(
+    `^  ${heldId} +connectionUpgrade +${held.name} +gate "restart" +waiting approval +(?:(\\S+) )?(\\d\\d:\\d\\d:\\d\\d)$`,
+    'm',
+  ).exec(listed.stdout);
   expect(row).not.toBeNull();
   // SINCE is when the gate opened, to the second (read from the history, not the worker).
   const since = Date.parse(`${row![1] ?? new Date().toISOString().slice(0, 10)}T${row![2]}Z`);
@@ -239,13 +243,24 @@ test('a step that reports progress ({done, total} under evidence.progress) gets 
     state,
     messages: [],
     steps: [
-      { name: 'capture', title: 'Install the trigger', state: 'done', startedAt: at, endedAt: at, evidence: { summary: 'trigger installed' } },
+      {
+        name: 'capture',
+        title: 'Install the trigger',
+        state: 'done',
+        startedAt: at,
+        endedAt: at,
+        evidence: { summary: 'trigger installed' },
+      },
       {
         name: 'backfill',
         title: 'Copy rows',
         state: 'running',
         startedAt: at,
-        evidence: { summary: `${done} rows`, done: false, progress: { done, total: 60000, unit: 'rows', perSecond: 4000, etaSeconds: (60000 - done) / 4000 } },
+        evidence: {
+          summary: `${done} rows`,
+          done: false,
+          progress: { done, total: 60000, unit: 'rows', perSecond: 4000, etaSeconds: (60000 - done) / 4000 },
+        },
       },
     ],
   });
@@ -257,7 +272,12 @@ test('a step that reports progress ({done, total} under evidence.progress) gets 
   pipe.view.stop();
   terminal.view.stop();
 
-  expect(pipe.text().split('\n').filter((l) => l.includes('▶ backfill'))).toEqual([
+  expect(
+    pipe
+      .text()
+      .split('\n')
+      .filter((l) => l.includes('▶ backfill')),
+  ).toEqual([
     expect.stringMatching(/▶ backfill +running +20% \(12000 of 60000 rows\), 4000 rows\/s, ETA 12 s$/),
     expect.stringMatching(/▶ backfill +running +40% \(24000 of 60000 rows\), 4000 rows\/s, ETA 9 s$/),
   ]);

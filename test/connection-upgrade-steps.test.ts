@@ -16,7 +16,8 @@ afterAll(closeHarness);
 
 const acts = { ...createConnectionUpgradeActivities(), ...createRestartActivities() };
 const mock = new MockActivityEnvironment(undefined, { logger: new DefaultLogger('ERROR') }); // the injected faults are expected
-const act = <A extends unknown[], R>(fn: (...args: A) => Promise<R>, ...args: A): Promise<R> => mock.run(fn as never, ...args) as Promise<R>;
+const act = <A extends unknown[], R>(fn: (...args: A) => Promise<R>, ...args: A): Promise<R> =>
+  mock.run(fn as never, ...args) as Promise<R>;
 
 /** A target that has lived: a library preloaded and a setting of its own in postgresql.conf. */
 async function drifted(): Promise<TestTarget> {
@@ -27,7 +28,13 @@ async function drifted(): Promise<TestTarget> {
   return t;
 }
 
-const input = (t: TestTarget): UpgradeSettings => ({ target: t.name, maxConnections: 256, maxParallelWorkers: 32, maxParallelWorkersPerGather: 16, enablePgStatStatements: true });
+const input = (t: TestTarget): UpgradeSettings => ({
+  target: t.name,
+  maxConnections: 256,
+  maxParallelWorkers: 32,
+  maxParallelWorkersPerGather: 16,
+  enablePgStatStatements: true,
+});
 
 /** What the steps could change: postgresql.auto.conf, what the server runs and what waits for a restart, the extension. */
 async function state(t: TestTarget) {
@@ -49,7 +56,8 @@ async function failing<T>(at: RegExp, nth: number, apply: () => Promise<T>): Pro
   let seen = 0;
   const spy = jest.spyOn(Client.prototype, 'query').mockImplementation(function (this: Client, ...args: unknown[]) {
     const text = typeof args[0] === 'string' ? args[0] : undefined;
-    if (text && at.test(text) && ++seen === nth) return (query as (sql: string) => Promise<unknown>).call(this, `DO $$ BEGIN RAISE EXCEPTION 'injected fault'; END $$`);
+    if (text && at.test(text) && ++seen === nth)
+      return (query as (sql: string) => Promise<unknown>).call(this, `DO $$ BEGIN RAISE EXCEPTION 'injected fault'; END $$`);
     return (query as (...a: unknown[]) => Promise<unknown>).apply(this, args);
   } as never);
   try {
@@ -83,7 +91,13 @@ describe('apply: ALTER SYSTEM and reload; rollback puts postgresql.auto.conf bac
     const t = await drifted();
     const before = await state(t);
     const pre = await act(acts.upgradePrecheck, input(t));
-    expect(pre.changes.map((ch) => ch.name).sort()).toEqual(['max_connections', 'max_parallel_workers', 'max_parallel_workers_per_gather', 'max_worker_processes', 'shared_preload_libraries']);
+    expect(pre.changes.map((ch) => ch.name).sort()).toEqual([
+      'max_connections',
+      'max_parallel_workers',
+      'max_parallel_workers_per_gather',
+      'max_worker_processes',
+      'shared_preload_libraries',
+    ]);
     await apply(t, pre);
     await verify(t);
     await rollback(t, pre);

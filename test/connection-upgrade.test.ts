@@ -11,7 +11,19 @@ import { approveSignal, approveUpdate, decideSignal, rejectSignal, TASK_QUEUE } 
 import { searchAttributes } from '../src/shared/search-attributes';
 import type { RunbookResult } from '../src/shared/status';
 import { historyText, linesWith } from './harness/records';
-import { closeHarness, env, newTarget, startFailingWorker, startWorker, temporal, uniqueId, waitForStatus, type RunningWorker, type TestTarget, failureOf } from './harness/stack';
+import {
+  closeHarness,
+  env,
+  newTarget,
+  startFailingWorker,
+  startWorker,
+  temporal,
+  uniqueId,
+  waitForStatus,
+  type RunningWorker,
+  type TestTarget,
+  failureOf,
+} from './harness/stack';
 
 let worker: RunningWorker;
 const handles: WorkflowHandle[] = [];
@@ -184,9 +196,17 @@ describe('bad input is refused before anything changes', () => {
     [{ maxConnections: 5 }, 'InvalidInput', /maxConnections: Number must be greater than or equal to 10/],
     [{ maxConnections: 20000 }, 'InvalidInput', /maxConnections: Number must be less than or equal to 10000/],
     [{ maxConnections: 'lots' }, 'InvalidInput', /maxConnections: Expected number, received string/],
-    [{ maxParallelWorkers: 4, maxParallelWorkersPerGather: 8 }, 'InvalidInput', /maxParallelWorkersPerGather: must not exceed maxParallelWorkers/],
+    [
+      { maxParallelWorkers: 4, maxParallelWorkersPerGather: 8 },
+      'InvalidInput',
+      /maxParallelWorkersPerGather: must not exceed maxParallelWorkers/,
+    ],
     [{ maxConection: 256 }, 'InvalidInput', /Unrecognized key\(s\) in object: 'maxConection'/],
-    [{ maintenanceWindow: { cron: 'every sunday', durationMinutes: 60 } }, 'InvalidInput', /maintenanceWindow.cron: invalid cron expression/],
+    [
+      { maintenanceWindow: { cron: 'every sunday', durationMinutes: 60 } },
+      'InvalidInput',
+      /maintenanceWindow.cron: invalid cron expression/,
+    ],
     [{ maintenanceWindow: { cron: '0 2 * * 0', durationMinutes: 2 } }, 'InvalidInput', /shorter than the 5 minutes/],
   ])('%j → %s', async (extra, type, message) => {
     const failure = await failureOf(await start({ target: target.name, ...extra }));
@@ -202,10 +222,14 @@ describe('bad input is refused before anything changes', () => {
     expect(await listedOnce(query, bad.workflowId)).toContain(bad.workflowId);
 
     // No target as text: found by runbook and state. (Not in `handles`: the secrets check looks for a target in each history.)
-    const nameless = await (await temporal()).workflow.start('connectionUpgrade', { taskQueue: TASK_QUEUE, workflowId: uniqueId('cu'), args: [{ target: 42 }] });
+    const nameless = await (
+      await temporal()
+    ).workflow.start('connectionUpgrade', { taskQueue: TASK_QUEUE, workflowId: uniqueId('cu'), args: [{ target: 42 }] });
     expect((await failureOf(nameless)).message).toMatch(/^connectionUpgrade \/ input: target: Expected string, received number/);
     expect(await attributesOf(nameless)).toEqual({ runbook: 'connectionUpgrade', target: undefined, step: undefined, state: 'failed' });
-    expect(await listedOnce(`FermataRunbook = "connectionUpgrade" AND FermataState = "failed"`, nameless.workflowId)).toContain(nameless.workflowId);
+    expect(await listedOnce(`FermataRunbook = "connectionUpgrade" AND FermataState = "failed"`, nameless.workflowId)).toContain(
+      nameless.workflowId,
+    );
   });
 
   test('unknown target', async () => {
@@ -214,7 +238,12 @@ describe('bad input is refused before anything changes', () => {
     expect(failure.type).toBe('UnknownTarget');
     expect(failure.message).toMatch(/unknown target "no-such-target" \(known: .*"/);
     // A run that fails in a step says so too, and in which.
-    expect(await attributesOf(handle)).toEqual({ runbook: 'connectionUpgrade', target: 'no-such-target', step: 'precheck', state: 'failed' });
+    expect(await attributesOf(handle)).toEqual({
+      runbook: 'connectionUpgrade',
+      target: 'no-such-target',
+      step: 'precheck',
+      state: 'failed',
+    });
   });
 
   test('target name that is not a name', async () => {
@@ -230,7 +259,9 @@ test('an approval from someone not in approvers is refused and recorded; the gat
   await waitForStatus(handle, (s) => s.pendingGate?.name === 'restart');
 
   await handle.signal(approveSignal, { gate: 'restart', by: 'mallory' });
-  await expect(handle.executeUpdate(approveUpdate, { args: [{ gate: 'restart', by: 'mallory' }] })).rejects.toThrow(WorkflowUpdateFailedError);
+  await expect(handle.executeUpdate(approveUpdate, { args: [{ gate: 'restart', by: 'mallory' }] })).rejects.toThrow(
+    WorkflowUpdateFailedError,
+  );
   await expect(handle.executeUpdate(approveUpdate, { args: [{ gate: 'deploy', by: 'alice' }] })).rejects.toThrow(WorkflowUpdateFailedError);
   const held = await waitForStatus(handle, (s) => s.messages.filter((m) => m.kind === 'refused').length === 3);
   expect(held.pendingGate?.name).toBe('restart');
@@ -287,7 +318,9 @@ test('a statement the server refuses reaches the operator as "runbook / step: �
       ...activities,
       // A driver error, thrown raw by the step as any activity might.
       upgradeBaseline: (name: string) =>
-        onTarget(resolveTarget(name), (c) => c.query('CREATE TEMP TABLE probe (n int CONSTRAINT probe_positive CHECK (n > 0)); INSERT INTO probe VALUES (-1)')).then(() => ({})),
+        onTarget(resolveTarget(name), (c) =>
+          c.query('CREATE TEMP TABLE probe (n int CONSTRAINT probe_positive CHECK (n > 0)); INSERT INTO probe VALUES (-1)'),
+        ).then(() => ({})),
     }),
   });
   try {
@@ -297,9 +330,14 @@ test('a statement the server refuses reaches the operator as "runbook / step: �
     const waiting = await waitForStatus(handle, (s) => s.pendingDecision !== undefined);
     expect(waiting.pendingDecision).toMatchObject({
       step: 'baseline',
-      error: 'connectionUpgrade / baseline: new row for relation "probe" violates check constraint "probe_positive" (SQLSTATE 23514, constraint "probe_positive")',
+      error:
+        'connectionUpgrade / baseline: new row for relation "probe" violates check constraint "probe_positive" (SQLSTATE 23514, constraint "probe_positive")',
     });
-    expect(waiting.steps.find((s) => s.name === 'baseline')!.evidence).toMatchObject({ code: '23514', constraint: 'probe_positive', table: 'probe' });
+    expect(waiting.steps.find((s) => s.name === 'baseline')!.evidence).toMatchObject({
+      code: '23514',
+      constraint: 'probe_positive',
+      table: 'probe',
+    });
     await handle.signal(decideSignal, { action: 'skip', by: 'carol' });
     expect((await handle.result()).outcome).toBe('completed');
   } finally {
@@ -331,14 +369,19 @@ test('while a step retries, the status, the current details and fermata watch sh
     const baseline = retrying.steps.find((st) => st.name === 'baseline')!;
     expect(baseline).toMatchObject({ state: 'running', retry: { attempt: 3, error: 'injected: attempt 2 of the baseline fails' } });
     const metadata = await handle.query<{ currentDetails: string }>('__temporal_workflow_metadata');
-    expect(metadata.currentDetails).toMatch(/\| Baseline report \| ▶\u00a0running \| attempt 3, after: injected: attempt 2 of the baseline fails \|/);
+    expect(metadata.currentDetails).toMatch(
+      /\| Baseline report \| ▶\u00a0running \| attempt 3, after: injected: attempt 2 of the baseline fails \|/,
+    );
     const printed: string[] = [];
     liveView({ write: (line: string) => printed.push(line), isTTY: false } as unknown as NodeJS.WriteStream).update(retrying);
     expect(printed.join('')).toMatch(/▶ baseline +running +attempt 3, after: injected: attempt 2 of the baseline fails/);
 
     const result: RunbookResult = await handle.result();
     expect(result.outcome).toBe('completed');
-    expect(result.status.steps.find((st) => st.name === 'baseline')).toMatchObject({ state: 'done', evidence: expect.objectContaining({ maxConnections: 256 }) });
+    expect(result.status.steps.find((st) => st.name === 'baseline')).toMatchObject({
+      state: 'done',
+      evidence: expect.objectContaining({ maxConnections: 256 }),
+    });
     expect(result.status.steps.find((st) => st.name === 'baseline')!.retry).toBeUndefined();
   } finally {
     await flaky.stop();
@@ -410,7 +453,8 @@ test('no password of the target or the audit database in any history or the audi
     const dump = JSON.stringify(rows);
     for (const secret of secrets) expect(dump).not.toContain(secret);
     const kinds = new Set(rows.map((r) => r.kind));
-    for (const kind of ['started', 'gate_opened', 'approved', 'rejected', 'refused', 'decided', 'step_done', 'finished']) expect(kinds).toContain(kind);
+    for (const kind of ['started', 'gate_opened', 'approved', 'rejected', 'refused', 'decided', 'step_done', 'finished'])
+      expect(kinds).toContain(kind);
   } finally {
     await audit.end();
   }

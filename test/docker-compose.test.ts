@@ -31,11 +31,17 @@ const published = (service: string): Map<number, number> =>
   new Map((services[service].ports ?? []).map((p) => p.split(':').map(Number)).map(([host, container]) => [container, host]));
 /** Host path (relative to the repository) → container path, from bind mounts. */
 const mounts = (service: string): Map<string, string> =>
-  new Map((services[service].volumes ?? []).filter((v) => v.startsWith('.')).map((v) => v.split(':')).map(([host, container]) => [path.join(repoRoot, host), container]));
+  new Map(
+    (services[service].volumes ?? [])
+      .filter((v) => v.startsWith('.'))
+      .map((v) => v.split(':'))
+      .map(([host, container]) => [path.join(repoRoot, host), container]),
+  );
 /** Where a container path of `service` is on this machine. */
 function hostPath(service: string, containerPath: string): string {
   for (const [host, container] of mounts(service)) {
-    if (containerPath === container || containerPath.startsWith(`${container}/`)) return path.join(host, path.relative(container, containerPath));
+    if (containerPath === container || containerPath.startsWith(`${container}/`))
+      return path.join(host, path.relative(container, containerPath));
   }
   throw new Error(`${containerPath} is not mounted into ${service}`);
 }
@@ -70,7 +76,10 @@ test('the worker reaches the temporal service and polls the runbooks task queue'
   const { scripts } = JSON.parse(readFileSync(path.join(repoRoot, 'package.json'), 'utf8'));
   expect(scripts.worker).toBe('tsx src/worker/main.ts');
   expect(TASK_QUEUE).toBe('runbooks');
-  expect(services.worker.depends_on).toMatchObject({ temporal: { condition: 'service_healthy' }, target: { condition: 'service_healthy' } });
+  expect(services.worker.depends_on).toMatchObject({
+    temporal: { condition: 'service_healthy' },
+    target: { condition: 'service_healthy' },
+  });
 });
 
 test("the worker's targets file names the target service, its port, database, user, password and container", () => {

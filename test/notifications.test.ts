@@ -125,7 +125,13 @@ test('a gate opens: one POST with runbook, target, gate, what approving does, th
   const handle = await start({ target: target.name, approvers: ['alice', 'bob'] });
   const held = await waitForStatus(handle, delivered);
   expect(held.pendingGate?.name).toBe('restart');
-  expect(held.notification).toMatchObject({ kind: 'gate', name: 'restart', webhook: `${target.name}.notify`, outcome: 'delivered', attempts: 1 });
+  expect(held.notification).toMatchObject({
+    kind: 'gate',
+    name: 'restart',
+    webhook: `${target.name}.notify`,
+    outcome: 'delivered',
+    attempts: 1,
+  });
 
   expect(hook.requests).toHaveLength(1);
   const { body, contentType } = hook.requests[0];
@@ -140,7 +146,8 @@ test('a gate opens: one POST with runbook, target, gate, what approving does, th
   expect(body.text).toContain('*Approvers:* alice, bob');
   expect(body.text).toContain(`<${link}|Open ${id} in the Temporal Web UI>`);
   const blocks = JSON.stringify(body.blocks);
-  for (const field of ['*Runbook*\\nconnectionUpgrade', `*Target*\\n${target.name}`, '*Gate*\\nrestart', link]) expect(blocks).toContain(field);
+  for (const field of ['*Runbook*\\nconnectionUpgrade', `*Target*\\n${target.name}`, '*Gate*\\nrestart', link])
+    expect(blocks).toContain(field);
 
   expect(await target.show('max_connections')).toBe('100'); // the notification did not pass the gate
   await handle.signal(approveSignal, { gate: 'restart', by: 'alice' });
@@ -149,7 +156,11 @@ test('a gate opens: one POST with runbook, target, gate, what approving does, th
   expect(await target.show('max_connections')).toBe('256');
   expect(hook.requests).toHaveLength(1);
   expect(await auditRows(handle)).toEqual([
-    { kind: 'notification_sent', step: 'restart', detail: expect.objectContaining({ about: 'gate', webhook: `${target.name}.notify`, attempt: 1, httpStatus: 200 }) },
+    {
+      kind: 'notification_sent',
+      step: 'restart',
+      detail: expect.objectContaining({ about: 'gate', webhook: `${target.name}.notify`, attempt: 1, httpStatus: 200 }),
+    },
   ]);
 });
 
@@ -163,7 +174,9 @@ test('the run names a webhook (answering 500 twice): the gate waits as usual, th
 
   const retrying = await waitForStatus(handle, (s) => s.notification?.outcome === 'retrying');
   expect(retrying.state).toBe('waiting_approval');
-  expect(retrying.notification!.error).toMatch(/^connectionUpgrade \/ restart \/ notify: webhook "oncall" \(127\.0\.0\.1:\d+\): HTTP 500 Internal Server Error: server_error \(retry in 2 s\)$/);
+  expect(retrying.notification!.error).toMatch(
+    /^connectionUpgrade \/ restart \/ notify: webhook "oncall" \(127\.0\.0\.1:\d+\): HTTP 500 Internal Server Error: server_error \(retry in 2 s\)$/,
+  );
   const sent = await waitForStatus(handle, delivered, 30_000);
   expect(sent.notification).toMatchObject({ webhook: 'oncall', attempts: 3 });
   expect(sent.pendingGate?.name).toBe('restart');
@@ -204,7 +217,10 @@ test('a webhook that always fails: bounded retries, the failure recorded, the ru
   const handle = await start({ target: target.name });
   const failed = await waitForStatus(handle, (s) => s.notification?.outcome === 'failed', 120_000);
   const attempts = notifyRetry.maximumAttempts;
-  expect(failed.notification).toMatchObject({ attempts, error: expect.stringMatching(new RegExp(`HTTP 503 Service Unavailable: maintenance \\(gave up after ${attempts} attempts\\)$`)) });
+  expect(failed.notification).toMatchObject({
+    attempts,
+    error: expect.stringMatching(new RegExp(`HTTP 503 Service Unavailable: maintenance \\(gave up after ${attempts} attempts\\)$`)),
+  });
   expect(failed.pendingGate?.name).toBe('restart');
   expect(hook.requests).toHaveLength(attempts);
 
@@ -234,7 +250,9 @@ test('a webhook that refuses (Slack 404 no_service) and a webhook the targets fi
   expect(missing.pendingGate?.name).toBe('restart');
   await unknown.signal(rejectSignal, { gate: 'restart', by: 'frank', reason: 'only testing' });
   expect((await unknown.result()).outcome).toBe('rejected');
-  expect((await auditRows(unknown)).map((r) => [r.kind, r.detail.next])).toEqual([['notification_failed', 'not retried: retrying cannot fix it']]);
+  expect((await auditRows(unknown)).map((r) => [r.kind, r.detail.next])).toEqual([
+    ['notification_failed', 'not retried: retrying cannot fix it'],
+  ]);
 });
 
 test('the gate is answered while the notification still retries: retries stop, the run ends without waiting for them', async () => {
@@ -245,7 +263,10 @@ test('the gate is answered while the notification still retries: retries stop, t
   await handle.signal(rejectSignal, { gate: 'restart', by: 'grace', reason: 'not today' });
   const result: RunbookResult = await handle.result();
   expect(result.outcome).toBe('rejected');
-  expect(result.status.notification).toMatchObject({ outcome: 'abandoned', error: expect.stringMatching(/not retried: the gate is no longer pending\)$/) });
+  expect(result.status.notification).toMatchObject({
+    outcome: 'abandoned',
+    error: expect.stringMatching(/not retried: the gate is no longer pending\)$/),
+  });
   const requests = hook.requests.length;
   expect(requests).toBeLessThan(notifyRetry.maximumAttempts);
   // Abandoned while waiting to retry, or an attempt in flight when the gate was answered: either way, said so.
@@ -262,7 +283,10 @@ test('a step fails and the runbook waits for a decision: the webhook hears the s
     const handle = await start({ target: target.name, approvers: ['alice'] }, failing.taskQueue);
     await waitForStatus(handle, (s) => s.pendingGate?.name === 'restart' && delivered(s));
     await handle.signal(approveSignal, { gate: 'restart', by: 'alice' });
-    const waiting = await waitForStatus(handle, (s) => s.pendingDecision?.step === 'verify' && s.notification?.kind === 'decision' && delivered(s));
+    const waiting = await waitForStatus(
+      handle,
+      (s) => s.pendingDecision?.step === 'verify' && s.notification?.kind === 'decision' && delivered(s),
+    );
     expect(waiting.notification).toMatchObject({ kind: 'decision', name: 'verify', attempts: 1 });
     expect(hook.requests).toHaveLength(2);
 

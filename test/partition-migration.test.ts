@@ -8,7 +8,19 @@ import { approveSignal, rejectSignal, TASK_QUEUE } from '../src/shared/messages'
 import { waitFor } from '../src/activities/host/poll';
 import type { RunbookResult } from '../src/shared/status';
 import { historyText, linesWith } from './harness/records';
-import { closeHarness, env, newTarget, spawnWorker, startWorker, temporal, uniqueId, waitForStatus, type RunningWorker, type TestTarget, failureOf } from './harness/stack';
+import {
+  closeHarness,
+  env,
+  newTarget,
+  spawnWorker,
+  startWorker,
+  temporal,
+  uniqueId,
+  waitForStatus,
+  type RunningWorker,
+  type TestTarget,
+  failureOf,
+} from './harness/stack';
 
 let worker: RunningWorker | undefined;
 afterAll(async () => {
@@ -24,7 +36,9 @@ async function start(input: Record<string, unknown>): Promise<WorkflowHandle> {
 
 /** Count and checksum of a table's rows, read by the test itself. */
 async function fingerprint(t: TestTarget, table: string): Promise<{ rows: string; sum: string }> {
-  const [row] = await t.query<{ rows: string; sum: string }>(`SELECT count(*) AS rows, coalesce(sum(hashtextextended(x::text, 0)), 0)::text AS sum FROM ${table} x`);
+  const [row] = await t.query<{ rows: string; sum: string }>(
+    `SELECT count(*) AS rows, coalesce(sum(hashtextextended(x::text, 0)), 0)::text AS sum FROM ${table} x`,
+  );
   return row;
 }
 
@@ -38,7 +52,8 @@ async function sameRows(t: TestTarget, a: string, b: string): Promise<boolean> {
 // The activities on their own, for races a workflow cannot stage.
 const acts = createPartitionMigrationActivities();
 const mock = new MockActivityEnvironment();
-const act = <A extends unknown[], R>(fn: (...args: A) => Promise<R>, ...args: A): Promise<R> => mock.run(fn as never, ...args) as Promise<R>;
+const act = <A extends unknown[], R>(fn: (...args: A) => Promise<R>, ...args: A): Promise<R> =>
+  mock.run(fn as never, ...args) as Promise<R>;
 
 /** A fresh target with the shadow (8 partitions) and the capture trigger in place; the backfill's start. */
 async function capturing(name: string) {
@@ -51,16 +66,25 @@ async function capturing(name: string) {
 }
 
 const relkind = async (t: TestTarget, table: string) =>
-  (await t.query<{ relkind: string | null }>(`SELECT (SELECT relkind FROM pg_class WHERE oid = to_regclass($1))::text AS relkind`, [table]))[0].relkind;
+  (
+    await t.query<{ relkind: string | null }>(`SELECT (SELECT relkind FROM pg_class WHERE oid = to_regclass($1))::text AS relkind`, [table])
+  )[0].relkind;
 
 test('online migration to 256 hash partitions with writers running throughout: same rows as a reference, no writer error', async () => {
   await withWorker();
   const target = await newTarget(uniqueId('pm-happy'));
   await target.query(createReferenceSql);
-  const writers = startWriters({ host: '127.0.0.1', port: target.port, user: 'fermata', password: env.targetPassword, database: 'midi_library' }, 3, 60_000);
+  const writers = startWriters(
+    { host: '127.0.0.1', port: target.port, user: 'fermata', password: env.targetPassword, database: 'midi_library' },
+    3,
+    60_000,
+  );
   try {
     const handle = await start({ target: target.name, batchRows: 2000, throttle: { pauseMs: 400 } });
-    const copying = await waitForStatus(handle, (s) => s.currentStep === 'backfill' && Number(s.steps.find((st) => st.name === 'backfill')?.evidence?.copied ?? 0) > 0);
+    const copying = await waitForStatus(
+      handle,
+      (s) => s.currentStep === 'backfill' && Number(s.steps.find((st) => st.name === 'backfill')?.evidence?.copied ?? 0) > 0,
+    );
     expect(copying.steps.find((st) => st.name === 'backfill')!.evidence!.summary).toMatch(/rows \(\d+%\), \d+ rows\/s, ETA \d+ s/);
     await waitForStatus(handle, (s) => s.pendingGate?.name === 'cutover', 120_000);
     await handle.signal(approveSignal, { gate: 'cutover', by: 'dba' });
@@ -93,7 +117,9 @@ test('online migration to 256 hash partitions with writers running throughout: s
     ]);
     expect(await target.query(`SELECT tgname FROM pg_trigger WHERE tgrelid = 'files'::regclass AND NOT tgisinternal`)).toEqual([]);
     // New rows get fresh ids after the cut-over.
-    const [{ id }] = await target.query<{ id: string }>(`INSERT INTO files (filename, filepath, content_hash, file_size_bytes) VALUES ('x', 'x', 'x', 1) RETURNING id`);
+    const [{ id }] = await target.query<{ id: string }>(
+      `INSERT INTO files (filename, filepath, content_hash, file_size_bytes) VALUES ('x', 'x', 'x', 1) RETURNING id`,
+    );
     const [{ max }] = await target.query<{ max: string }>('SELECT max(id) AS max FROM files_reference');
     expect(Number(id)).toBeGreaterThan(Number(max));
 
@@ -101,7 +127,9 @@ test('online migration to 256 hash partitions with writers running throughout: s
     expect(Number(cutover.evidence!.writeBlockMs)).toBeLessThan(1000);
     // Seen from the application: no write waited for longer than the cut-over's lock timeout.
     expect(stats.maxLatencyMs).toBeLessThan(2000);
-    const plan = (await target.query<{ 'QUERY PLAN': string }>('EXPLAIN SELECT * FROM files WHERE id = 4242')).map((r) => r['QUERY PLAN']).join('\n');
+    const plan = (await target.query<{ 'QUERY PLAN': string }>('EXPLAIN SELECT * FROM files WHERE id = 4242'))
+      .map((r) => r['QUERY PLAN'])
+      .join('\n');
     expect(new Set(plan.match(/files_p\d{3}/g))).toEqual(new Set([expect.stringMatching(/^files_p\d{3}$/)]));
     const post = result.status.steps.find((s) => s.name === 'post-verify')!;
     expect(post.evidence!.summary).toMatch(/scans 1 partition \(files_p\d{3}\); tagLookup: \d+ rows, bpmRange: \d+ rows/);
@@ -134,8 +162,14 @@ describe('bad input is refused before anything changes', () => {
   });
   afterAll(async () => {
     // Only the control table stays, recording what happened.
-    expect(await target.query(`SELECT relname FROM pg_class WHERE (relname LIKE '%fermata%' AND relname NOT LIKE 'fermata_migrations%') OR relkind = 'p'`)).toEqual([]);
-    expect(await target.query(`SELECT table_name, state FROM fermata_migrations`)).toEqual([{ table_name: 'file_tags', state: 'rolled_back' }]);
+    expect(
+      await target.query(
+        `SELECT relname FROM pg_class WHERE (relname LIKE '%fermata%' AND relname NOT LIKE 'fermata_migrations%') OR relkind = 'p'`,
+      ),
+    ).toEqual([]);
+    expect(await target.query(`SELECT table_name, state FROM fermata_migrations`)).toEqual([
+      { table_name: 'file_tags', state: 'rolled_back' },
+    ]);
   });
 
   test.each([
@@ -203,10 +237,19 @@ test('rollback after cut-over: the original table is back with the writes made a
   expect(await relkind(target, 'files_old')).toBeNull();
   expect(await relkind(target, 'files_fermata_new')).toBeNull();
   expect(await fingerprint(target, 'files')).toEqual(afterCutover);
-  expect(await target.query(`SELECT filename FROM files WHERE id = 7 OR filename = 'after.mid' ORDER BY id`)).toEqual([{ filename: 'changed.mid' }, { filename: 'after.mid' }]);
-  expect(await target.query(`SELECT conrelid::regclass::text AS t FROM pg_constraint WHERE contype = 'f' AND confrelid = 'files'::regclass AND convalidated ORDER BY 1`)).toHaveLength(3);
+  expect(await target.query(`SELECT filename FROM files WHERE id = 7 OR filename = 'after.mid' ORDER BY id`)).toEqual([
+    { filename: 'changed.mid' },
+    { filename: 'after.mid' },
+  ]);
+  expect(
+    await target.query(
+      `SELECT conrelid::regclass::text AS t FROM pg_constraint WHERE contype = 'f' AND confrelid = 'files'::regclass AND convalidated ORDER BY 1`,
+    ),
+  ).toHaveLength(3);
   // And it can be migrated again afterwards.
-  const [{ id }] = await target.query<{ id: string }>(`INSERT INTO files (filename, filepath, content_hash, file_size_bytes) VALUES ('y', 'y', 'y', 1) RETURNING id`);
+  const [{ id }] = await target.query<{ id: string }>(
+    `INSERT INTO files (filename, filepath, content_hash, file_size_bytes) VALUES ('y', 'y', 'y', 1) RETURNING id`,
+  );
   expect(Number(id)).toBeGreaterThan(60_000);
 });
 
@@ -216,7 +259,11 @@ test('worker killed mid-backfill: a new one resumes from its checkpoint, not fro
   const target = await newTarget(uniqueId('pm-crash'));
   const handle = await start({ target: target.name, partitions: 16, batchRows: 1000, throttle: { pauseMs: 100 } });
   const first = spawnWorker();
-  const midway = await waitForStatus(handle, (s) => Number(s.steps.find((st) => st.name === 'backfill')?.evidence?.copied ?? 0) >= 5000, 90_000);
+  const midway = await waitForStatus(
+    handle,
+    (s) => Number(s.steps.find((st) => st.name === 'backfill')?.evidence?.copied ?? 0) >= 5000,
+    90_000,
+  );
   first.kill('SIGKILL');
   await first;
   const copiedBeforeKill = Number(midway.steps.find((st) => st.name === 'backfill')!.evidence!.copied);
@@ -242,7 +289,13 @@ test('worker killed mid-backfill: a new one resumes from its checkpoint, not fro
 test('a delete and an update in flight when the backfill reaches their block: the batch waits for them, nothing stale is copied', async () => {
   const { target, spec, inventory, start } = await capturing('pm-race');
 
-  const writer = new Client({ host: '127.0.0.1', port: target.port, user: 'fermata', password: env.targetPassword, database: 'midi_library' });
+  const writer = new Client({
+    host: '127.0.0.1',
+    port: target.port,
+    user: 'fermata',
+    password: env.targetPassword,
+    database: 'midi_library',
+  });
   await writer.connect();
   try {
     await writer.query('BEGIN');
@@ -270,9 +323,13 @@ test('cut-over refuses, changing nothing, when the capture trigger was disabled 
   await act(acts.partitionVerify, spec, 'shadow');
 
   await target.query('ALTER TABLE files DISABLE TRIGGER fermata_sync_to_shadow');
-  await expect(act(acts.partitionCutover, spec, inventory)).rejects.toThrow('final check: trigger fermata_sync_to_shadow on files is missing or disabled');
+  await expect(act(acts.partitionCutover, spec, inventory)).rejects.toThrow(
+    'final check: trigger fermata_sync_to_shadow on files is missing or disabled',
+  );
   await target.query('DELETE FROM files WHERE id = 12345');
-  await expect(act(acts.partitionCutover, spec, inventory)).rejects.toThrow(/files and files_fermata_new differ in key ranges \[\d+, \d+\): changed since verify/);
+  await expect(act(acts.partitionCutover, spec, inventory)).rejects.toThrow(
+    /files and files_fermata_new differ in key ranges \[\d+, \d+\): changed since verify/,
+  );
   expect(await relkind(target, 'files')).toBe('r');
   expect(await relkind(target, 'files_old')).toBeNull();
 });
@@ -280,7 +337,13 @@ test('cut-over refuses, changing nothing, when the capture trigger was disabled 
 test('a long transaction holds a key of the block being copied: the batch gives way, other writes to that block go through', async () => {
   const { target, spec, inventory, start } = await capturing('pm-long');
   const connect = async () => {
-    const client = new Client({ host: '127.0.0.1', port: target.port, user: 'fermata', password: env.targetPassword, database: 'midi_library' });
+    const client = new Client({
+      host: '127.0.0.1',
+      port: target.port,
+      user: 'fermata',
+      password: env.targetPassword,
+      database: 'midi_library',
+    });
     await client.connect();
     return client;
   };

@@ -15,7 +15,8 @@ afterAll(closeHarness);
 
 const acts = createPartitionMigrationActivities();
 const mock = new MockActivityEnvironment(undefined, { logger: new DefaultLogger('ERROR') }); // the injected faults are expected
-const act = <A extends unknown[], R>(fn: (...args: A) => Promise<R>, ...args: A): Promise<R> => mock.run(fn as never, ...args) as Promise<R>;
+const act = <A extends unknown[], R>(fn: (...args: A) => Promise<R>, ...args: A): Promise<R> =>
+  mock.run(fn as never, ...args) as Promise<R>;
 
 /** A statement of apply's that goes wrong: the `nth` one matching `at` fails on the server, or kills its connection. */
 interface Fault {
@@ -77,12 +78,15 @@ async function state(t: TestTarget) {
       }
     }
     const claim = (await rows(`SELECT to_regclass('fermata_migrations') IS NOT NULL AS tracked`))[0].tracked
-      ? (await rows(`SELECT state FROM fermata_migrations WHERE table_name = 'files' AND state IN ('copying', 'cut_over')`))[0]?.state ?? 'none'
+      ? ((await rows(`SELECT state FROM fermata_migrations WHERE table_name = 'files' AND state IN ('copying', 'cut_over')`))[0]?.state ??
+        'none')
       : 'none';
     return {
       relations,
       serial: (await rows(`SELECT pg_get_serial_sequence('files', 'id') AS s`))[0].s,
-      triggers: await rows(`SELECT tgrelid::regclass::text AS "table", tgname, tgenabled::text AS enabled FROM pg_trigger WHERE NOT tgisinternal ORDER BY 1, 2`),
+      triggers: await rows(
+        `SELECT tgrelid::regclass::text AS "table", tgname, tgenabled::text AS enabled FROM pg_trigger WHERE NOT tgisinternal ORDER BY 1, 2`,
+      ),
       functions: (await rows(`SELECT proname FROM pg_proc WHERE pronamespace = 'public'::regnamespace ORDER BY 1`)).map((r) => r.proname),
       constraints: await rows(
         `SELECT conrelid::regclass::text AS "table", conname, contype::text, confrelid::regclass::text AS refs, convalidated
@@ -95,7 +99,8 @@ async function state(t: TestTarget) {
 }
 
 const one = async (t: TestTarget, sql: string, params: unknown[] = []) => Object.values((await t.query(sql, params))[0] ?? {})[0];
-const relkind = (t: TestTarget, table: string) => one(t, `SELECT (SELECT relkind FROM pg_class WHERE oid = to_regclass($1))::text`, [table]);
+const relkind = (t: TestTarget, table: string) =>
+  one(t, `SELECT (SELECT relkind FROM pg_class WHERE oid = to_regclass($1))::text`, [table]);
 const triggerOn = (t: TestTarget, table: string, trigger: string) =>
   one(t, `SELECT tgenabled::text FROM pg_trigger WHERE tgrelid = to_regclass($1) AND tgname = $2`, [table, trigger]);
 
@@ -108,7 +113,8 @@ async function failing(fault: Fault, apply: () => Promise<unknown>): Promise<Err
     const text = typeof args[0] === 'string' ? args[0] : (args[0] as { text?: unknown } | undefined)?.text;
     if (!fired && typeof text === 'string' && fault.at.test(text) && ++seen === (fault.nth ?? 1)) {
       fired = true;
-      const instead = fault.kind === 'kill' ? 'SELECT pg_terminate_backend(pg_backend_pid())' : `DO $$ BEGIN RAISE EXCEPTION 'injected fault'; END $$`;
+      const instead =
+        fault.kind === 'kill' ? 'SELECT pg_terminate_backend(pg_backend_pid())' : `DO $$ BEGIN RAISE EXCEPTION 'injected fault'; END $$`;
       return (query as (sql: string) => Promise<unknown>).call(this, instead);
     }
     return (query as (...a: unknown[]) => Promise<unknown>).apply(this, args);
@@ -127,7 +133,14 @@ async function failing(fault: Fault, apply: () => Promise<unknown>): Promise<Err
 }
 
 async function prechecked(t: TestTarget): Promise<Stage> {
-  const spec: MigrationSpec = { target: t.name, table: 'files', partitionKey: 'id', partitions: 8, batchRows: 10_000, throttle: { pauseMs: 0 } };
+  const spec: MigrationSpec = {
+    target: t.name,
+    table: 'files',
+    partitionKey: 'id',
+    partitions: 8,
+    batchRows: 10_000,
+    throttle: { pauseMs: 0 },
+  };
   return { t, spec, inventory: await act(acts.partitionPrecheck, spec) };
 }
 
@@ -139,7 +152,9 @@ const createShadow: Step = {
   verify: async ({ t, inventory }) => {
     expect(await relkind(t, 'files_fermata_new')).toBe('p');
     expect(await one(t, `SELECT count(*)::int FROM pg_inherits WHERE inhparent = 'files_fermata_new'::regclass`)).toBe(8);
-    expect(await one(t, `SELECT count(*)::int FROM pg_index WHERE indrelid = 'files_fermata_new'::regclass`)).toBe(inventory.indexes.length);
+    expect(await one(t, `SELECT count(*)::int FROM pg_index WHERE indrelid = 'files_fermata_new'::regclass`)).toBe(
+      inventory.indexes.length,
+    );
     expect(await one(t, `SELECT count(*)::int FROM files_fermata_new`)).toBe(0);
     expect(await one(t, `SELECT state FROM fermata_migrations WHERE table_name = 'files'`)).toBe('copying');
   },
@@ -196,7 +211,9 @@ const cutover: Step = {
     const { t } = s;
     expect([await relkind(t, 'files'), await relkind(t, 'files_old'), await relkind(t, 'files_fermata_new')]).toEqual(['p', 'r', null]);
     expect(await triggerOn(t, 'files', 'fermata_sync_to_old')).toBe('O');
-    expect(await one(t, `SELECT count(*)::int FROM pg_constraint WHERE contype = 'f' AND confrelid = 'files'::regclass AND convalidated`)).toBe(s.inventory.foreignKeys.length);
+    expect(
+      await one(t, `SELECT count(*)::int FROM pg_constraint WHERE contype = 'f' AND confrelid = 'files'::regclass AND convalidated`),
+    ).toBe(s.inventory.foreignKeys.length);
     await act(acts.partitionVerify, s.spec, 'old');
     await act(acts.partitionPostVerify, s.spec);
   },

@@ -26,7 +26,9 @@ import {
   uniqueId,
   waitForStatus,
   type RedisTestTarget,
-  type RunningWorker, failureOf } from './harness/stack';
+  type RunningWorker,
+  failureOf,
+} from './harness/stack';
 
 // The in-process worker has a queue of its own: the crash test's worker processes poll `runbooks`.
 const taskQueue = uniqueId('redis');
@@ -81,7 +83,12 @@ async function info(target: RedisTestTarget, port: number, section: string, pass
   try {
     await client.connect();
     const text = await client.info(section);
-    return Object.fromEntries(text.split('\r\n').filter((l) => l.includes(':')).map((l) => [l.slice(0, l.indexOf(':')), l.slice(l.indexOf(':') + 1)]));
+    return Object.fromEntries(
+      text
+        .split('\r\n')
+        .filter((l) => l.includes(':'))
+        .map((l) => [l.slice(0, l.indexOf(':')), l.slice(l.indexOf(':') + 1)]),
+    );
   } finally {
     client.disconnect();
   }
@@ -92,11 +99,20 @@ test('happy path: approved, every setting read back by a separate client and fro
   writeFileSync(path.join(runDir, 'secrets', 'redis.pw'), secret, { mode: 0o600 });
   const target = await newRedisTarget(uniqueId('happy'), { passwordFile: 'secrets/redis.pw' });
   const port = await freePort();
-  const input = { target: target.name, port, maxmemory: '64mb', maxmemoryPolicy: 'allkeys-lfu', save: '900 1  300 10', approvers: ['alice'] };
+  const input = {
+    target: target.name,
+    port,
+    maxmemory: '64mb',
+    maxmemoryPolicy: 'allkeys-lfu',
+    save: '900 1  300 10',
+    approvers: ['alice'],
+  };
 
   const handle = await start(input);
   const held = await waitForStatus(handle, (s) => s.pendingGate?.name === 'deploy');
-  expect(held.pendingGate!.does).toMatch(/^start Redis on .* port \d+ \(process, config .*redis\.conf.*maxmemory 64 MiB allkeys-lfu, appendonly yes, save "900 1 300 10"/);
+  expect(held.pendingGate!.does).toMatch(
+    /^start Redis on .* port \d+ \(process, config .*redis\.conf.*maxmemory 64 MiB allkeys-lfu, appendonly yes, save "900 1 300 10"/,
+  );
   expect(existsSync(target.dataRoot)).toBe(false);
   expect(await approve(handle)).toBe('accepted');
   const result: RunbookResult = await handle.result();
@@ -123,7 +139,17 @@ test('happy path: approved, every setting read back by a separate client and fro
 
   const confFile = path.join(target.dir(port), 'redis.conf');
   const conf = readFileSync(confFile, 'utf8');
-  for (const line of [`port ${port}`, 'bind 127.0.0.1', 'appendonly yes', 'save 900 1', 'save 300 10', `maxmemory ${64 * 1024 ** 2}`, 'maxmemory-policy allkeys-lfu', 'daemonize yes', `requirepass "${secret}"`]) {
+  for (const line of [
+    `port ${port}`,
+    'bind 127.0.0.1',
+    'appendonly yes',
+    'save 900 1',
+    'save 300 10',
+    `maxmemory ${64 * 1024 ** 2}`,
+    'maxmemory-policy allkeys-lfu',
+    'daemonize yes',
+    `requirepass "${secret}"`,
+  ]) {
     expect(conf.split('\n')).toContain(line);
   }
   expect(statSync(target.dir(port)).mode & 0o777).toBe(0o700); // the file holds the password
@@ -152,9 +178,17 @@ test('happy path: approved, every setting read back by a separate client and fro
   const confTime = statSync(confFile).mtimeMs;
   const again: RunbookResult = await (await start(input)).result();
   expect(again.outcome).toBe('completed');
-  expect(step(again.status, 'precheck').evidence!.summary).toMatch(/^converged: Redis [\d.]+ \(pid \d+\) .* runs as requested; nothing to change$/);
-  expect(step(again.status, 'start')).toMatchObject({ state: 'skipped', evidence: { summary: expect.stringMatching(/nothing to change/) } });
-  expect(step(again.status, 'durability')).toMatchObject({ state: 'skipped', evidence: { summary: 'nothing changed: Redis not restarted' } });
+  expect(step(again.status, 'precheck').evidence!.summary).toMatch(
+    /^converged: Redis [\d.]+ \(pid \d+\) .* runs as requested; nothing to change$/,
+  );
+  expect(step(again.status, 'start')).toMatchObject({
+    state: 'skipped',
+    evidence: { summary: expect.stringMatching(/nothing to change/) },
+  });
+  expect(step(again.status, 'durability')).toMatchObject({
+    state: 'skipped',
+    evidence: { summary: 'nothing changed: Redis not restarted' },
+  });
   expect(again.status.messages.filter((m) => m.kind === 'approved')).toEqual([]);
   expect((await info(target, port, 'server', secret)).process_id).toBe(pid);
   expect(statSync(confFile).mtimeMs).toBe(confTime);
@@ -246,8 +280,16 @@ describe('bad input is refused before anything changes', () => {
     [{ maxmemoryPolicy: 'lru' }, 'InvalidInput', /maxmemoryPolicy: Invalid enum value\. Expected 'noeviction' \| 'allkeys-lru'/],
     [{ driver: 'k8s' }, 'InvalidInput', /driver: Invalid enum value/],
     [{ maxmemroy: '1gb' }, 'InvalidInput', /Unrecognized key\(s\) in object: 'maxmemroy'/],
-    [{ maxmemory: '4096gb' }, 'PrecheckFailed', /^redisDeployment \/ precheck: maxmemory 4 TiB exceeds the [\d.]+ GiB available on "bad-[\w-]+" \(of [\d.]+ GiB\)$/],
-    [{ driver: 'docker' }, 'PrecheckFailed', /^redisDeployment \/ precheck: the docker engine is not reachable on "bad-[\w-]+": .*docker version/],
+    [
+      { maxmemory: '4096gb' },
+      'PrecheckFailed',
+      /^redisDeployment \/ precheck: maxmemory 4 TiB exceeds the [\d.]+ GiB available on "bad-[\w-]+" \(of [\d.]+ GiB\)$/,
+    ],
+    [
+      { driver: 'docker' },
+      'PrecheckFailed',
+      /^redisDeployment \/ precheck: the docker engine is not reachable on "bad-[\w-]+": .*docker version/,
+    ],
   ])('%j → %s', async (extra, type, message) => {
     const failure = await failureOf(await start({ target: target.name, port, maxmemory: '64mb', ...extra }));
     expect(failure.type).toBe(type);
@@ -283,7 +325,9 @@ describe('the port is held by someone else: a clear error and a decision; nothin
       const waiting = await waitForStatus(handle, (s) => s.pendingDecision !== undefined);
       expect(waiting.pendingDecision!.step).toBe('precheck');
       expect(waiting.pendingDecision!.error).toMatch(
-        new RegExp(`^redisDeployment / precheck: port ${port} on "${target.name}" is held by something that is not Redis \\(it answered PING with "HTTP/1.1 400 Bad Request"\\); listening: "node", pid ${process.pid}\\. Nothing was changed or stopped`),
+        new RegExp(
+          `^redisDeployment / precheck: port ${port} on "${target.name}" is held by something that is not Redis \\(it answered PING with "HTTP/1.1 400 Bad Request"\\); listening: "node", pid ${process.pid}\\. Nothing was changed or stopped`,
+        ),
       );
       await handle.signal(decideSignal, { action: 'abort', by: 'carol' });
       expect((await handle.result()).outcome).toBe('aborted');
@@ -300,10 +344,27 @@ describe('the port is held by someone else: a clear error and a decision; nothin
     // Its pid file where teardown finds it.
     const dir = path.join(runDir, 'redis', uniqueId('foreign-owner'), `redis-${port}`);
     mkdirSync(dir, { recursive: true });
-    await execa('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--daemonize', 'yes', '--dir', dir, '--pidfile', `${dir}/redis.pid`, '--save', '', '--appendonly', 'no']);
+    await execa('redis-server', [
+      '--port',
+      String(port),
+      '--bind',
+      '127.0.0.1',
+      '--daemonize',
+      'yes',
+      '--dir',
+      dir,
+      '--pidfile',
+      `${dir}/redis.pid`,
+      '--save',
+      '',
+      '--appendonly',
+      'no',
+    ]);
     const handle = await start({ target: target.name, port, maxmemory: '64mb' });
     const waiting = await waitForStatus(handle, (s) => s.pendingDecision !== undefined);
-    expect(waiting.pendingDecision!.error).toMatch(/is held by a Redis this runbook did not deploy \(config file "none", pid \d+\); listening: "redis-server"/);
+    expect(waiting.pendingDecision!.error).toMatch(
+      /is held by a Redis this runbook did not deploy \(config file "none", pid \d+\); listening: "redis-server"/,
+    );
     await handle.signal(decideSignal, { action: 'abort', by: 'carol' });
     expect((await handle.result()).outcome).toBe('aborted');
     expect(await serversOn(port)).toBe(1);
@@ -315,7 +376,10 @@ test('the worker is killed during the deployment: a new worker finishes it witho
   const bin = path.join(runDir, 'slow-redis-bin');
   const starts = path.join(bin, 'starts.log');
   mkdirSync(bin, { recursive: true });
-  writeFileSync(path.join(bin, 'redis-server'), `#!/bin/sh\n[ "$1" = --version ] || { echo "$@" >> ${starts}; sleep 4; }\nexec /usr/bin/redis-server "$@"\n`);
+  writeFileSync(
+    path.join(bin, 'redis-server'),
+    `#!/bin/sh\n[ "$1" = --version ] || { echo "$@" >> ${starts}; sleep 4; }\nexec /usr/bin/redis-server "$@"\n`,
+  );
   chmodSync(path.join(bin, 'redis-server'), 0o755);
   const target = await newRedisTarget(uniqueId('crash'), { binDir: bin });
   const port = await freePort();
@@ -367,7 +431,11 @@ test('Redis killed after the deployment, before verification: a decision, and re
     await approve(handle);
     const waiting = await waitForStatus(handle, (s) => s.pendingDecision !== undefined);
     expect(waiting.pendingDecision!.step).toBe('verify');
-    expect(waiting.pendingDecision!.error).toMatch(new RegExp(`^redisDeployment / verify: Redis on 127.0.0.1:${port} does not answer \\(.*ECONNREFUSED.*\\); its log ends: .*Decide "retry" to start it again`));
+    expect(waiting.pendingDecision!.error).toMatch(
+      new RegExp(
+        `^redisDeployment / verify: Redis on 127.0.0.1:${port} does not answer \\(.*ECONNREFUSED.*\\); its log ends: .*Decide "retry" to start it again`,
+      ),
+    );
 
     await handle.signal(decideSignal, { action: 'retry', by: 'carol' });
     const result: RunbookResult = await handle.result();
@@ -401,7 +469,9 @@ test('decide rollback after the start: the Redis this run started is stopped; it
       if (purgeOnRollback) expect(existsSync(target.dir(port))).toBe(false);
       else expect(existsSync(path.join(target.dir(port), 'appendonlydir'))).toBe(true);
       const rollback = step(result.status, 'start').evidence!.rollback as { summary: string };
-      expect(rollback.summary).toMatch(purgeOnRollback ? /^stopped; data directory .* purged$/ : /^stopped; data directory .* kept \(purgeOnRollback is false\)$/);
+      expect(rollback.summary).toMatch(
+        purgeOnRollback ? /^stopped; data directory .* purged$/ : /^stopped; data directory .* kept \(purgeOnRollback is false\)$/,
+      );
     }
   } finally {
     await failing.stop();
@@ -411,11 +481,13 @@ test('decide rollback after the start: the Redis this run started is stopped; it
 describe('pure pieces', () => {
   const settings = redisDeploymentSchema.parse({ target: 'sandbox', driver: 'docker', maxmemory: '10gb' });
   const docker: Layout = layoutOf(
-    { name: 'sandbox', host: { kind: 'local' }, redis: { dataRoot: '/srv/fermata', bindAddress: '127.0.0.1' } } as unknown as Parameters<typeof layoutOf>[0],
+    { name: 'sandbox', host: { kind: 'local' }, redis: { dataRoot: '/srv/fermata', bindAddress: '127.0.0.1' } } as unknown as Parameters<
+      typeof layoutOf
+    >[0],
     settings,
   );
 
-  test('the docker driver: -p, not the seed\'s --port; a named volume; the config file in it', () => {
+  test("the docker driver: -p, not the seed's --port; a named volume; the config file in it", () => {
     const commands = commandsOf(docker);
     expect(commands.start.join(' ')).toBe(
       'docker run -d --name fermata-redis-6379 --label fermata.runbook=redisDeployment --restart unless-stopped ' +
@@ -424,7 +496,17 @@ describe('pure pieces', () => {
     expect(commands.start).not.toContain('--port');
     expect(commands.purge).toEqual(['docker', 'volume', 'rm', 'fermata-redis-6379']);
     const conf = configText(docker, settings).split('\n');
-    for (const line of ['port 6379', 'bind 0.0.0.0', 'protected-mode no', 'dir "/data"', 'daemonize no', 'appendonly yes', 'save 900 1', 'save 60 10000', `maxmemory ${10 * 1024 ** 3}`]) {
+    for (const line of [
+      'port 6379',
+      'bind 0.0.0.0',
+      'protected-mode no',
+      'dir "/data"',
+      'daemonize no',
+      'appendonly yes',
+      'save 900 1',
+      'save 60 10000',
+      `maxmemory ${10 * 1024 ** 3}`,
+    ]) {
       expect(conf).toContain(line);
     }
     const plan = planOf(docker, settings, 'absent', [], []).map((p) => p.text);
@@ -444,9 +526,19 @@ describe('pure pieces', () => {
     const client = target.client(port);
     await client.connect();
     try {
-      const keys = [cacheKeys.tag(7), cacheKeys.instrument('Strings'), cacheKeys.bpmRange(60, 90), cacheKeys.bpmRange(100, 140), cacheKeys.keySignature('Am'), cacheKeys.keySignature('C')];
+      const keys = [
+        cacheKeys.tag(7),
+        cacheKeys.instrument('Strings'),
+        cacheKeys.bpmRange(60, 90),
+        cacheKeys.bpmRange(100, 140),
+        cacheKeys.keySignature('Am'),
+        cacheKeys.keySignature('C'),
+      ];
       for (const k of keys) await client.set(k.key, 'x', 'EX', k.ttlSeconds);
-      expect((await invalidate(client, onAnalysisComplete({ keySignature: 'Am', bpm: 120 }))).sort()).toEqual(['bpm_range:100:140', 'key_signature:Am']);
+      expect((await invalidate(client, onAnalysisComplete({ keySignature: 'Am', bpm: 120 }))).sort()).toEqual([
+        'bpm_range:100:140',
+        'key_signature:Am',
+      ]);
       expect((await invalidate(client, onImportComplete())).sort()).toEqual(['bpm_range:60:90', 'instrument:strings', 'tag:7']);
       expect(await client.keys('*')).toEqual(['key_signature:C']);
     } finally {

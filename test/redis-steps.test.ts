@@ -24,7 +24,8 @@ const activities = createRedisActivities();
 // The failures below are expected: only errors are worth printing.
 const logger = new DefaultLogger('ERROR');
 /** Run an activity the way a worker would: heartbeat() and activityInfo() need an activity context. */
-const call = <A extends unknown[], R>(fn: (...args: A) => Promise<R>, ...args: A): Promise<R> => new MockActivityEnvironment(undefined, { logger }).run(fn, ...args);
+const call = <A extends unknown[], R>(fn: (...args: A) => Promise<R>, ...args: A): Promise<R> =>
+  new MockActivityEnvironment(undefined, { logger }).run(fn, ...args);
 
 /** A step with a rollback, as the workflow runs it: check, apply, verify, and the rollback it registers before apply. */
 interface Step {
@@ -119,7 +120,12 @@ async function seen(port: number): Promise<Seen> {
   const configFile = path.join(dir, 'redis.conf');
   const config = existsSync(configFile) ? readFileSync(configFile, 'utf8') : undefined;
   const { stdout } = await execa('pgrep', ['-f', `redis-server 127\\.0\\.0\\.1:${port}( |$)`], { reject: false });
-  const files = { dir: existsSync(dir), config, file: config === undefined ? undefined : parseConfig(config), aof: existsSync(path.join(dir, 'appendonlydir')) };
+  const files = {
+    dir: existsSync(dir),
+    config,
+    file: config === undefined ? undefined : parseConfig(config),
+    aof: existsSync(path.join(dir, 'appendonlydir')),
+  };
   const base = { listening: await listening(port), servers: stdout.split('\n').filter(Boolean).length, ...files };
   if (!base.listening) return base;
   const client = target.client(port);
@@ -127,7 +133,8 @@ async function seen(port: number): Promise<Seen> {
   try {
     await client.connect();
     const live: Record<string, string> = {};
-    for (const name of ['appendonly', 'save', 'maxmemory', 'maxmemory-policy']) live[name] = ((await client.config('GET', name)) as string[])[1];
+    for (const name of ['appendonly', 'save', 'maxmemory', 'maxmemory-policy'])
+      live[name] = ((await client.config('GET', name)) as string[])[1];
     const pid = /process_id:(\d+)/.exec(await client.info('server'))![1];
     return { ...base, pid, live };
   } catch {
@@ -183,7 +190,12 @@ async function waitUntil(probe: () => Promise<boolean>, ms = 10_000): Promise<vo
 
 describe.each(Object.entries(steps))('step %s', (name, step) => {
   /** One initial state of the target, and what "as it was" means for it once rolled back. */
-  const scenarios: { state: RedisPrecheck['state']; extra: Record<string, unknown>; prepare(port: number): Promise<void>; rolledBack(before: Seen, after: Seen): void }[] = [
+  const scenarios: {
+    state: RedisPrecheck['state'];
+    extra: Record<string, unknown>;
+    prepare(port: number): Promise<void>;
+    rolledBack(before: Seen, after: Seen): void;
+  }[] = [
     {
       state: 'absent',
       extra: { purgeOnRollback: true },
@@ -214,39 +226,42 @@ describe.each(Object.entries(steps))('step %s', (name, step) => {
     },
   ];
 
-  test.each(scenarios.map((s) => [`${s.state}${'purgeOnRollback' in s.extra ? ` (purgeOnRollback ${s.extra.purgeOnRollback})` : ''}`, s] as const))(
-    `${name} from %s: check → apply → verify → rollback → rollback → apply → verify`,
-    async (_label, scenario) => {
-      const port = await freePort();
-      await scenario.prepare(port);
-      const input = inputFor(port, scenario.extra);
-      const before = await seen(port);
+  test.each(
+    scenarios.map((s) => [`${s.state}${'purgeOnRollback' in s.extra ? ` (purgeOnRollback ${s.extra.purgeOnRollback})` : ''}`, s] as const),
+  )(`${name} from %s: check → apply → verify → rollback → rollback → apply → verify`, async (_label, scenario) => {
+    const port = await freePort();
+    await scenario.prepare(port);
+    const input = inputFor(port, scenario.extra);
+    const before = await seen(port);
 
-      const pre = await step.check(input);
-      expect(pre.state).toBe(scenario.state);
-      expect(await seen(port)).toEqual(before); // the check changes nothing
+    const pre = await step.check(input);
+    expect(pre.state).toBe(scenario.state);
+    expect(await seen(port)).toEqual(before); // the check changes nothing
 
-      const applied = await step.apply(input);
-      expect(applied.alreadyRunning).toBe(scenario.state === 'running');
-      await step.verify(input);
-      const after = await seen(port);
-      expect(after).toMatchObject({ listening: true, servers: 1, live: { maxmemory: String(input.maxmemory), 'maxmemory-policy': input.maxmemoryPolicy } });
-      expect(after.file).toEqual(after.live);
-      if (scenario.state === 'running') expect(after.pid).toBe(before.pid);
+    const applied = await step.apply(input);
+    expect(applied.alreadyRunning).toBe(scenario.state === 'running');
+    await step.verify(input);
+    const after = await seen(port);
+    expect(after).toMatchObject({
+      listening: true,
+      servers: 1,
+      live: { maxmemory: String(input.maxmemory), 'maxmemory-policy': input.maxmemoryPolicy },
+    });
+    expect(after.file).toEqual(after.live);
+    if (scenario.state === 'running') expect(after.pid).toBe(before.pid);
 
-      const first = await step.rollback(input, pre);
-      const rolledBack = await seen(port);
-      scenario.rolledBack(before, rolledBack);
-      const second = await step.rollback(input, pre);
-      expect(await seen(port)).toEqual(rolledBack); // idempotent
-      if (scenario.state !== 'running') expect([first.stopped, second.stopped]).toEqual([true, false]);
+    const first = await step.rollback(input, pre);
+    const rolledBack = await seen(port);
+    scenario.rolledBack(before, rolledBack);
+    const second = await step.rollback(input, pre);
+    expect(await seen(port)).toEqual(rolledBack); // idempotent
+    if (scenario.state !== 'running') expect([first.stopped, second.stopped]).toEqual([true, false]);
 
-      await step.apply(input);
-      await step.verify(input);
-      expect(await seen(port)).toMatchObject({ listening: true, servers: 1, file: after.live, live: after.live });
-      await step.rollback(input, pre);
-    },
-  );
+    await step.apply(input);
+    await step.verify(input);
+    expect(await seen(port)).toMatchObject({ listening: true, servers: 1, file: after.live, live: after.live });
+    await step.rollback(input, pre);
+  });
 
   describe(`${name}: apply fails part-way, and the rollback (twice) leaves the target as it was`, () => {
     /** Rollback twice after a failed apply: each time the target looks as it did before the check. */
@@ -267,7 +282,11 @@ describe.each(Object.entries(steps))('step %s', (name, step) => {
       const failure = await failureOf(step.apply(input));
       expect(failure.type).toBe('CommandFailed');
       expect(failure.message).toMatch(/redis-server .*redis\.conf" exited with (code )?1: injected: redis-server cannot start/);
-      expect(await seen(port)).toMatchObject({ listening: false, dir: true, file: expect.objectContaining({ maxmemory: String(16 * 1024 ** 2) }) });
+      expect(await seen(port)).toMatchObject({
+        listening: false,
+        dir: true,
+        file: expect.objectContaining({ maxmemory: String(16 * 1024 ** 2) }),
+      });
       await rollsBackTo(input, pre, port, before);
       // The fault gone, the step runs.
       await step.apply(input);
@@ -302,7 +321,9 @@ describe.each(Object.entries(steps))('step %s', (name, step) => {
       try {
         const failure = await failureOf(step.apply(input));
         expect(failure.type).toBe('PortInUse');
-        expect(failure.message).toMatch(new RegExp(`^redisDeployment / start: port ${port} on "${target.name}" is held by something that is not Redis`));
+        expect(failure.message).toMatch(
+          new RegExp(`^redisDeployment / start: port ${port} on "${target.name}" is held by something that is not Redis`),
+        );
         const taken = { ...before, listening: true }; // the squatter still listens; nothing of ours changed
         await step.rollback(input, pre);
         expect(await seen(port)).toEqual(taken);

@@ -12,7 +12,19 @@ import { configure, pgBinDir } from '../src/stack/postgres';
 import { runDir } from './harness/paths';
 import type { Host } from '../src/targets';
 import { startSshd, type Sshd } from './harness/sshd';
-import { closeHarness, newTarget, spawnWorker, startFailingWorker, startWorker, temporal, uniqueId, waitForStatus, writeTargets, type RunningWorker, type TestTarget } from './harness/stack';
+import {
+  closeHarness,
+  newTarget,
+  spawnWorker,
+  startFailingWorker,
+  startWorker,
+  temporal,
+  uniqueId,
+  waitForStatus,
+  writeTargets,
+  type RunningWorker,
+  type TestTarget,
+} from './harness/stack';
 
 let worker: RunningWorker | undefined;
 afterAll(async () => {
@@ -21,14 +33,22 @@ afterAll(async () => {
 });
 
 async function start(target: TestTarget, { taskQueue = TASK_QUEUE, ...input }: Record<string, unknown> = {}): Promise<WorkflowHandle> {
-  return (await temporal()).workflow.start('connectionUpgrade', { taskQueue: taskQueue as string, workflowId: uniqueId('rs'), args: [{ target: target.name, ...input }] });
+  return (await temporal()).workflow.start('connectionUpgrade', {
+    taskQueue: taskQueue as string,
+    workflowId: uniqueId('rs'),
+    args: [{ target: target.name, ...input }],
+  });
 }
 
 /**
  * A target whose files already say something, as a server that has lived a while (applied by a
  * restart): `auto` lines in postgresql.auto.conf; its commands through `binDir`, on `host`.
  */
-async function drifted(name: string, conf: Record<string, string>, { auto = [], binDir, host }: { auto?: string[]; binDir?: string; host?: Host } = {}): Promise<TestTarget> {
+async function drifted(
+  name: string,
+  conf: Record<string, string>,
+  { auto = [], binDir, host }: { auto?: string[]; binDir?: string; host?: Host } = {},
+): Promise<TestTarget> {
   const target = await newTarget(uniqueId(name), { binDir });
   if (host) writeTargets((doc) => void ((doc.targets[target.name] as { host: Host }).host = host));
   await target.stop();
@@ -41,8 +61,13 @@ async function drifted(name: string, conf: Record<string, string>, { auto = [], 
 const autoConfPath = (t: TestTarget): string => path.join(t.dataDir, 'postgresql.auto.conf');
 const autoConf = (t: TestTarget): string => readFileSync(autoConfPath(t), 'utf8');
 const preloaded = async (t: TestTarget): Promise<string[]> => parseList(await t.show('shared_preload_libraries'));
-const startedAt = async (t: TestTarget): Promise<string> => (await t.query<{ t: Date }>('SELECT pg_postmaster_start_time() AS t'))[0].t.toISOString();
-const answers = (t: TestTarget): Promise<boolean> => t.query('SELECT 1').then(() => true, () => false);
+const startedAt = async (t: TestTarget): Promise<string> =>
+  (await t.query<{ t: Date }>('SELECT pg_postmaster_start_time() AS t'))[0].t.toISOString();
+const answers = (t: TestTarget): Promise<boolean> =>
+  t.query('SELECT 1').then(
+    () => true,
+    () => false,
+  );
 
 async function approveAndFinish(handle: WorkflowHandle): Promise<RunbookResult> {
   await waitForStatus(handle, (s) => s.pendingGate?.name === 'restart');
@@ -88,10 +113,14 @@ describe('list settings on a drifted server', () => {
     expect(await preloaded(target)).toEqual(['auto_explain', 'pg_stat_statements']);
     expect(await target.show('max_connections')).toBe('256');
     // Both really loaded: auto_explain's settings exist, pg_stat_statements counts.
-    expect((await target.query<{ n: number }>(`SELECT count(*)::int AS n FROM pg_settings WHERE name LIKE 'auto_explain.%'`))[0].n).toBeGreaterThan(5);
+    expect(
+      (await target.query<{ n: number }>(`SELECT count(*)::int AS n FROM pg_settings WHERE name LIKE 'auto_explain.%'`))[0].n,
+    ).toBeGreaterThan(5);
     expect((await target.query<{ n: number }>('SELECT count(*)::int AS n FROM pg_stat_statements'))[0].n).toBeGreaterThan(0);
     expect(autoConf(target)).toContain(`shared_preload_libraries = 'auto_explain, pg_stat_statements'`);
-    const restart = result.status.steps.find((s) => s.name === 'restart')!.evidence as { preflight: { onDisk: Record<string, string>; libraries: string[] } };
+    const restart = result.status.steps.find((s) => s.name === 'restart')!.evidence as {
+      preflight: { onDisk: Record<string, string>; libraries: string[] };
+    };
     expect(restart.preflight.libraries).toEqual(['auto_explain', 'pg_stat_statements']);
     expect(restart.preflight.onDisk.max_connections).toBe('256');
   });
@@ -124,7 +153,9 @@ describe('list settings on a drifted server', () => {
     expect(await preloaded(target)).toEqual(['auto_explain', 'pg_stat_statements']);
 
     // A second run that a person rejects restores the first one's list element by element.
-    const handle2 = await (await temporal()).workflow.start('connectionUpgrade', {
+    const handle2 = await (
+      await temporal()
+    ).workflow.start('connectionUpgrade', {
       taskQueue: TASK_QUEUE,
       workflowId: uniqueId('rs'),
       args: [{ target: target.name, maxConnections: 300 }],
@@ -132,9 +163,9 @@ describe('list settings on a drifted server', () => {
     await waitForStatus(handle2, (s) => s.pendingGate?.name === 'restart');
     await handle2.signal(rejectSignal, { gate: 'restart', by: 'bob', reason: 'not now' });
     expect((await handle2.result()).outcome).toBe('rejected');
-    expect(await target.query(`SELECT setting FROM pg_file_settings WHERE name = 'shared_preload_libraries' AND sourcefile LIKE '%auto.conf'`)).toEqual([
-      { setting: 'auto_explain, pg_stat_statements' },
-    ]);
+    expect(
+      await target.query(`SELECT setting FROM pg_file_settings WHERE name = 'shared_preload_libraries' AND sourcefile LIKE '%auto.conf'`),
+    ).toEqual([{ setting: 'auto_explain, pg_stat_statements' }]);
     expect(before).toContain(`shared_preload_libraries = 'auto_explain'`);
   });
 
@@ -150,7 +181,9 @@ describe('list settings on a drifted server', () => {
 
     const waiting = await waitForStatus(handle, (s) => s.pendingDecision !== undefined);
     expect(waiting.pendingDecision!.step).toBe('restart');
-    expect(waiting.pendingDecision!.error).toMatch(/preflight: the configuration on disk would not start as intended, so nothing was restarted/);
+    expect(waiting.pendingDecision!.error).toMatch(
+      /preflight: the configuration on disk would not start as intended, so nothing was restarted/,
+    );
     expect(waiting.pendingDecision!.error).toMatch(/shared_preload_libraries would start as "auto_explain, pg_stat_statments"/);
     expect(waiting.pendingDecision!.error).toMatch(/library "pg_stat_statments" does not load: could not access file "pg_stat_statments"/);
     expect(await startedAt(target)).toBe(started);
@@ -171,41 +204,55 @@ describe('a restart that does not come back', () => {
     await sshd?.stop();
   });
 
-  test.each(['local', 'ssh'])('the saved file goes back on disk, the server answers on the old configuration, the FATAL line is quoted (%s host)', async (where) => {
-    worker ??= await startWorker();
-    const pgCtl = failingPgCtl(uniqueId('fail'));
-    const target = await drifted('no-start', { max_connections: '150' }, { binDir: pgCtl.binDir, host: where === 'ssh' ? sshd.host : undefined });
-    pgCtl.arm(target.dataDir);
-    const before = autoConf(target);
-    const loginsBefore = sshd.logins();
-    const handle = await start(target);
-    await waitForStatus(handle, (s) => s.pendingGate?.name === 'restart');
-    await handle.signal(approveSignal, { gate: 'restart', by: 'alice' });
+  test.each(['local', 'ssh'])(
+    'the saved file goes back on disk, the server answers on the old configuration, the FATAL line is quoted (%s host)',
+    async (where) => {
+      worker ??= await startWorker();
+      const pgCtl = failingPgCtl(uniqueId('fail'));
+      const target = await drifted(
+        'no-start',
+        { max_connections: '150' },
+        { binDir: pgCtl.binDir, host: where === 'ssh' ? sshd.host : undefined },
+      );
+      pgCtl.arm(target.dataDir);
+      const before = autoConf(target);
+      const loginsBefore = sshd.logins();
+      const handle = await start(target);
+      await waitForStatus(handle, (s) => s.pendingGate?.name === 'restart');
+      await handle.signal(approveSignal, { gate: 'restart', by: 'alice' });
 
-    const waiting = await waitForStatus(handle, (s) => s.pendingDecision !== undefined, 90_000);
-    const error = waiting.pendingDecision!.error;
-    expect(waiting.pendingDecision!.step).toBe('restart');
-    expect(error).toMatch(/the server did not come back after the restart: FATAL: +could not access file "fermata_missing_library"/);
-    expect(error).toMatch(/put back .*postgresql\.auto\.conf from before the run and started the server on it/);
-    const evidence = waiting.steps.find((s) => s.name === 'restart')!.evidence as { fatal: string; logTail: string; downtimeMs: number; restoredFrom: string };
-    expect(evidence.fatal).toMatch(/^FATAL: +could not access file "fermata_missing_library"/);
-    expect(evidence.logTail).toContain(evidence.fatal);
-    expect(evidence.restoredFrom).toBe(`${target.dataDir}/postgresql.auto.conf.fermata-${handle.workflowId}`);
-    expect(error).toContain(`answering again after ${evidence.downtimeMs} ms down`);
-    expect(evidence.downtimeMs).toBeGreaterThan(0);
-    expect(evidence.downtimeMs).toBeLessThan(30_000);
-    console.log(`restart that did not come back (${where} host): down ${evidence.downtimeMs} ms until it answered on the old configuration`);
-    expect(await target.show('max_connections')).toBe('150');
-    expect(autoConf(target)).toBe(before);
-    // Save, preflight, restart, log and restore: each a command through ssh, or none.
-    if (where === 'ssh') expect(sshd.logins() - loginsBefore).toBeGreaterThanOrEqual(8);
-    else expect(sshd.logins()).toBe(loginsBefore);
+      const waiting = await waitForStatus(handle, (s) => s.pendingDecision !== undefined, 90_000);
+      const error = waiting.pendingDecision!.error;
+      expect(waiting.pendingDecision!.step).toBe('restart');
+      expect(error).toMatch(/the server did not come back after the restart: FATAL: +could not access file "fermata_missing_library"/);
+      expect(error).toMatch(/put back .*postgresql\.auto\.conf from before the run and started the server on it/);
+      const evidence = waiting.steps.find((s) => s.name === 'restart')!.evidence as {
+        fatal: string;
+        logTail: string;
+        downtimeMs: number;
+        restoredFrom: string;
+      };
+      expect(evidence.fatal).toMatch(/^FATAL: +could not access file "fermata_missing_library"/);
+      expect(evidence.logTail).toContain(evidence.fatal);
+      expect(evidence.restoredFrom).toBe(`${target.dataDir}/postgresql.auto.conf.fermata-${handle.workflowId}`);
+      expect(error).toContain(`answering again after ${evidence.downtimeMs} ms down`);
+      expect(evidence.downtimeMs).toBeGreaterThan(0);
+      expect(evidence.downtimeMs).toBeLessThan(30_000);
+      console.log(
+        `restart that did not come back (${where} host): down ${evidence.downtimeMs} ms until it answered on the old configuration`,
+      );
+      expect(await target.show('max_connections')).toBe('150');
+      expect(autoConf(target)).toBe(before);
+      // Save, preflight, restart, log and restore: each a command through ssh, or none.
+      if (where === 'ssh') expect(sshd.logins() - loginsBefore).toBeGreaterThanOrEqual(8);
+      else expect(sshd.logins()).toBe(loginsBefore);
 
-    await handle.signal(decideSignal, { action: 'rollback', by: 'carol' });
-    expect((await handle.result()).outcome).toBe('rolled_back');
-    expect(await target.show('max_connections')).toBe('150');
-    expect(autoConf(target)).toBe(before);
-  });
+      await handle.signal(decideSignal, { action: 'rollback', by: 'carol' });
+      expect((await handle.result()).outcome).toBe('rolled_back');
+      expect(await target.show('max_connections')).toBe('150');
+      expect(autoConf(target)).toBe(before);
+    },
+  );
 
   test('rollback with the server down and unable to start: the saved file goes back on disk and it starts on that', async () => {
     worker ??= await startWorker();

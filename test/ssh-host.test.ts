@@ -17,7 +17,18 @@ import type { Host } from '../src/targets';
 import { stopRedisServers } from './harness/global-teardown';
 import { runDir } from './harness/paths';
 import { startSshd, type Sshd } from './harness/sshd';
-import { closeHarness, newRedisTarget, newTarget, startFailingWorker, startWorker, temporal, uniqueId, waitForStatus, writeTargets, type RunningWorker } from './harness/stack';
+import {
+  closeHarness,
+  newRedisTarget,
+  newTarget,
+  startFailingWorker,
+  startWorker,
+  temporal,
+  uniqueId,
+  waitForStatus,
+  writeTargets,
+  type RunningWorker,
+} from './harness/stack';
 
 let sshd: Sshd;
 let worker: RunningWorker | undefined;
@@ -58,7 +69,7 @@ async function processes(pattern: string): Promise<string[]> {
 /** A `sleep` no other process has on its command line. */
 const uniqueSleep = (): string => `${60 + Math.floor(Math.random() * 900)}.${Date.now() % 100_000}`;
 
-describe('a command on the host: the error names the command, the host and the cause, in execa\'s order', () => {
+describe("a command on the host: the error names the command, the host and the cause, in execa's order", () => {
   test.each<Where>(['local', 'ssh'])('success: stdout, stderr and standard input pass through unchanged (%s)', async (where) => {
     const result = await run(hostOf(where), ['sh', '-c', 'cat; echo to-stderr >&2'], { input: 'line one\nline two\n' });
     expect(result).toMatchObject({ exitCode: 0, stdout: 'line one\nline two', stderr: 'to-stderr' });
@@ -75,12 +86,22 @@ describe('a command on the host: the error names the command, the host and the c
     const { message, details } = await failing(where, ['fermata-no-such-command', '--version']);
     if (where === 'local') {
       // Nothing ran: the spawn itself failed (ENOENT), so there is no exit code.
-      expect(message).toBe(`host: "fermata-no-such-command --version" could not start: "fermata-no-such-command" not found (spawn fermata-no-such-command ENOENT)`);
+      expect(message).toBe(
+        `host: "fermata-no-such-command --version" could not start: "fermata-no-such-command" not found (spawn fermata-no-such-command ENOENT)`,
+      );
       expect(details).toMatchObject({ exitCode: null, signal: null, stderrTail: '' });
     } else {
       // ssh did start: the remote shell looked the command up and exited 127, "command not found".
-      expect(message).toMatch(new RegExp(`^host: "fermata-no-such-command --version"${on(where)} exited with code 127 \\(command not found\\): .*fermata-no-such-command: (command )?not found$`));
-      expect(details).toMatchObject({ exitCode: 127, signal: null, stderrTail: expect.stringMatching(/fermata-no-such-command: (command )?not found$/) });
+      expect(message).toMatch(
+        new RegExp(
+          `^host: "fermata-no-such-command --version"${on(where)} exited with code 127 \\(command not found\\): .*fermata-no-such-command: (command )?not found$`,
+        ),
+      );
+      expect(details).toMatchObject({
+        exitCode: 127,
+        signal: null,
+        stderrTail: expect.stringMatching(/fermata-no-such-command: (command )?not found$/),
+      });
     }
   });
 
@@ -90,7 +111,9 @@ describe('a command on the host: the error names the command, the host and the c
       expect(message).toBe(`host: "sh -c 'kill -9 $$'" was killed by signal SIGKILL (Forced termination)`);
     } else {
       // ssh alone would exit 255 and say nothing (OpenSSH drops sshd's exit-signal): the remote shell names it.
-      expect(message).toMatch(new RegExp(`^host: "sh -c 'kill -9 \\$\\$'"${on(where)} was killed by signal SIGKILL: .*Killed +sh -c 'kill -9 \\$\\$'$`));
+      expect(message).toMatch(
+        new RegExp(`^host: "sh -c 'kill -9 \\$\\$'"${on(where)} was killed by signal SIGKILL: .*Killed +sh -c 'kill -9 \\$\\$'$`),
+      );
     }
     expect(details).toMatchObject({ exitCode: null, signal: 'SIGKILL', timedOut: false });
   });
@@ -118,11 +141,17 @@ describe('a command on the host: the error names the command, the host and the c
     const reason = `host: ssh to root@127.0.0.1:${(sshd.host as { port: number }).port} failed before "sleep ${seconds}" reported how it ended (ssh exited with 255: no connection, or it was lost): `;
     expect(message.slice(0, reason.length)).toBe(reason);
     expect(message.slice(reason.length)).toMatch(lost);
-    expect(details).toEqual({ command: `sleep ${seconds}`, exitCode: 255, signal: null, timedOut: false, stderrTail: expect.stringMatching(lost) });
+    expect(details).toEqual({
+      command: `sleep ${seconds}`,
+      exitCode: 255,
+      signal: null,
+      timedOut: false,
+      stderrTail: expect.stringMatching(lost),
+    });
     await waitFor(`sleep ${seconds} to be gone`, async () => (await processes(`sleep ${seconds}`)).length === 0, 5_000, 100);
   });
 
-  test('no sshd on the port: ssh and the host are named, with ssh\'s own reason', async () => {
+  test("no sshd on the port: ssh and the host are named, with ssh's own reason", async () => {
     const port = await freePort();
     const { message, details } = await failureOf(run({ ...sshd.host, port } as Host, ['true']));
     expect(message).toBe(
@@ -148,7 +177,9 @@ describe('runbooks on a target reached over ssh', () => {
     writeTargets((doc) => void ((doc.targets[target.name] as { host: Host }).host = sshd.host));
     const startedBefore = await postmasterStart(target);
     const loginsBefore = sshd.logins();
-    const handle = await (await temporal()).workflow.start('connectionUpgrade', { taskQueue: TASK_QUEUE, workflowId: uniqueId('ssh-cu'), args: [{ target: target.name }] });
+    const handle = await (
+      await temporal()
+    ).workflow.start('connectionUpgrade', { taskQueue: TASK_QUEUE, workflowId: uniqueId('ssh-cu'), args: [{ target: target.name }] });
     await waitForStatus(handle, (s) => s.pendingGate?.name === 'restart');
     await handle.signal(approveSignal, { gate: 'restart', by: 'alice' });
     const result: RunbookResult = await handle.result();
@@ -181,7 +212,8 @@ describe('runbooks on a target reached over ssh', () => {
     }
     const start = async (input: Record<string, unknown>, taskQueue = TASK_QUEUE): Promise<WorkflowHandle> =>
       (await temporal()).workflow.start('redisDeployment', { taskQueue, workflowId: uniqueId('ssh-redis'), args: [input] });
-    const client = (port: number) => new Redis({ host: bindAddress, port, password: secret, lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+    const client = (port: number) =>
+      new Redis({ host: bindAddress, port, password: secret, lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
     const answers = async (port: number): Promise<boolean> => {
       const c = client(port);
       try {

@@ -69,7 +69,7 @@ function ready(stack: execa.ExecaChildProcess, timeoutMs = 60_000): Promise<void
       output += chunk;
       if (output.includes('Fermata stack ready')) resolve();
     });
-    stack.once('exit', (code) => reject(new Error(`the stack exited with ${code} before it was ready:\n${output}`)));
+    void stack.once('exit', (code) => reject(new Error(`the stack exited with ${code} before it was ready:\n${output}`)));
     timer = setTimeout(() => reject(new Error(`the stack was not ready within ${timeoutMs / 1000} s:\n${output}`)), timeoutMs);
   }).finally(() => clearTimeout(timer));
 }
@@ -120,14 +120,18 @@ test('the stack runs Temporal with its UI, the sandbox, the audit database and a
   await withStack(ports, async (temporal) => {
     const { namespaceInfo } = await temporal.workflowService.describeNamespace({ namespace: 'default' });
     expect(namespaceInfo?.name).toBe('default');
-    await waitFor('a poller on task queue runbooks', async () => {
-      const { pollers } = await temporal.workflowService.describeTaskQueue({
-        namespace: 'default',
-        taskQueue: { name: 'runbooks' },
-        taskQueueType: TASK_QUEUE_TYPE_WORKFLOW,
-      });
-      return pollers.length > 0;
-    }, 10_000);
+    await waitFor(
+      'a poller on task queue runbooks',
+      async () => {
+        const { pollers } = await temporal.workflowService.describeTaskQueue({
+          namespace: 'default',
+          taskQueue: { name: 'runbooks' },
+          taskQueueType: TASK_QUEUE_TYPE_WORKFLOW,
+        });
+        return pollers.length > 0;
+      },
+      10_000,
+    );
 
     expect((await fetch(`http://127.0.0.1:${ports.ui}/`)).status).toBe(200);
 

@@ -5,7 +5,18 @@ import { Client } from 'pg';
 import { approveSignal, rejectSignal, TASK_QUEUE } from '../src/shared/messages';
 import { searchAttributes } from '../src/shared/search-attributes';
 import type { RunbookResult } from '../src/shared/status';
-import { closeHarness, env, failureOf, listRunningUntil, newTarget, startWorker, temporal, uniqueId, waitForStatus, type RunningWorker } from './harness/stack';
+import {
+  closeHarness,
+  env,
+  failureOf,
+  listRunningUntil,
+  newTarget,
+  startWorker,
+  temporal,
+  uniqueId,
+  waitForStatus,
+  type RunningWorker,
+} from './harness/stack';
 
 let worker: RunningWorker;
 beforeAll(async () => {
@@ -46,20 +57,26 @@ test('a second runbook waits for the first, says for whom, and goes on when it e
   expect((await second.describe()).typedSearchAttributes.get(searchAttributes.state)).toBe('waiting_target');
 
   // A dry run holds nothing and waits for nothing.
-  expect(((await (await start('connectionUpgrade', { target: target.name, dryRun: true })).result()) as RunbookResult).outcome).toBe('planned');
+  expect(((await (await start('connectionUpgrade', { target: target.name, dryRun: true })).result()) as RunbookResult).outcome).toBe(
+    'planned',
+  );
   // Asked not to wait, a run is refused at once, naming the holder.
   const refused = await failureOf(await start('redisDeployment', { target: target.name, waitForTarget: false }));
   expect(refused.type).toBe('PrecheckFailed');
   expect(refused.message).toContain(`is being changed by workflow "${first.workflowId}" (connectionUpgrade`);
 
   const list = await listRunningUntil((out) => out.includes(second.workflowId) && out.includes('waiting target'));
-  expect(list.stdout).toMatch(new RegExp(`${second.workflowId}\\s+partitionMigration\\s+${target.name}\\s+held by ${first.workflowId}\\s+waiting target`));
+  expect(list.stdout).toMatch(
+    new RegExp(`${second.workflowId}\\s+partitionMigration\\s+${target.name}\\s+held by ${first.workflowId}\\s+waiting target`),
+  );
 
   await first.signal(approveSignal, { gate: 'restart', by: 'alice' });
   const firstResult: RunbookResult = await first.result();
   expect(firstResult.outcome).toBe('completed');
   const held = await waitForStatus(second, (s) => s.pendingGate?.name === 'cutover', 120_000);
-  expect(Date.parse(held.steps.find((s) => s.name === 'precheck')!.startedAt!)).toBeGreaterThanOrEqual(Date.parse(firstResult.status.steps.at(-1)!.endedAt!));
+  expect(Date.parse(held.steps.find((s) => s.name === 'precheck')!.startedAt!)).toBeGreaterThanOrEqual(
+    Date.parse(firstResult.status.steps.at(-1)!.endedAt!),
+  );
   expect(await leaseOf(target.name)).toEqual({ workflow_id: second.workflowId, runbook: 'partitionMigration' });
   await second.signal(rejectSignal, { gate: 'cutover', by: 'bob', reason: 'only testing' });
   expect((await second.result()).outcome).toBe('rejected');

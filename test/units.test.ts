@@ -55,7 +55,9 @@ describe('every runbooks/*.example.json is valid input for its runbook', () => {
 });
 
 test('every activity a workflow calls is registered by the worker', () => {
-  const registered = Object.keys(createActivities({ activities: () => ({ recordAudit: async () => undefined }) } as unknown as AuditLog, {} as TemporalClient));
+  const registered = Object.keys(
+    createActivities({ activities: () => ({ recordAudit: async () => undefined }) } as unknown as AuditLog, {} as TemporalClient),
+  );
   const dir = path.join(__dirname, '..', 'src', 'workflows');
   const called = new Set<string>();
   for (const file of readdirSync(dir)) {
@@ -76,15 +78,32 @@ describe('current details (renderMarkdown): what the Web UI shows in its details
     state: 'waiting_approval',
     currentStep: 'restart',
     steps: [
-      { name: 'precheck', title: 'Pre-checks', state: 'done', evidence: { summary: `5 setting(s) to change: ${'max_connections 100→256, '.repeat(5)}` } },
+      {
+        name: 'precheck',
+        title: 'Pre-checks',
+        state: 'done',
+        evidence: { summary: `5 setting(s) to change: ${'max_connections 100→256, '.repeat(5)}` },
+      },
       { name: 'apply', title: 'ALTER SYSTEM | reload', state: 'done', evidence: { set: 5, restart: true } },
       { name: 'restart', title: 'Restart (gate "restart", window)', state: 'pending' },
     ],
     pendingGate: { name: 'restart', does: 'restart PostgreSQL on sandbox', since: '2026-11-23T00:28:34.120Z', approvers: ['alice', 'bob'] },
     nextWindow: { opensAt: '2026-11-29T02:00:00.000Z', closesAt: '2026-11-29T04:00:00.000Z' },
     messages: [
-      { kind: 'refused', gate: 'restart', by: 'carol', at: '2026-11-23T00:29:01.000Z', text: 'approve: "carol" is not an approver (alice, bob)' },
-      { kind: 'refused', gate: 'finalize', by: '', at: '2026-11-23T00:29:02.000Z', text: 'approve: gate "finalize" is not pending (pending: "restart")' },
+      {
+        kind: 'refused',
+        gate: 'restart',
+        by: 'carol',
+        at: '2026-11-23T00:29:01.000Z',
+        text: 'approve: "carol" is not an approver (alice, bob)',
+      },
+      {
+        kind: 'refused',
+        gate: 'finalize',
+        by: '',
+        at: '2026-11-23T00:29:02.000Z',
+        text: 'approve: gate "finalize" is not pending (pending: "restart")',
+      },
     ],
   };
   const markdown = renderMarkdown(held);
@@ -124,7 +143,13 @@ describe('current details (renderMarkdown): what the Web UI shows in its details
       state: 'completed',
       pendingGate: undefined,
       messages: [
-        { kind: 'refused', gate: 'restart', by: 'dave', at: '2026-11-23T00:28:59.000Z', text: 'approve: "dave" is not an approver (alice, bob)' },
+        {
+          kind: 'refused',
+          gate: 'restart',
+          by: 'dave',
+          at: '2026-11-23T00:28:59.000Z',
+          text: 'approve: "dave" is not an approver (alice, bob)',
+        },
         ...held.messages,
         { kind: 'approved', gate: 'restart', by: 'alice', at: '2026-11-23T00:30:00.000Z', text: 'window agreed' },
       ],
@@ -151,14 +176,25 @@ describe('current details (renderMarkdown): what the Web UI shows in its details
   describe('the last notification, in one line: the webhook by name and host, how it went, what happens next', () => {
     const at = '2026-11-23T00:28:35.500Z';
     const where = 'connectionUpgrade / restart / notify: webhook "ops-slack" (hooks.example.com)';
-    const lineOf = (notification: RunbookStatus['notification']) => renderMarkdown({ ...held, notification }).split('\n').filter((l) => /^Notifi/.test(l));
+    const lineOf = (notification: RunbookStatus['notification']) =>
+      renderMarkdown({ ...held, notification })
+        .split('\n')
+        .filter((l) => /^Notifi/.test(l));
 
     test('none: no line', () => {
       expect(lineOf(undefined)).toEqual([]);
     });
 
     test('delivered, after the gate and before the window', () => {
-      const n = { kind: 'gate' as const, name: 'restart', webhook: 'ops-slack', host: 'hooks.example.com', outcome: 'delivered' as const, attempts: 1, at };
+      const n = {
+        kind: 'gate' as const,
+        name: 'restart',
+        webhook: 'ops-slack',
+        host: 'hooks.example.com',
+        outcome: 'delivered' as const,
+        attempts: 1,
+        at,
+      };
       expect(lineOf(n)).toEqual(['Notified `ops-slack` (hooks.example.com) of gate `restart` at 00:28:35 UTC.']);
       const shown = renderMarkdown({ ...held, notification: n });
       expect(shown.indexOf('Notified')).toBeGreaterThan(shown.indexOf('Holding at gate'));
@@ -169,18 +205,44 @@ describe('current details (renderMarkdown): what the Web UI shows in its details
     });
 
     test('retrying: the reason without the where and the webhook said again, and when it retries', () => {
-      const n = { kind: 'gate' as const, name: 'restart', webhook: 'ops-slack', host: 'hooks.example.com', outcome: 'retrying' as const, attempts: 2, at };
+      const n = {
+        kind: 'gate' as const,
+        name: 'restart',
+        webhook: 'ops-slack',
+        host: 'hooks.example.com',
+        outcome: 'retrying' as const,
+        attempts: 2,
+        at,
+      };
       expect(lineOf({ ...n, error: `${where}: HTTP 503 Service Unavailable: maintenance (retry in 8 s)` })).toEqual([
         'Notification of gate `restart` to `ops-slack` (hooks.example.com): attempt 2 failed at 00:28:35 UTC: HTTP 503 Service Unavailable: maintenance (retry in 8 s)',
       ]);
     });
 
     test('failed or abandoned: a long reason is cut, what happens next is kept, pipes escaped', () => {
-      const n = { kind: 'gate' as const, name: 'restart', webhook: 'ops-slack', host: 'hooks.example.com', outcome: 'failed' as const, attempts: 6, at };
-      const [failed] = lineOf({ ...n, error: `${where}: HTTP 500 Internal Server Error: ${'stack | trace '.repeat(20)}(gave up after 6 attempts)` });
-      expect(failed).toMatch(/^Notification of gate `restart` to `ops-slack` \(hooks\.example\.com\) failed at 00:28:35 UTC: HTTP 500 Internal Server Error: stack \\\| trace .* … \(gave up after 6 attempts\)$/);
+      const n = {
+        kind: 'gate' as const,
+        name: 'restart',
+        webhook: 'ops-slack',
+        host: 'hooks.example.com',
+        outcome: 'failed' as const,
+        attempts: 6,
+        at,
+      };
+      const [failed] = lineOf({
+        ...n,
+        error: `${where}: HTTP 500 Internal Server Error: ${'stack | trace '.repeat(20)}(gave up after 6 attempts)`,
+      });
+      expect(failed).toMatch(
+        /^Notification of gate `restart` to `ops-slack` \(hooks\.example\.com\) failed at 00:28:35 UTC: HTTP 500 Internal Server Error: stack \\\| trace .* … \(gave up after 6 attempts\)$/,
+      );
       expect(failed.length).toBeLessThan(260);
-      const [abandoned] = lineOf({ ...n, outcome: 'abandoned', attempts: 1, error: `${where}: unreachable (ECONNREFUSED) (not retried: the gate is no longer pending)` });
+      const [abandoned] = lineOf({
+        ...n,
+        outcome: 'abandoned',
+        attempts: 1,
+        error: `${where}: unreachable (ECONNREFUSED) (not retried: the gate is no longer pending)`,
+      });
       expect(abandoned).toBe(
         'Notification of gate `restart` to `ops-slack` (hooks.example.com) abandoned at 00:28:35 UTC: unreachable (ECONNREFUSED) (not retried: the gate is no longer pending)',
       );
@@ -188,13 +250,15 @@ describe('current details (renderMarkdown): what the Web UI shows in its details
 
     test('a webhook the targets file lacks: its name, no host, the error as it is', () => {
       const n = { kind: 'gate' as const, name: 'restart', webhook: 'nobody', outcome: 'failed' as const, attempts: 1, at };
-      expect(lineOf({ ...n, error: 'targets: unknown webhook "nobody" (known: "ops-slack") (not retried: retrying cannot fix it)' })).toEqual([
+      expect(
+        lineOf({ ...n, error: 'targets: unknown webhook "nobody" (known: "ops-slack") (not retried: retrying cannot fix it)' }),
+      ).toEqual([
         'Notification of gate `restart` to `nobody` failed at 00:28:35 UTC: targets: unknown webhook "nobody" (known: "ops-slack") (not retried: retrying cannot fix it)',
       ]);
     });
   });
 
-  test('it ends with an empty paragraph, which the UI\'s pane cuts off instead of the last step', () => {
+  test("it ends with an empty paragraph, which the UI's pane cuts off instead of the last step", () => {
     expect(markdown.endsWith('|\n\n\u00a0')).toBe(true);
   });
 });

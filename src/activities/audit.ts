@@ -67,7 +67,18 @@ export class AuditLog {
           `INSERT INTO audit (workflow_id, run_id, seq, at, runbook, target, kind, step, actor, detail)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
            ON CONFLICT (workflow_id, run_id, seq) DO NOTHING`,
-          [workflowId, runId, entry.seq, entry.at, entry.runbook, entry.target, entry.kind, entry.step ?? null, entry.actor ?? null, entry.detail],
+          [
+            workflowId,
+            runId,
+            entry.seq,
+            entry.at,
+            entry.runbook,
+            entry.target,
+            entry.kind,
+            entry.step ?? null,
+            entry.actor ?? null,
+            entry.detail,
+          ],
         );
       },
     };

@@ -23,7 +23,6 @@ type Planned = PlannedAction<StepOf<'connectionUpgrade'>>;
 /** Worker processes beyond the parallel ones, for logical replication and extensions. */
 export const WORKER_HEADROOM = 8;
 
-
 export interface Precheck extends Evidence {
   serverVersion: string;
   changes: SettingChange[];
@@ -58,23 +57,37 @@ export function createConnectionUpgradeActivities() {
         const serverVersion = await value(c, 'SHOW server_version');
         if (versionNum < 100000) throw stepFailure(ErrorType.PrecheckFailed, `PostgreSQL ${serverVersion} is too old (10 or later needed)`);
         const superuser = await value<boolean>(c, 'SELECT rolsuper FROM pg_roles WHERE rolname = current_user');
-        if (!superuser) throw stepFailure(ErrorType.PrecheckFailed, `role ${q(postgresOf(target).postgres.user)} is not a superuser: ALTER SYSTEM needs one`);
+        if (!superuser)
+          throw stepFailure(
+            ErrorType.PrecheckFailed,
+            `role ${q(postgresOf(target).postgres.user)} is not a superuser: ALTER SYSTEM needs one`,
+          );
 
         const rows = await settingRows(c, managed);
         const current = (name: string) => rows.get(name)!.setting;
         const connections = Number(await value(c, 'SELECT count(*) FROM pg_stat_activity WHERE backend_type = $1', ['client backend']));
         if (input.maxConnections < connections) {
-          throw stepFailure(ErrorType.PrecheckFailed, `maxConnections ${input.maxConnections} is below the ${connections} client connections open now`);
+          throw stepFailure(
+            ErrorType.PrecheckFailed,
+            `maxConnections ${input.maxConnections} is below the ${connections} client connections open now`,
+          );
         }
         const foreignPending = (await pendingRestart(c)).filter((n) => !managed.includes(n));
         if (foreignPending.length) {
-          throw stepFailure(ErrorType.PrecheckFailed, `settings already pending a restart that this runbook did not make: ${foreignPending.join(', ')}; apply or revert them first`);
+          throw stepFailure(
+            ErrorType.PrecheckFailed,
+            `settings already pending a restart that this runbook did not make: ${foreignPending.join(', ')}; apply or revert them first`,
+          );
         }
 
         const preload = parseList(current('shared_preload_libraries'));
         const available = await value<number>(c, 'SELECT count(*)::int FROM pg_available_extensions WHERE name = $1', [STATEMENTS]);
         if (input.enablePgStatStatements) {
-          if (!available) throw stepFailure(ErrorType.PrecheckFailed, `extension ${STATEMENTS} is not available on the server (install the contrib package)`);
+          if (!available)
+            throw stepFailure(
+              ErrorType.PrecheckFailed,
+              `extension ${STATEMENTS} is not available on the server (install the contrib package)`,
+            );
           // A misspelled library would only show after the restart, when the server refuses to start.
           await c.query(`LOAD ${c.escapeLiteral(STATEMENTS)}`);
         }
@@ -85,7 +98,9 @@ export function createConnectionUpgradeActivities() {
           max_parallel_workers: String(input.maxParallelWorkers),
           max_parallel_workers_per_gather: String(input.maxParallelWorkersPerGather),
           // The libraries already preloaded stay, in their order.
-          shared_preload_libraries: formatList(input.enablePgStatStatements && !preload.includes(STATEMENTS) ? [...preload, STATEMENTS] : preload),
+          shared_preload_libraries: formatList(
+            input.enablePgStatStatements && !preload.includes(STATEMENTS) ? [...preload, STATEMENTS] : preload,
+          ),
         };
         const changes: SettingChange[] = managed
           .filter((name) => !sameSetting(name, wanted[name], current(name)) || rows.get(name)!.pending_restart)
@@ -96,23 +111,41 @@ export function createConnectionUpgradeActivities() {
         const needsRestart = changes.some((ch) => ch.needsRestart && !sameSetting(ch.name, ch.from, ch.to));
         const restart = serviceCommand(postgresOf(target).service, 'restart').argv.join(' ');
         const plan: Planned[] = [
-          { step: 'precheck', kind: 'check', text: `PostgreSQL ${serverVersion}; ${connections} client connections; ${STATEMENTS} available: ${Boolean(available)}` },
-          { step: 'apply', kind: 'command', text: 'cp -n postgresql.auto.conf postgresql.auto.conf.fermata-<workflow id>: the configuration to start again on if a restart fails' },
+          {
+            step: 'precheck',
+            kind: 'check',
+            text: `PostgreSQL ${serverVersion}; ${connections} client connections; ${STATEMENTS} available: ${Boolean(available)}`,
+          },
+          {
+            step: 'apply',
+            kind: 'command',
+            text: 'cp -n postgresql.auto.conf postgresql.auto.conf.fermata-<workflow id>: the configuration to start again on if a restart fails',
+          },
           ...changes.map((ch): Planned => ({ step: 'apply', kind: 'sql', text: `${alterSystemSql(ch.name, ch.to)}; -- now ${ch.from}` })),
           { step: 'apply', kind: 'sql', text: 'SELECT pg_reload_conf()' },
           ...(needsRestart
-            ? [
+            ? ([
                 { step: 'restart', kind: 'check', text: 'gate "restart": wait for approval, then the maintenance window' },
                 ...changes
                   .filter((ch) => ch.needsRestart)
-                  .map((ch): Planned => ({ step: 'restart', kind: 'check', text: `preflight: postgres -C ${ch.name} reads ${q(ch.to)} from the files on disk` })),
-                { step: 'restart', kind: 'sql', text: "preflight: LOAD each library of shared_preload_libraries" },
+                  .map((ch): Planned => ({
+                    step: 'restart',
+                    kind: 'check',
+                    text: `preflight: postgres -C ${ch.name} reads ${q(ch.to)} from the files on disk`,
+                  })),
+                { step: 'restart', kind: 'sql', text: 'preflight: LOAD each library of shared_preload_libraries' },
                 { step: 'restart', kind: 'sql', text: 'CHECKPOINT' },
                 { step: 'restart', kind: 'command', text: restart },
-              ] satisfies Planned[]
+              ] satisfies Planned[])
             : []),
-          ...(input.enablePgStatStatements ? [{ step: 'extension', kind: 'sql', text: `CREATE EXTENSION IF NOT EXISTS ${STATEMENTS}` } satisfies Planned] : []),
-          { step: 'verify', kind: 'check', text: 'SHOW each setting; pending_restart false everywhere; EXPLAIN ANALYZE shows a Parallel Seq Scan' },
+          ...(input.enablePgStatStatements
+            ? [{ step: 'extension', kind: 'sql', text: `CREATE EXTENSION IF NOT EXISTS ${STATEMENTS}` } satisfies Planned]
+            : []),
+          {
+            step: 'verify',
+            kind: 'check',
+            text: 'SHOW each setting; pending_restart false everywhere; EXPLAIN ANALYZE shows a Parallel Seq Scan',
+          },
           { step: 'baseline', kind: 'check', text: 'database size, file count, index and table counts, connections, slowest statements' },
         ];
         return {
@@ -123,7 +156,8 @@ export function createConnectionUpgradeActivities() {
           statementsInstalled,
           plan,
           summary: changes.length
-            ? `${changes.length} setting(s) to change${needsRestart ? ', restart needed' : ''}: ` + changes.map((ch) => `${ch.name} ${ch.from}→${ch.to}`).join(', ')
+            ? `${changes.length} setting(s) to change${needsRestart ? ', restart needed' : ''}: ` +
+              changes.map((ch) => `${ch.name} ${ch.from}→${ch.to}`).join(', ')
             : 'every setting already as requested',
         };
       });
@@ -134,18 +168,32 @@ export function createConnectionUpgradeActivities() {
       const target = resolveTarget(targetName);
       const written = await onTarget(target, async (c) => {
         for (const ch of changes) await c.query(alterSystemSql(ch.name, ch.to));
-        return autoConfEntries(c, changes.map((ch) => ch.name));
+        return autoConfEntries(
+          c,
+          changes.map((ch) => ch.name),
+        );
       });
       // What the file now says, element by element: a list written as one element would not start.
       const miswritten = changes.filter((ch) => !sameSetting(ch.name, written[ch.name] ?? '', ch.to));
       if (miswritten.length) {
-        throw stepFailure(ErrorType.NotConverged, `postgresql.auto.conf does not say what was set: ${miswritten.map((ch) => `${ch.name} = ${q(written[ch.name] ?? '(absent)')}, expected ${q(ch.to)}`).join('; ')}`);
+        throw stepFailure(
+          ErrorType.NotConverged,
+          `postgresql.auto.conf does not say what was set: ${miswritten.map((ch) => `${ch.name} = ${q(written[ch.name] ?? '(absent)')}, expected ${q(ch.to)}`).join('; ')}`,
+        );
       }
       await reload(target);
-      const live = await onTarget(target, (c) => settingRows(c, changes.map((ch) => ch.name)));
+      const live = await onTarget(target, (c) =>
+        settingRows(
+          c,
+          changes.map((ch) => ch.name),
+        ),
+      );
       const stale = changes.filter((ch) => !ch.needsRestart && !sameSetting(ch.name, live.get(ch.name)?.setting ?? '', ch.to));
       if (stale.length) {
-        throw stepFailure(ErrorType.NotConverged, `not live after reload: ${stale.map((ch) => `${ch.name}=${live.get(ch.name)?.setting}`).join(', ')}`);
+        throw stepFailure(
+          ErrorType.NotConverged,
+          `not live after reload: ${stale.map((ch) => `${ch.name}=${live.get(ch.name)?.setting}`).join(', ')}`,
+        );
       }
       const pending = changes.filter((ch) => live.get(ch.name)?.pending_restart).map((ch) => ch.name);
       return {
@@ -168,7 +216,10 @@ export function createConnectionUpgradeActivities() {
       saved?: SavedConfig,
     ): Promise<Evidence & { pendingRestart: string[] }> {
       const target = resolveTarget(targetName);
-      const reachable = await onTarget(target, (c) => c.query('SELECT 1')).then(() => true, () => false);
+      const reachable = await onTarget(target, (c) => c.query('SELECT 1')).then(
+        () => true,
+        () => false,
+      );
       // A server that cannot start takes no SQL: its saved file goes back on disk, and it starts on that.
       const files = !reachable && saved ? await restoreSavedConfig(target, saved) : undefined;
       await onTarget(target, async (c) => {
@@ -188,7 +239,11 @@ export function createConnectionUpgradeActivities() {
       );
       const pending = rows.map((r) => r.name);
       const how = files ? ` (server was down: ${saved!.autoConf} put back from ${saved!.copy} and started)` : '';
-      return { summary: `restored ${changes.map((ch) => ch.name).join(', ')}${how}; restart needed for: ${pending.join(', ') || 'none'}`, pendingRestart: pending, files };
+      return {
+        summary: `restored ${changes.map((ch) => ch.name).join(', ')}${how}; restart needed for: ${pending.join(', ') || 'none'}`,
+        pendingRestart: pending,
+        files,
+      };
     },
 
     /**
@@ -206,7 +261,11 @@ export function createConnectionUpgradeActivities() {
         const existed = await hasStatements(c);
         await c.query(`CREATE EXTENSION IF NOT EXISTS ${STATEMENTS}`);
         const version = await value(c, 'SELECT extversion FROM pg_extension WHERE extname = $1', [STATEMENTS]);
-        return { summary: existed ? `${STATEMENTS} ${version} already installed` : `${STATEMENTS} ${version} created`, created: !existed, version };
+        return {
+          summary: existed ? `${STATEMENTS} ${version} already installed` : `${STATEMENTS} ${version} created`,
+          created: !existed,
+          version,
+        };
       });
     },
 
@@ -236,7 +295,15 @@ export function createConnectionUpgradeActivities() {
         if (input.maxParallelWorkersPerGather > 0 && !parallel.parallel) problems.push(`no Parallel Seq Scan on ${parallel.table}`);
         if (problems.length) throw stepFailure(ErrorType.NotConverged, problems.join('; '));
         const shown = Object.fromEntries([...live.values()].map((r) => [r.name, r.setting]));
-        return { summary: `${Object.entries(shown).map(([k, v]) => `${k}=${v}`).join(', ')}; nothing pending restart; ${parallel.summary}`, settings: shown, pendingRestart: pending, statements, parallel };
+        return {
+          summary: `${Object.entries(shown)
+            .map(([k, v]) => `${k}=${v}`)
+            .join(', ')}; nothing pending restart; ${parallel.summary}`,
+          settings: shown,
+          pendingRestart: pending,
+          statements,
+          parallel,
+        };
       });
     },
 
@@ -246,4 +313,3 @@ export function createConnectionUpgradeActivities() {
     },
   };
 }
-

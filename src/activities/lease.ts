@@ -69,7 +69,9 @@ export function createLeaseActivities(store: PostgresEndpoint, temporal: Tempora
 
     /** Give the target's lease back; a lease this run does not hold is left alone. */
     async releaseTarget(target: string): Promise<void> {
-      await withClient({ endpoint: store }, (c) => c.query('DELETE FROM target_lease WHERE target = $1 AND workflow_id = $2', [target, self()]));
+      await withClient({ endpoint: store }, (c) =>
+        c.query('DELETE FROM target_lease WHERE target = $1 AND workflow_id = $2', [target, self()]),
+      );
     },
   };
 }

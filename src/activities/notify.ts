@@ -53,7 +53,10 @@ export function slackMessage(r: NotifyRequest, p: Place): { text: string; blocks
   const cli = commands(r, p.workflowId);
   const approvers = r.approvers.length ? r.approvers.map(esc).join(', ') : 'anyone';
   const section = (text: string) => ({ type: 'section', text: { type: 'mrkdwn', text } });
-  const fields = (pairs: [string, string][]) => ({ type: 'section', fields: pairs.map(([k, v]) => ({ type: 'mrkdwn', text: `*${k}*\n${v}` })) });
+  const fields = (pairs: [string, string][]) => ({
+    type: 'section',
+    fields: pairs.map(([k, v]) => ({ type: 'mrkdwn', text: `*${k}*\n${v}` })),
+  });
 
   if (r.gate) {
     const headline = `⏸ *${esc(r.runbook)}* on ${code(r.target)} holds at gate ${code(r.gate.name)} for approval.`;
@@ -63,7 +66,12 @@ export function slackMessage(r: NotifyRequest, p: Place): { text: string; blocks
       text: [headline, does, answer, `*Approvers:* ${approvers}`, link].join('\n'),
       blocks: [
         section(headline),
-        fields([['Runbook', esc(r.runbook)], ['Target', esc(r.target)], ['Gate', esc(r.gate.name)], ['Approvers', approvers]]),
+        fields([
+          ['Runbook', esc(r.runbook)],
+          ['Target', esc(r.target)],
+          ['Gate', esc(r.gate.name)],
+          ['Approvers', approvers],
+        ]),
         section(does),
         section(answer),
         section(link),
@@ -73,13 +81,19 @@ export function slackMessage(r: NotifyRequest, p: Place): { text: string; blocks
   const { step, error } = r.decision!;
   const headline = `⚠ *${esc(r.runbook)}* on ${code(r.target)}: step ${code(step)} failed and waits for a decision.`;
   const failed = `*Error:*\n\`\`\`${esc(clip(error, 1500)).replace(/```/g, "'''")}\`\`\``;
-  const choices = '*retry* runs the step again, *skip* goes on without it, *abort* stops here and leaves things as they are, *rollback* undoes the completed steps.';
+  const choices =
+    '*retry* runs the step again, *skip* goes on without it, *abort* stops here and leaves things as they are, *rollback* undoes the completed steps.';
   const answer = `*Decide:* ${code(cli.answer)}`;
   return {
     text: [headline, failed, choices, answer, `*Who may decide:* ${approvers}`, link].join('\n'),
     blocks: [
       section(headline),
-      fields([['Runbook', esc(r.runbook)], ['Target', esc(r.target)], ['Failed step', esc(step)], ['Who may decide', approvers]]),
+      fields([
+        ['Runbook', esc(r.runbook)],
+        ['Target', esc(r.target)],
+        ['Failed step', esc(step)],
+        ['Who may decide', approvers],
+      ]),
       section(failed),
       section(`${choices}\n${answer}`),
       section(link),
@@ -130,7 +144,12 @@ export function createNotifyActivities() {
         // until someone fixes the targets file; a server error, a timeout or a rate limit may pass.
         const retryable = response.status >= 500 || response.status === 408 || response.status === 429;
         const said = scrub(reply, url);
-        throw fail(url.host, `HTTP ${response.status}${response.statusText ? ` ${response.statusText}` : ''}${said ? `: ${said}` : ''}`, retryable, response.status);
+        throw fail(
+          url.host,
+          `HTTP ${response.status}${response.statusText ? ` ${response.statusText}` : ''}${said ? `: ${said}` : ''}`,
+          retryable,
+          response.status,
+        );
       }
       return { webhook: webhook.name, host: url.host, status: response.status };
     },
@@ -139,7 +158,8 @@ export function createNotifyActivities() {
 
 /** Why a request got no answer, from the error's code only: never a message that could hold the URL. */
 function unreachable(err: unknown): string {
-  if (err instanceof Error && (err.name === 'TimeoutError' || err.name === 'AbortError')) return `no answer within ${NOTIFY_TIMEOUT_MS / 1000} s`;
+  if (err instanceof Error && (err.name === 'TimeoutError' || err.name === 'AbortError'))
+    return `no answer within ${NOTIFY_TIMEOUT_MS / 1000} s`;
   const cause = (err as { cause?: { code?: unknown; errors?: { code?: unknown }[] } }).cause;
   const codeOf = cause?.code ?? cause?.errors?.[0]?.code;
   return typeof codeOf === 'string' && /^[A-Z_]+$/.test(codeOf) ? `unreachable (${codeOf})` : 'unreachable';
@@ -148,6 +168,7 @@ function unreachable(err: unknown): string {
 /** A webhook's reply, short, on one line, without the URL or its path should the server echo them. */
 function scrub(reply: string, url: URL): string {
   let text = reply.replace(/\s+/g, ' ').trim();
-  for (const secret of [url.href, url.pathname + url.search, url.pathname].filter((s) => s.length > 1)) text = text.split(secret).join('***');
+  for (const secret of [url.href, url.pathname + url.search, url.pathname].filter((s) => s.length > 1))
+    text = text.split(secret).join('***');
   return clip(text, 120);
 }

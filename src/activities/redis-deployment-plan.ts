@@ -11,7 +11,10 @@ export { commandsOf, configText, type Layout };
 
 export const runbook = 'redisDeployment';
 
-export type RedisSettings = Pick<RedisDeploymentInput, 'target' | 'port' | 'maxmemory' | 'maxmemoryPolicy' | 'appendonly' | 'save' | 'driver' | 'purgeOnRollback'>;
+export type RedisSettings = Pick<
+  RedisDeploymentInput,
+  'target' | 'port' | 'maxmemory' | 'maxmemoryPolicy' | 'appendonly' | 'save' | 'driver' | 'purgeOnRollback'
+>;
 
 /** The runbook's deployment on `target` for `settings`' port and driver. */
 export const layoutOf = (target: RedisTarget, settings: Placement): Layout => redisLayout(target, settings, runbook);
@@ -29,21 +32,42 @@ export interface RedisPrecheck extends Evidence {
 }
 
 /** The dry run's plan: every command and check, in order. */
-export function planOf(layout: Layout, settings: RedisSettings, state: RedisPrecheck['state'], changes: SettingChange[], checks: string[], passwordNote?: string): PlannedAction[] {
+export function planOf(
+  layout: Layout,
+  settings: RedisSettings,
+  state: RedisPrecheck['state'],
+  changes: SettingChange[],
+  checks: string[],
+  passwordNote?: string,
+): PlannedAction[] {
   const commands = commandsOf(layout);
-  const config = configText(layout, settings).split('\n').filter((l) => l && !l.startsWith('#'));
+  const config = configText(layout, settings)
+    .split('\n')
+    .filter((l) => l && !l.startsWith('#'));
   const start: PlannedAction[] =
     state === 'running'
       ? [
-          ...changes.filter((ch) => ch.from !== ch.to).map((ch): PlannedAction => ({ step: 'start', kind: 'command', text: `CONFIG SET ${ch.name} ${q(ch.to)} -- now ${q(ch.from)}` })),
+          ...changes
+            .filter((ch) => ch.from !== ch.to)
+            .map((ch): PlannedAction => ({
+              step: 'start',
+              kind: 'command',
+              text: `CONFIG SET ${ch.name} ${q(ch.to)} -- now ${q(ch.from)}`,
+            })),
           { step: 'start', kind: 'command', text: 'CONFIG REWRITE' },
         ]
       : [
-          { step: 'start', kind: 'command', text: `${shown(commands.writeConfig)} <<< ${config.join('; ')}${passwordNote ? `; requirepass ${passwordNote}` : ''}` },
+          {
+            step: 'start',
+            kind: 'command',
+            text: `${shown(commands.writeConfig)} <<< ${config.join('; ')}${passwordNote ? `; requirepass ${passwordNote}` : ''}`,
+          },
           { step: 'start', kind: 'command', text: shown(commands.start) },
           { step: 'start', kind: 'check', text: `PING ${layout.address} until INFO server reports config_file ${layout.config}` },
         ];
-  const restart = commands.docker ? shown(commands.docker.restart) : `SHUTDOWN ${settings.appendonly ? 'NOSAVE' : 'SAVE'}; ${shown(commands.start)}`;
+  const restart = commands.docker
+    ? shown(commands.docker.restart)
+    : `SHUTDOWN ${settings.appendonly ? 'NOSAVE' : 'SAVE'}; ${shown(commands.start)}`;
   const converged = state === 'running' && !changes.length;
   const durability: PlannedAction = converged
     ? { step: 'durability', kind: 'check', text: 'nothing changed: not restarted' }
@@ -54,10 +78,17 @@ export function planOf(layout: Layout, settings: RedisSettings, state: RedisPrec
     ...checks.map((text): PlannedAction => ({ step: 'precheck', kind: 'check', text })),
     ...(converged
       ? [{ step: 'start', kind: 'check', text: 'nothing to change: no gate, no restart' } satisfies PlannedAction]
-      : [{ step: 'start', kind: 'check', text: 'gate "deploy": wait for approval, then the maintenance window' } satisfies PlannedAction, ...start]),
+      : [
+          { step: 'start', kind: 'check', text: 'gate "deploy": wait for approval, then the maintenance window' } satisfies PlannedAction,
+          ...start,
+        ]),
     { step: 'verify', kind: 'check', text: `PING; CONFIG GET ${managed.join(', ')}; INFO persistence; ${shown(commands.readConfig)}` },
     durability,
-    { step: 'smoke', kind: 'check', text: 'one key per family (tag, instrument, bpm_range, key_signature) with its TTL, then the import and analysis invalidations' },
+    {
+      step: 'smoke',
+      kind: 'check',
+      text: 'one key per family (tag, instrument, bpm_range, key_signature) with its TTL, then the import and analysis invalidations',
+    },
     { step: 'monitoring', kind: 'check', text: 'INFO stats, memory: hit ratio > 80%, memory < 10 GiB, evictions < 1% of commands' },
   ];
 }

@@ -40,13 +40,19 @@ export function createRedisActivities() {
       const d = deployment(settings, step);
       const { target, layout, commands } = d;
       if (target.host.kind === 'ssh' && ['127.0.0.1', 'localhost', '::1'].includes(target.redis.bindAddress)) {
-        throw fail(ErrorType.PrecheckFailed, step, `target ${q(target.name)} is reached over ssh, but redis.bindAddress is ${target.redis.bindAddress}: the worker could not connect to Redis; bind an address it can reach (and set a password)`);
+        throw fail(
+          ErrorType.PrecheckFailed,
+          step,
+          `target ${q(target.name)} is reached over ssh, but redis.bindAddress is ${target.redis.bindAddress}: the worker could not connect to Redis; bind an address it can reach (and set a password)`,
+        );
       }
       const available = await run(target.host, commands.available).catch((err: Error) => {
         const what = commands.docker ? 'the docker engine is not reachable' : `${q(layout.server)} cannot run`;
         throw fail(ErrorType.PrecheckFailed, step, `${what} on ${q(target.name)}: ${err.message}`);
       });
-      const version = commands.docker ? `docker ${available.stdout.trim()}` : `Redis ${/v=(\S+)/.exec(available.stdout)?.[1] ?? available.stdout.trim()}`;
+      const version = commands.docker
+        ? `docker ${available.stdout.trim()}`
+        : `Redis ${/v=(\S+)/.exec(available.stdout)?.[1] ?? available.stdout.trim()}`;
 
       const held = await holder(d);
       if (held.kind === 'foreign') return portInUse(d, at(step), held.what);
@@ -55,7 +61,11 @@ export function createRedisActivities() {
       let changes: SettingChange[] = [];
       let usedBytes = 0;
       if (held.kind === 'ours') {
-        ({ live: before, changes, usedBytes } = await withRedis(d, async (r) => ({
+        ({
+          live: before,
+          changes,
+          usedBytes,
+        } = await withRedis(d, async (r) => ({
           ...(await settingChanges(d, r, settings)),
           usedBytes: Number((await info(r, 'memory')).used_memory),
         })));
@@ -64,7 +74,11 @@ export function createRedisActivities() {
       // The host needs the memory Redis may grow to; a Redis of ours already holds part of it.
       const memory = await hostMemory(target.host);
       if (settings.maxmemory > memory.available + usedBytes) {
-        throw fail(ErrorType.PrecheckFailed, step, `maxmemory ${formatBytes(settings.maxmemory)} exceeds the ${formatBytes(memory.available)} available on ${q(target.name)} (of ${formatBytes(memory.total)})`);
+        throw fail(
+          ErrorType.PrecheckFailed,
+          step,
+          `maxmemory ${formatBytes(settings.maxmemory)} exceeds the ${formatBytes(memory.available)} available on ${q(target.name)} (of ${formatBytes(memory.total)})`,
+        );
       }
 
       const where = `${q(target.name)} port ${layout.port}`;
@@ -78,13 +92,17 @@ export function createRedisActivities() {
           ? changes.length
             ? `Redis ${held.version} (pid ${held.pid}) on ${where} is this runbook's; to change: ${changes.map(changeText).join(', ')}`
             : `converged: Redis ${held.version} (pid ${held.pid}) on ${where} is this runbook's and runs as requested; nothing to change`
-          : `${version} available; port ${layout.port} free; ${state === 'stopped' ? 'an earlier deployment\'s files are there and will be reused' : 'nothing deployed yet'}`;
+          : `${version} available; port ${layout.port} free; ${state === 'stopped' ? "an earlier deployment's files are there and will be reused" : 'nothing deployed yet'}`;
       const checks = [
         `${shown(commands.available)}: ${version}`,
         `port ${layout.address}: ${held.kind === 'ours' ? `this runbook's Redis (pid ${held.pid}): converge it` : 'free'}`,
         `memory: maxmemory ${formatBytes(settings.maxmemory)} of ${formatBytes(memory.available)} available (${formatBytes(memory.total)} total)`,
       ];
-      const passwordNote = target.redis.passwordEnv ? `from $${target.redis.passwordEnv}` : target.redis.passwordFile ? `from ${target.redis.passwordFile}` : undefined;
+      const passwordNote = target.redis.passwordEnv
+        ? `from $${target.redis.passwordEnv}`
+        : target.redis.passwordFile
+          ? `from ${target.redis.passwordFile}`
+          : undefined;
       return {
         state,
         changes,
@@ -143,13 +161,21 @@ export function createRedisActivities() {
       const d = deployment(settings, step);
       if (state === 'running') {
         await withRedis(d, (r) => setLive(r, before));
-        return { summary: `settings restored: ${Object.entries(before).map(([k, v]) => `${k}=${q(v)}`).join(', ')}` };
+        return {
+          summary: `settings restored: ${Object.entries(before)
+            .map(([k, v]) => `${k}=${q(v)}`)
+            .join(', ')}`,
+        };
       }
       const stopped = await stop(d, at(step));
       const purge = settings.purgeOnRollback && state === 'absent';
       await remove(d, purge);
       const kept = state === 'stopped' ? 'kept (it was there before this run)' : purge ? 'purged' : 'kept (purgeOnRollback is false)';
-      return { summary: `${stopped ? 'stopped' : 'was not running'}; ${d.commands.docker ? 'container removed; volume' : 'data directory'} ${d.layout.data} ${kept}`, stopped, purged: purge };
+      return {
+        summary: `${stopped ? 'stopped' : 'was not running'}; ${d.commands.docker ? 'container removed; volume' : 'data directory'} ${d.layout.data} ${kept}`,
+        stopped,
+        purged: purge,
+      };
     },
 
     /** Read everything back from Redis and from its config file; a difference is NotConverged (retried). */
@@ -161,7 +187,11 @@ export function createRedisActivities() {
         live: await configGet(r, managed),
         persistence: await info(r, 'persistence'),
       })).catch(async (err: Error) => {
-        throw fail(ErrorType.NotConverged, step, `Redis on ${d.layout.address} does not answer (${err.message}); its log ends: ${await logTail(d)}. Decide "retry" to start it again from its config file`);
+        throw fail(
+          ErrorType.NotConverged,
+          step,
+          `Redis on ${d.layout.address} does not answer (${err.message}); its log ends: ${await logTail(d)}. Decide "retry" to start it again from its config file`,
+        );
       });
       const file = parseConfig((await run(d.target.host, d.commands.readConfig)).stdout);
       const problems = verifyProblems(settings, { ...read, file });
@@ -171,7 +201,9 @@ export function createRedisActivities() {
         summary: `PONG; ${managed.map((n) => `${n}=${q(read.live[n])}`).join(', ')}; aof_enabled:${p.aof_enabled}, last rewrite and write ok; the config file holds all ${managed.length}`,
         live: read.live,
         file,
-        persistence: Object.fromEntries(Object.entries(p).filter(([k]) => /^(aof_enabled|aof_last_\w+_status|rdb_last_bgsave_status|aof_rewrites)$/.test(k))),
+        persistence: Object.fromEntries(
+          Object.entries(p).filter(([k]) => /^(aof_enabled|aof_last_\w+_status|rdb_last_bgsave_status|aof_rewrites)$/.test(k)),
+        ),
       };
     },
 
@@ -209,7 +241,11 @@ export function createRedisActivities() {
       });
       if (after.server.run_id === before.run_id) throw fail(ErrorType.NotConverged, step, 'Redis was not restarted (same run_id)');
       if (after.value !== sentinel.value) {
-        throw fail(ErrorType.NotConverged, step, `sentinel ${q(sentinel.key)} read back as ${q(String(after.value))} after the restart, expected ${q(sentinel.value)}`);
+        throw fail(
+          ErrorType.NotConverged,
+          step,
+          `sentinel ${q(sentinel.key)} read back as ${q(String(after.value))} after the restart, expected ${q(sentinel.value)}`,
+        );
       }
       const from = d.commands.docker ? 'the AOF or RDB' : settings.appendonly ? 'the AOF' : 'the RDB snapshot';
       return {

@@ -39,7 +39,11 @@ export function asFailure(err: unknown): TemporalFailure {
     return failure(ErrorType.SqlFailed, where(), `${error.message} (SQLSTATE ${fields.code}${constraint})`, details);
   }
   // A Node error (ECONNREFUSED, ENOENT …) keeps its code as the type, which retry rules can name.
-  return ApplicationFailure.create({ type: fields.code ?? error.name, message: describe(where(), error.message), details: fields.code ? [{ code: fields.code }] : undefined });
+  return ApplicationFailure.create({
+    type: fields.code ?? error.name,
+    message: describe(where(), error.message),
+    details: fields.code ? [{ code: fields.code }] : undefined,
+  });
 }
 
 export class StepInterceptor implements ActivityInboundCallsInterceptor {

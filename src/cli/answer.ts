@@ -15,20 +15,28 @@ const UPDATE_TIMEOUT_MS = 30_000;
 async function send<A>(client: Client, id: string, what: string, update: UpdateDefinition<string, [A]>, arg: A): Promise<void> {
   const handle = client.workflow.getHandle(id);
   const described = await describeRunbook(handle);
-  if (described.closeTime) throw new CliError(`${what} refused: workflow ${q(id)} has already ended (${described.status.name.toLowerCase()})`);
+  if (described.closeTime)
+    throw new CliError(`${what} refused: workflow ${q(id)} has already ended (${described.status.name.toLowerCase()})`);
   try {
     await client.withDeadline(Date.now() + UPDATE_TIMEOUT_MS, () => handle.executeUpdate(update, { args: [arg] }));
   } catch (err) {
     if (err instanceof WorkflowUpdateFailedError) throw new CliError(`${what} refused: ${explainError(err)}`);
     if (err instanceof WorkflowUpdateRPCTimeoutOrCancelledError) {
-      throw new CliError(`no worker took the ${what} within ${UPDATE_TIMEOUT_MS / 1000} s (is one running?); it may still apply later: check fermata status ${id}`);
+      throw new CliError(
+        `no worker took the ${what} within ${UPDATE_TIMEOUT_MS / 1000} s (is one running?); it may still apply later: check fermata status ${id}`,
+      );
     }
     throw err;
   }
 }
 
 export async function approve(args: string[]): Promise<void> {
-  const { positionals, values } = parse('approve', args, { gate: { type: 'string' }, by: { type: 'string' }, comment: { type: 'string' } }, ['workflow id']);
+  const { positionals, values } = parse(
+    'approve',
+    args,
+    { gate: { type: 'string' }, by: { type: 'string' }, comment: { type: 'string' } },
+    ['workflow id'],
+  );
   const gate = required('approve', values.gate, '--gate <name>');
   const by = required('approve', values.by, '--by <name>');
   await withClient((client) => send(client, positionals[0], 'approval', approveUpdate, { gate, by, comment: values.comment }));
@@ -36,7 +44,9 @@ export async function approve(args: string[]): Promise<void> {
 }
 
 export async function reject(args: string[]): Promise<void> {
-  const { positionals, values } = parse('reject', args, { gate: { type: 'string' }, by: { type: 'string' }, reason: { type: 'string' } }, ['workflow id']);
+  const { positionals, values } = parse('reject', args, { gate: { type: 'string' }, by: { type: 'string' }, reason: { type: 'string' } }, [
+    'workflow id',
+  ]);
   const gate = required('reject', values.gate, '--gate <name>');
   const by = required('reject', values.by, '--by <name>');
   const reason = required('reject', values.reason, '--reason <text>');
@@ -47,7 +57,8 @@ export async function reject(args: string[]): Promise<void> {
 export async function decide(args: string[]): Promise<void> {
   const { positionals, values } = parse('decide', args, { by: { type: 'string' }, comment: { type: 'string' } }, ['workflow id', 'action']);
   const [id, action] = positionals;
-  if (!decisionActions.includes(action as DecisionAction)) throw new UsageError(`decide: action must be one of ${decisionActions.join(', ')}`);
+  if (!decisionActions.includes(action as DecisionAction))
+    throw new UsageError(`decide: action must be one of ${decisionActions.join(', ')}`);
   const by = required('decide', values.by, '--by <name>');
   await withClient((client) =>
     send(client, id, 'decision', decideUpdate, { action: action as DecisionAction, by, comment: values.comment }),

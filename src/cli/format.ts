@@ -29,7 +29,10 @@ export function waiting(id: string, s: RunbookStatus): string[] {
   const lines: string[] = [];
   if (s.pendingGate) {
     const { name, does, since, approvers } = s.pendingGate;
-    lines.push(`⏸ Holding at gate ${q(name)} since ${when(since)} UTC: approving will ${does}.`, `  Approvers: ${approvers.length ? approvers.join(', ') : 'anyone'}.`);
+    lines.push(
+      `⏸ Holding at gate ${q(name)} since ${when(since)} UTC: approving will ${does}.`,
+      `  Approvers: ${approvers.length ? approvers.join(', ') : 'anyone'}.`,
+    );
   }
   if (s.pendingDecision) {
     const { step, error, since } = s.pendingDecision;

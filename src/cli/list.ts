@@ -24,7 +24,9 @@ export async function list(args: string[]): Promise<void> {
     console.log((await withClient(listRunning)).join('\n'));
     return;
   }
-  console.log(['Runbooks:', ...table(Object.keys(runbookSchemas).map((name) => [name, runbookDescriptions[name as RunbookName]]))].join('\n'));
+  console.log(
+    ['Runbooks:', ...table(Object.keys(runbookSchemas).map((name) => [name, runbookDescriptions[name as RunbookName]]))].join('\n'),
+  );
   const file = targetsPath();
   if (!existsSync(file)) {
     console.log(`\nTargets: no targets file at ${q(file)} (set FERMATA_TARGETS or run npm start)`);
@@ -34,7 +36,9 @@ export async function list(args: string[]): Promise<void> {
   const { targets } = loadTargets(file);
   const rows = Object.entries(targets).map(([name, t]) => [
     name,
-    [t.postgres && `${t.postgres.host}:${t.postgres.port}/${t.postgres.database}`, t.redis && `redis on ${t.redis.bindAddress}`].filter(Boolean).join(', '),
+    [t.postgres && `${t.postgres.host}:${t.postgres.port}/${t.postgres.database}`, t.redis && `redis on ${t.redis.bindAddress}`]
+      .filter(Boolean)
+      .join(', '),
     [t.service?.kind, t.host.kind === 'ssh' && `via ssh ${t.host.address}`].filter(Boolean).join(' '),
     t.description ?? '',
   ]);

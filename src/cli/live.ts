@@ -17,7 +17,8 @@ export interface LiveView {
 }
 
 /** The live list on a terminal, plain lines elsewhere. */
-export const liveView = (stream: NodeJS.WriteStream = process.stdout): LiveView => (stream.isTTY ? new BarView(stream) : new LineView(stream));
+export const liveView = (stream: NodeJS.WriteStream = process.stdout): LiveView =>
+  stream.isTTY ? new BarView(stream) : new LineView(stream);
 
 /** A number of seconds as people say it: "45 s", "3 min 20 s", "2 h 5 min". */
 export function duration(seconds: number): string {
@@ -63,7 +64,8 @@ function stateLine(before: RunbookStatus | undefined, now: RunbookStatus): strin
 }
 
 const nameWidth = (s: RunbookStatus): number => Math.max(...s.steps.map((st) => st.name.length));
-const head = (step: StepStatus, width: number): string => `${stepIcon[step.state]} ${step.name.padEnd(width)}  ${words(step.state).padEnd(11)}`;
+const head = (step: StepStatus, width: number): string =>
+  `${stepIcon[step.state]} ${step.name.padEnd(width)}  ${words(step.state).padEnd(11)}`;
 
 /** One line per change: a step's state, or what a running step reports (each new progress figure). */
 class LineView implements LiveView {

@@ -87,21 +87,40 @@ export async function listRunning(client: Client): Promise<string[]> {
       const [at, status] = await Promise.all([
         since(client, run),
         waitingForAPerson(state) || state === 'waiting_target'
-          ? client.withDeadline(deadline, () => client.workflow.getHandle(run.workflowId, run.runId).query(statusQuery)).catch(() => {
-              unanswered++;
-              return undefined;
-            })
+          ? client
+              .withDeadline(deadline, () => client.workflow.getHandle(run.workflowId, run.runId).query(statusQuery))
+              .catch(() => {
+                unanswered++;
+                return undefined;
+              })
           : undefined,
       ]);
-      return { state, at, cells: [run.workflowId, attrs.get(searchAttributes.runbook) ?? run.type, attrs.get(searchAttributes.target) ?? '', holding(status, step), words(state), when(at)] };
+      return {
+        state,
+        at,
+        cells: [
+          run.workflowId,
+          attrs.get(searchAttributes.runbook) ?? run.type,
+          attrs.get(searchAttributes.target) ?? '',
+          holding(status, step),
+          words(state),
+          when(at),
+        ],
+      };
     }),
   );
-  rows.sort((a, b) => (order[a.state as RunState] ?? 9) - (order[b.state as RunState] ?? 9) || (a.at?.getTime() ?? 0) - (b.at?.getTime() ?? 0));
+  rows.sort(
+    (a, b) => (order[a.state as RunState] ?? 9) - (order[b.state as RunState] ?? 9) || (a.at?.getTime() ?? 0) - (b.at?.getTime() ?? 0),
+  );
   const people = rows.filter((r) => waitingForAPerson(r.state)).length;
   return [
     `Running runbooks: ${rows.length}, ${people} waiting for a person`,
     ...table([['WORKFLOW ID', 'RUNBOOK', 'TARGET', 'STEP/GATE', 'STATE', 'SINCE UTC'], ...rows.map((r) => r.cells)]),
-    ...(unanswered ? [`(${unanswered} did not answer the status query within ${QUERY_TIMEOUT_MS / 1000} s: is a worker running? Their STEP/GATE is the last step run.)`] : []),
+    ...(unanswered
+      ? [
+          `(${unanswered} did not answer the status query within ${QUERY_TIMEOUT_MS / 1000} s: is a worker running? Their STEP/GATE is the last step run.)`,
+        ]
+      : []),
     '',
     'Details and the commands that answer a run: fermata status <workflow id>',
   ];

@@ -34,7 +34,8 @@ function readInput(file: string): Record<string, unknown> {
   } catch (err) {
     throw new CliError(`input file ${q(file)} is not valid JSON: ${(err as Error).message}`);
   }
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new CliError(`input file ${q(file)} must hold a JSON object`);
+  if (typeof value !== 'object' || value === null || Array.isArray(value))
+    throw new CliError(`input file ${q(file)} must hold a JSON object`);
   return value as Record<string, unknown>;
 }
 
@@ -71,7 +72,13 @@ export async function start(args: string[]): Promise<void> {
     const final = await follow(client, workflowId);
     const plan = final.status?.plan;
     if (!plan) {
-      const why = final.problem ?? (final.status ? waiting(workflowId, final.status).map((line) => line.trim()).join(' ') : words(final.execution));
+      const why =
+        final.problem ??
+        (final.status
+          ? waiting(workflowId, final.status)
+              .map((line) => line.trim())
+              .join(' ')
+          : words(final.execution));
       throw new CliError(`dry run ${workflowId} produced no plan: ${why}`);
     }
     console.log(['', 'Plan (dry run: nothing was changed):', ...planLines(plan)].join('\n'));

@@ -45,9 +45,13 @@ export async function withClient<T>(use: (client: Client) => Promise<T>): Promis
   } catch (err) {
     const how = temporal.mode === 'plain' ? '' : ` (${temporal.mode})`;
     if (refusedCredentials(err)) {
-      throw new CliError(`Temporal at ${temporal.address}${how} refused the credentials (${explainError(err)}); check TEMPORAL_API_KEY, the client certificate and TEMPORAL_NAMESPACE`);
+      throw new CliError(
+        `Temporal at ${temporal.address}${how} refused the credentials (${explainError(err)}); check TEMPORAL_API_KEY, the client certificate and TEMPORAL_NAMESPACE`,
+      );
     }
-    throw new CliError(`cannot reach Temporal at ${temporal.address}${how} (${explainError(err)}); set TEMPORAL_ADDRESS or start the server`);
+    throw new CliError(
+      `cannot reach Temporal at ${temporal.address}${how} (${explainError(err)}); set TEMPORAL_ADDRESS or start the server`,
+    );
   }
   try {
     return await use(new Client({ connection, namespace }));

@@ -50,7 +50,12 @@ export async function watch(args: string[]): Promise<void> {
     process.once('SIGINT', interrupted);
     let final: Snapshot;
     try {
-      final = await follow(client, id, (status) => view.update(status), (line) => view.note(line));
+      final = await follow(
+        client,
+        id,
+        (status) => view.update(status),
+        (line) => view.note(line),
+      );
     } finally {
       view.stop();
       process.removeListener('SIGINT', interrupted);

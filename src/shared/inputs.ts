@@ -5,13 +5,21 @@ import { parseSize } from './size';
 import { windowProblem } from './window';
 
 /** A target's or a webhook's name, in runbook inputs and in the targets file alike. */
-export const nameSchema = z.string().min(1).max(100).regex(/^[A-Za-z0-9_.-]+$/, 'letters, digits, "_", "." and "-" only');
+export const nameSchema = z
+  .string()
+  .min(1)
+  .max(100)
+  .regex(/^[A-Za-z0-9_.-]+$/, 'letters, digits, "_", "." and "-" only');
 
 export const maintenanceWindowSchema = z
   .object({
     /** Cron expression for when the window opens: 5 fields, or 6 with seconds first. */
     cron: z.string().min(1),
-    durationMinutes: z.number().int().min(1).max(7 * 24 * 60),
+    durationMinutes: z
+      .number()
+      .int()
+      .min(1)
+      .max(7 * 24 * 60),
     timeZone: z.string().min(1).default('UTC'),
   })
   .strict()
@@ -101,8 +109,13 @@ export const redisDeploymentSchema = z
       .default('10gb')
       .transform((text, ctx) => {
         const bytes = parseSize(text);
-        if (bytes === undefined) ctx.addIssue({ code: z.ZodIssueCode.custom, message: `unparsable size ${JSON.stringify(text)} (e.g. "10gb", "256mb", or bytes)` });
-        else if (bytes < 1024 ** 2) ctx.addIssue({ code: z.ZodIssueCode.custom, message: `${JSON.stringify(text)} is below 1mb, too small for a cache` });
+        if (bytes === undefined)
+          ctx.addIssue({
+            code: z.ZodIssueCode.custom,
+            message: `unparsable size ${JSON.stringify(text)} (e.g. "10gb", "256mb", or bytes)`,
+          });
+        else if (bytes < 1024 ** 2)
+          ctx.addIssue({ code: z.ZodIssueCode.custom, message: `${JSON.stringify(text)} is below 1mb, too small for a cache` });
         return bytes ?? 0;
       }),
     maxmemoryPolicy: z.enum(maxmemoryPolicies).default('allkeys-lru'),
@@ -114,7 +127,10 @@ export const redisDeploymentSchema = z
       .transform((text, ctx) => {
         const numbers = text.trim().split(/\s+/).filter(Boolean);
         if (numbers.length % 2 || numbers.some((n) => !/^[1-9]\d*$/.test(n))) {
-          ctx.addIssue({ code: z.ZodIssueCode.custom, message: `invalid save policy ${JSON.stringify(text)}: pairs of positive integers "<seconds> <changes>", or "" for none` });
+          ctx.addIssue({
+            code: z.ZodIssueCode.custom,
+            message: `invalid save policy ${JSON.stringify(text)}: pairs of positive integers "<seconds> <changes>", or "" for none`,
+          });
         }
         return numbers.join(' ');
       }),
@@ -135,9 +151,7 @@ export type RunbookName = keyof typeof runbookSchemas;
 
 /** Readable list of what is wrong, one "field: rule" per problem. */
 export function explain(error: z.ZodError): string {
-  return error.issues
-    .map((i) => `${i.path.length ? i.path.join('.') : 'input'}: ${i.message}`)
-    .join('; ');
+  return error.issues.map((i) => `${i.path.length ? i.path.join('.') : 'input'}: ${i.message}`).join('; ');
 }
 
 /** Parse or throw a non-retryable InvalidInput failure naming every bad field. */

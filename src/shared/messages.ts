@@ -50,5 +50,6 @@ export const handlerDescriptions = {
   approveUpdate: `Approve the gate the runbook holds at: ${approval}. ${refusedAsError}`,
   rejectUpdate: `Reject the gate the runbook holds at; what was applied is rolled back: ${rejection}. ${refusedAsError}`,
   decideUpdate: `Decide for a step that failed after its retries: ${decision}. ${refusedAsError}`,
-  statusQuery: 'No arguments. The runbook as JSON: state, steps with evidence, the pending gate or decision, the window, the messages received, the last notification.',
+  statusQuery:
+    'No arguments. The runbook as JSON: state, steps with evidence, the pending gate or decision, the window, the messages received, the last notification.',
 } as const;

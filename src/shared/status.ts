@@ -214,7 +214,10 @@ export function renderMarkdown(s: RunbookStatus): string {
   }
   if (s.waitingForTarget && s.state === 'waiting_target') {
     const { workflowId, runbook, since } = s.waitingForTarget;
-    lines.push(`**Waiting for \`${s.target}\`:** workflow \`${workflowId}\` (${runbook}) has been changing it since ${minute(since)} UTC; this run goes on when that one ends.`, '');
+    lines.push(
+      `**Waiting for \`${s.target}\`:** workflow \`${workflowId}\` (${runbook}) has been changing it since ${minute(since)} UTC; this run goes on when that one ends.`,
+      '',
+    );
   }
   if (s.notification) lines.push(notificationLine(s.notification), '');
   if (s.nextWindow && (s.state === 'planned' || !finalStates.includes(s.state))) {
@@ -223,7 +226,13 @@ export function renderMarkdown(s: RunbookStatus): string {
   }
   if (s.error) lines.push(`**Error:** ${cell(s.error)}`, '');
   if (s.messages.length) {
-    lines.push(s.messages.slice(-MESSAGES_SHOWN).map((m) => `- ${messageLine(m)}`).join('\n'), '');
+    lines.push(
+      s.messages
+        .slice(-MESSAGES_SHOWN)
+        .map((m) => `- ${messageLine(m)}`)
+        .join('\n'),
+      '',
+    );
   }
   lines.push('| step | state | evidence |', '|---|---|---|');
   for (const step of s.steps) {
@@ -240,7 +249,8 @@ export function renderMarkdown(s: RunbookStatus): string {
 }
 
 /** "attempt 2, after: connectionUpgrade / verify: …": a step whose activity Temporal retries. */
-export const retryText = (retry: NonNullable<StepStatus['retry']>): string => `attempt ${retry.attempt}${retry.error ? `, after: ${retry.error}` : ''}`;
+export const retryText = (retry: NonNullable<StepStatus['retry']>): string =>
+  `attempt ${retry.attempt}${retry.error ? `, after: ${retry.error}` : ''}`;
 
 /** A one-line digest of evidence: its `summary` if it has one, else its scalar fields. */
 export function summarize(evidence?: Evidence): string {

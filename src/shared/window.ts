@@ -36,7 +36,9 @@ export function nextSlot(window: MaintenanceWindow, needMinutes: number, now: Da
   }
   const length = window.durationMinutes * MINUTE;
   const need = needMinutes * MINUTE;
-  const previous = cron(window, new Date(now.getTime() + 1)).prev().getTime();
+  const previous = cron(window, new Date(now.getTime() + 1))
+    .prev()
+    .getTime();
   if (previous + length - now.getTime() >= need) return slot(previous, length);
   return slot(cron(window, now).next().getTime(), length);
 }

@@ -32,7 +32,9 @@ export async function ensureCluster(cluster: DurableCluster): Promise<string> {
     return password;
   }
   if (!existsSync(passwordFile)) {
-    throw new Error(`${dataDir} was initialised with the password in ${passwordFile}, which is missing: restore it, or delete ${dataDir} to start afresh`);
+    throw new Error(
+      `${dataDir} was initialised with the password in ${passwordFile}, which is missing: restore it, or delete ${dataDir} to start afresh`,
+    );
   }
   const running = runningPort(dataDir);
   if (running !== port) {

@@ -104,8 +104,11 @@ async function main(): Promise<void> {
   const stops: (() => Promise<void>)[] = [];
   let stopWorker = async () => {};
 
-  console.log(`fermata: starting Temporal (${address}), the sandbox (${s.sandbox.port}) and audit (${s.audit.port}) PostgreSQL, data in ${shown(s.dataDir)}`);
-  if (!isInitialised(s.sandbox.dataDir)) console.log(`fermata: first start: creating the clusters and a MIDI library of ${s.sandboxFiles} files`);
+  console.log(
+    `fermata: starting Temporal (${address}), the sandbox (${s.sandbox.port}) and audit (${s.audit.port}) PostgreSQL, data in ${shown(s.dataDir)}`,
+  );
+  if (!isInitialised(s.sandbox.dataDir))
+    console.log(`fermata: first start: creating the clusters and a MIDI library of ${s.sandboxFiles} files`);
   try {
     const temporal = startDevServer({ port: s.temporal.port, uiPort: s.ui.port, dbFile, logFile: temporalLog }).then((child) => {
       stops.push(() => stopDevServer(child));
@@ -117,7 +120,9 @@ async function main(): Promise<void> {
       return password;
     };
     const audit = cluster(s.audit);
-    const sandbox = cluster(s.sandbox).then((password) => ensureLibrary({ port: s.sandbox.port, user: s.sandbox.user, password }, s.sandboxFiles));
+    const sandbox = cluster(s.sandbox).then((password) =>
+      ensureLibrary({ port: s.sandbox.port, user: s.sandbox.user, password }, s.sandboxFiles),
+    );
     // Let every part settle before failing, so that whatever did start is stopped again.
     await Promise.allSettled([temporal, audit, sandbox]);
     const server = await temporal;

@@ -15,7 +15,8 @@ export const OS_USER = isRoot ? 'postgres' : undefined;
 export function pgBinDir(): string {
   const base = '/usr/lib/postgresql';
   const versions = existsSync(base) ? readdirSync(base).filter((v) => existsSync(path.join(base, v, 'bin', 'initdb'))) : [];
-  if (!versions.length) throw new Error('PostgreSQL server binaries not found under /usr/lib/postgresql: run `bash scripts/install-deps.sh`');
+  if (!versions.length)
+    throw new Error('PostgreSQL server binaries not found under /usr/lib/postgresql: run `bash scripts/install-deps.sh`');
   return path.join(base, versions.sort((a, b) => Number(b) - Number(a))[0], 'bin');
 }
 
@@ -46,7 +47,22 @@ export async function initCluster(options: ClusterOptions): Promise<void> {
   writeFileSync(pwfile, options.password, { mode: 0o600 });
   if (isRoot) chownSync(pwfile, uid('postgres'), uid('postgres'));
   try {
-    await run(local, [path.join(pgBinDir(), 'initdb'), '-D', dataDir, '-U', options.user, `--pwfile=${pwfile}`, '--auth=scram-sha-256', '-E', 'UTF8', '--locale=C.UTF-8'], { asUser: OS_USER });
+    await run(
+      local,
+      [
+        path.join(pgBinDir(), 'initdb'),
+        '-D',
+        dataDir,
+        '-U',
+        options.user,
+        `--pwfile=${pwfile}`,
+        '--auth=scram-sha-256',
+        '-E',
+        'UTF8',
+        '--locale=C.UTF-8',
+      ],
+      { asUser: OS_USER },
+    );
   } finally {
     rmSync(pwfile, { force: true });
   }
@@ -60,7 +76,14 @@ export async function initCluster(options: ClusterOptions): Promise<void> {
 
 /** Append settings to postgresql.conf (later lines win). */
 export function configure(dataDir: string, settings: Record<string, string>): void {
-  appendFileSync(path.join(dataDir, 'postgresql.conf'), '\n' + Object.entries(settings).map(([k, v]) => `${k} = ${v}`).join('\n') + '\n');
+  appendFileSync(
+    path.join(dataDir, 'postgresql.conf'),
+    '\n' +
+      Object.entries(settings)
+        .map(([k, v]) => `${k} = ${v}`)
+        .join('\n') +
+      '\n',
+  );
 }
 
 /** A copy of a stopped cluster, listening on another port. */

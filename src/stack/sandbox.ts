@@ -67,7 +67,13 @@ export function writeTargets(t: StackTargets): void {
     targets: {
       [SANDBOX_TARGET]: {
         description: 'Sandbox PostgreSQL of `npm start`, holding the MIDI library',
-        postgres: { host: '127.0.0.1', port: t.sandboxPort, database: SANDBOX_DATABASE, user: 'fermata', passwordFile: relative(t.sandboxPasswordFile) },
+        postgres: {
+          host: '127.0.0.1',
+          port: t.sandboxPort,
+          database: SANDBOX_DATABASE,
+          user: 'fermata',
+          passwordFile: relative(t.sandboxPasswordFile),
+        },
         service: clusterService(t.sandboxDataDir),
         host: { kind: 'local' },
         // The Redis runbook keeps redis-<port>/ here, next to the targets file.

@@ -55,7 +55,10 @@ export async function connectionUpgrade(raw: unknown): Promise<RunbookResult> {
     } else rb.skip('apply', 'every setting already as requested');
 
     if (pre.needsRestart) {
-      await rb.gate('restart', `restart PostgreSQL on ${target} (a few seconds offline) to apply ${restartOnly.map((ch) => ch.name).join(', ')}`);
+      await rb.gate(
+        'restart',
+        `restart PostgreSQL on ${target} (a few seconds offline) to apply ${restartOnly.map((ch) => ch.name).join(', ')}`,
+      );
       await rb.step('restart', () => restartIfPending(Object.fromEntries(restartOnly.map((ch) => [ch.name, ch.to]))));
     } else rb.skip('restart', 'no setting needs a restart');
 

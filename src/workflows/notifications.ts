@@ -53,7 +53,10 @@ export class Notifier {
     const stopped = `not retried: the ${kind} is no longer pending`;
     const record = (auditKind: string, n: Omit<NotificationStatus, 'kind' | 'name' | 'at'>, detail: Record<string, unknown>) => {
       this.journal.status.notification = { kind, name, ...n, at: now() };
-      this.journal.audit(auditKind, { step: name, detail: { about: kind, webhook: n.webhook, host: n.host, attempt: n.attempts, ...detail } });
+      this.journal.audit(auditKind, {
+        step: name,
+        detail: { about: kind, webhook: n.webhook, host: n.host, attempt: n.attempts, ...detail },
+      });
       this.journal.publish();
     };
     for (let attempt = 1; ; attempt++) {
@@ -61,11 +64,16 @@ export class Notifier {
       try {
         const sent = await notifyWebhook(request);
         if (!sent) return; // neither the run nor its target names a webhook
-        record('notification_sent', { webhook: sent.webhook, host: sent.host, outcome: 'delivered', attempts: attempt }, { httpStatus: sent.status });
+        record(
+          'notification_sent',
+          { webhook: sent.webhook, host: sent.host, outcome: 'delivered', attempts: attempt },
+          { httpStatus: sent.status },
+        );
         return;
       } catch (err) {
         const cause = err instanceof ActivityFailure ? err.cause : err;
-        const details = cause instanceof ApplicationFailure ? (cause.details?.[0] as { webhook?: string; host?: string } | undefined) : undefined;
+        const details =
+          cause instanceof ApplicationFailure ? (cause.details?.[0] as { webhook?: string; host?: string } | undefined) : undefined;
         failure = {
           webhook: details?.webhook ?? request.webhook,
           host: details?.host || undefined,
@@ -84,7 +92,11 @@ export class Notifier {
       record('notification_failed', { webhook, host, outcome, attempts: attempt, error: `${error} (${next})` }, { error, next });
       if (outcome !== 'retrying') return;
       if (await condition(() => !open(), delay)) {
-        record('notification_abandoned', { webhook, host, outcome: 'abandoned', attempts: attempt, error: `${error} (${stopped})` }, { error, next: stopped });
+        record(
+          'notification_abandoned',
+          { webhook, host, outcome: 'abandoned', attempts: attempt, error: `${error} (${stopped})` },
+          { error, next: stopped },
+        );
         return;
       }
     }

@@ -44,11 +44,17 @@ export async function partitionMigration(raw: unknown): Promise<RunbookResult> {
           progress: { done: progress.copied, total: inventory.rows, unit: 'rows', perSecond, etaSeconds: eta },
         });
       }
-      return { ...progress, summary: `${progress.copied} rows copied in ${progress.batches} batches${progress.resumedFrom !== undefined ? `, resumed at key ${progress.resumedFrom}` : ''}` };
+      return {
+        ...progress,
+        summary: `${progress.copied} rows copied in ${progress.batches} batches${progress.resumedFrom !== undefined ? `, resumed at key ${progress.resumedFrom}` : ''}`,
+      };
     });
     await rb.step('verify', () => pg.partitionVerify(spec, 'shadow'));
 
-    await rb.gate('cutover', `swap ${table} for its partitioned copy in one short transaction (writes wait a fraction of a second); ${table}_old stays current for rollback`);
+    await rb.gate(
+      'cutover',
+      `swap ${table} for its partitioned copy in one short transaction (writes wait a fraction of a second); ${table}_old stays current for rollback`,
+    );
     await rb.window(CUTOVER_MINUTES);
     await rb.step('cutover', () => pg.partitionCutover(spec, inventory), { rollback: () => pg.partitionSwapBack(spec, inventory) });
     await rb.step('post-verify', async () => {

@@ -34,7 +34,10 @@ export class People {
     setHandler(rejectSignal, (r) => void this.onReject(r), { description: about.rejectSignal });
     setHandler(decideSignal, (d) => void this.onDecide(d), { description: about.decideSignal });
     setHandler(approveUpdate, (a) => this.strict(this.onApprove(a)), { validator: needs('gate', 'by'), description: about.approveUpdate });
-    setHandler(rejectUpdate, (r) => this.strict(this.onReject(r)), { validator: needs('gate', 'by', 'reason'), description: about.rejectUpdate });
+    setHandler(rejectUpdate, (r) => this.strict(this.onReject(r)), {
+      validator: needs('gate', 'by', 'reason'),
+      description: about.rejectUpdate,
+    });
     setHandler(decideUpdate, (d) => this.strict(this.onDecide(d)), { validator: needs('action', 'by'), description: about.decideUpdate });
   }
 

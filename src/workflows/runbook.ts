@@ -273,7 +273,9 @@ export class Runbook<R extends RunbookType> {
     this.journal.audit('gate_opened', { step: name, detail: { does } });
     const minutes = this.input.gateTimeoutMinutes;
     const answered = await this.notifier.waitFor({ gate: { name, does } }, () =>
-      minutes ? condition(() => this.people.gate() !== undefined, minutes * 60_000) : condition(() => this.people.gate() !== undefined).then(() => true),
+      minutes
+        ? condition(() => this.people.gate() !== undefined, minutes * 60_000)
+        : condition(() => this.people.gate() !== undefined).then(() => true),
     );
     this.status.pendingGate = undefined;
     this.journal.setState('running');
@@ -394,5 +396,4 @@ export class Runbook<R extends RunbookType> {
     step.endedAt = now();
     this.journal.publish();
   }
-
 }

@@ -14,7 +14,11 @@ export const interceptors: WorkflowInterceptorsFactory = () => ({
   outbound: [
     {
       scheduleActivity: (input, next) =>
-        next(holder.fermataStep ? { ...input, headers: { ...input.headers, [STEP_HEADER]: defaultPayloadConverter.toPayload(holder.fermataStep) } } : input),
+        next(
+          holder.fermataStep
+            ? { ...input, headers: { ...input.headers, [STEP_HEADER]: defaultPayloadConverter.toPayload(holder.fermataStep) } }
+            : input,
+        ),
     },
   ],
 });

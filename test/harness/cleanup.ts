@@ -105,12 +105,22 @@ function serverOfPidFile(file: string): Server | undefined {
     }
     case 'redis.pid': {
       // redis-server rewrites its command line to "redis-server 127.0.0.1:<port>", but runs in its `dir`.
-      const ours = same(() => comm(pid) === 'redis-server' && (within(cwd(pid), dirs) || argv(pid).some((a) => dirs.some((d) => a.includes(d)))));
+      const ours = same(
+        () => comm(pid) === 'redis-server' && (within(cwd(pid), dirs) || argv(pid).some((a) => dirs.some((d) => a.includes(d)))),
+      );
       return ours() ? { kind: 'redis-server', pid, via: file, ours, stop: 'SIGTERM', group: false } : undefined;
     }
     case 'sshd.pid': {
       // Its title keeps the `-f <dir>/sshd_config` it was started with.
-      const ours = same(() => comm(pid) === 'sshd' && dirs.some((d) => argv(pid).join(' ').includes(d + path.sep)));
+      const ours = same(
+        () =>
+          comm(pid) === 'sshd' &&
+          dirs.some((d) =>
+            argv(pid)
+              .join(' ')
+              .includes(d + path.sep),
+          ),
+      );
       return ours() ? { kind: 'sshd', pid, via: file, ours, stop: 'SIGTERM', group: false } : undefined;
     }
   }
@@ -131,7 +141,9 @@ function temporalServers(dir: string): Server[] {
     const started = startTime(pid);
     const ours = () => {
       const args = argv(pid);
-      return isRunning(pid) && startTime(pid) === started && path.basename(args[0] ?? '') === 'temporal' && args.some((a) => dbFiles.includes(a));
+      return (
+        isRunning(pid) && startTime(pid) === started && path.basename(args[0] ?? '') === 'temporal' && args.some((a) => dbFiles.includes(a))
+      );
     };
     if (ours()) servers.push({ kind: 'temporal', pid, via: dbFiles[0], ours, stop: 'SIGTERM', group: statOf(pid)?.[2] === entry });
   }
@@ -221,7 +233,11 @@ function removeRun(report: StopReport): StopReport {
  * and wait until they have exited.
  */
 export async function stopRedisServers(root: string): Promise<void> {
-  await stopServers(pidFiles(root).flatMap((file) => serverOfPidFile(file) ?? []).filter((s) => s.kind === 'redis-server'));
+  await stopServers(
+    pidFiles(root)
+      .flatMap((file) => serverOfPidFile(file) ?? [])
+      .filter((s) => s.kind === 'redis-server'),
+  );
 }
 
 // ---- ownership of a run directory
@@ -269,7 +285,7 @@ function descendants(): number[] {
     if (ppid !== undefined) children.set(ppid, [...(children.get(ppid) ?? []), Number(entry)]);
   }
   const found: number[] = [];
-  for (let queue = [process.pid]; queue.length; ) {
+  for (let queue = [process.pid]; queue.length;) {
     const next = children.get(String(queue.shift())) ?? [];
     found.push(...next);
     queue.push(...next);
@@ -285,7 +301,11 @@ function descendants(): number[] {
  */
 function stopChildren(dir: string): () => Promise<void> {
   const servers = runServers(dir).map((s) => s.pid);
-  const started = new Map(descendants().filter((pid) => !servers.includes(pid)).map((pid) => [pid, startTime(pid)]));
+  const started = new Map(
+    descendants()
+      .filter((pid) => !servers.includes(pid))
+      .map((pid) => [pid, startTime(pid)]),
+  );
   const alive = () => [...started].filter(([pid, start]) => isRunning(pid) && startTime(pid) === start).map(([pid]) => pid);
   const kill = (sig: NodeJS.Signals) =>
     alive().forEach((pid) => {

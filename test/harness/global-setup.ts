@@ -48,8 +48,15 @@ async function startStack(): Promise<void> {
   writeFileSync(path.join(runDir, 'secrets', 'target.pw'), env.targetPassword, { mode: 0o600 });
   writeFileSync(path.join(runDir, 'secrets', 'audit.pw'), env.auditPassword, { mode: 0o600 });
 
-  const temporal = startDevServer({ port: temporalPort, uiPort, dbFile: temporalDbFile(runDir), logFile: path.join(runDir, 'temporal.log') });
-  const bundle = bundleWorkflowCode({ workflowsPath, payloadConverterPath, workflowInterceptorModules, logger: quietLogger }).then(({ code }) => writeFileSync(env.workflowBundle, code));
+  const temporal = startDevServer({
+    port: temporalPort,
+    uiPort,
+    dbFile: temporalDbFile(runDir),
+    logFile: path.join(runDir, 'temporal.log'),
+  });
+  const bundle = bundleWorkflowCode({ workflowsPath, payloadConverterPath, workflowInterceptorModules, logger: quietLogger }).then(
+    ({ code }) => writeFileSync(env.workflowBundle, code),
+  );
 
   await initCluster({ dataDir: env.auditDataDir, port: auditPort, user: 'fermata', password: env.auditPassword, fast: true });
   await startCluster(env.auditDataDir);

@@ -48,8 +48,26 @@ export async function startSshd(): Promise<Sshd> {
   const child = execa('/usr/sbin/sshd', ['-D', '-e', '-f', config], { reject: false, all: true });
   let logins = 0;
   child.all?.on('data', (chunk: Buffer) => (logins += chunk.toString().split('Accepted publickey for root').length - 1));
-  const host: Host = { kind: 'ssh', address: '127.0.0.1', port, user: 'root', identityFile: path.join(dir, 'client_key'), knownHostsFile: path.join(dir, 'known_hosts') };
-  const ssh = ['-o', 'BatchMode=yes', '-p', String(port), '-i', host.identityFile!, '-o', `UserKnownHostsFile=${host.knownHostsFile}`, 'root@127.0.0.1', 'true'];
+  const host: Host = {
+    kind: 'ssh',
+    address: '127.0.0.1',
+    port,
+    user: 'root',
+    identityFile: path.join(dir, 'client_key'),
+    knownHostsFile: path.join(dir, 'known_hosts'),
+  };
+  const ssh = [
+    '-o',
+    'BatchMode=yes',
+    '-p',
+    String(port),
+    '-i',
+    host.identityFile!,
+    '-o',
+    `UserKnownHostsFile=${host.knownHostsFile}`,
+    'root@127.0.0.1',
+    'true',
+  ];
   await waitFor('the test sshd', async () => (await execa('ssh', ssh, { reject: false })).exitCode === 0, 10_000, 100);
   return {
     host,

@@ -33,7 +33,9 @@ export const targetsFile = path.join(runDir, `targets-${path.basename(expect.get
 process.env.FERMATA_TARGETS = targetsFile;
 
 /** Change this test file's targets file (its targets, webhooks). */
-export function writeTargets(update: (doc: { audit: unknown; webhooks?: Record<string, unknown>; targets: Record<string, unknown> }) => void): void {
+export function writeTargets(
+  update: (doc: { audit: unknown; webhooks?: Record<string, unknown>; targets: Record<string, unknown> }) => void,
+): void {
   const doc = existsSync(targetsFile)
     ? parse(readFileSync(targetsFile, 'utf8'))
     : {
@@ -71,7 +73,7 @@ export async function newTarget(name: string, { binDir }: { binDir?: string } = 
       service: { ...clusterService(dataDir), ...(binDir ? { binDir } : {}) },
     };
   });
-  const query: TestTarget['query'] = async <T,>(sql: string, params: unknown[] = []) => {
+  const query: TestTarget['query'] = async <T>(sql: string, params: unknown[] = []) => {
     const client = new Client({ host: '127.0.0.1', port, user: 'fermata', password: env.targetPassword, database: 'midi_library' });
     await client.connect();
     try {
@@ -104,7 +106,9 @@ export interface RunningWorker {
 }
 
 /** A worker inside the test process; `wrap` can replace activities to inject faults. */
-export async function startWorker(options: { taskQueue?: string; wrap?: (activities: Activities) => Activities } = {}): Promise<RunningWorker> {
+export async function startWorker(
+  options: { taskQueue?: string; wrap?: (activities: Activities) => Activities } = {},
+): Promise<RunningWorker> {
   const { worker, close } = await createWorker({
     temporal: temporalConnectionConfig({ TEMPORAL_ADDRESS: env.temporalAddress }),
     workflowBundlePath: env.workflowBundle,
@@ -216,7 +220,8 @@ export async function newRedisTarget(name: string, redis: { binDir?: string; pas
     name,
     dataRoot,
     dir: (port) => path.join(dataRoot, `redis-${port}`),
-    client: (port, password) => new Redis({ host: '127.0.0.1', port, password, lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null }),
+    client: (port, password) =>
+      new Redis({ host: '127.0.0.1', port, password, lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null }),
   };
 }
 

@@ -63,7 +63,10 @@ export async function startTlsProxy(options: TlsProxyOptions): Promise<TlsProxy>
       ...(peer?.subject ? { clientCertificate: String(peer.subject.CN) } : {}),
     });
     if (options.apiKey !== undefined && authorization !== `Bearer ${options.apiKey}`) {
-      stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': '16', 'grpc-message': 'API key refused by the test proxy' }, { endStream: true });
+      stream.respond(
+        { ':status': 200, 'content-type': 'application/grpc', 'grpc-status': '16', 'grpc-message': 'API key refused by the test proxy' },
+        { endStream: true },
+      );
       return;
     }
     const call = upstream.request(forwardable(headers, [':path', ':method']));

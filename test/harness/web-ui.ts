@@ -67,7 +67,8 @@ export class WebUi {
     const file = path.join(this.screenshotDir, `${String(++this.shots).padStart(2, '0')}-${name}.png`);
     await this.page.screenshot({ path: file });
     // FERMATA_UI_TRACE=1: when each stage was reached, to see where a slow run spends its time.
-    if (process.env.FERMATA_UI_TRACE) console.log(`${((Date.now() - this.opened) / 1000).toFixed(1).padStart(6)} s  ${path.basename(file)}`);
+    if (process.env.FERMATA_UI_TRACE)
+      console.log(`${((Date.now() - this.opened) / 1000).toFixed(1).padStart(6)} s  ${path.basename(file)}`);
     return file;
   }
 
@@ -97,7 +98,13 @@ export class WebUi {
 
   /** The execution status in the page's header: Running, Completed, Failed, Terminated… */
   async status(): Promise<string> {
-    return (await this.page.locator('header').getByText(/^\s*(Running|Completed|Failed|Terminated|Canceled|Timed Out|Continued as New)\s*$/).first().innerText()).trim();
+    return (
+      await this.page
+        .locator('header')
+        .getByText(/^\s*(Running|Completed|Failed|Terminated|Canceled|Timed Out|Continued as New)\s*$/)
+        .first()
+        .innerText()
+    ).trim();
   }
 
   /** Wait until the header shows `status` (the page refreshes a running workflow by itself). */
@@ -160,7 +167,10 @@ export class WebUi {
     await this.page.goto(`${this.baseUrl}/namespaces/${NAMESPACE}/workflows`);
     await this.page.getByTestId('add-filter-button').click();
     await this.page.getByTestId('filter-search').fill(attribute);
-    await this.page.getByRole('menuitem', { name: new RegExp(`^${attribute}\\b`) }).last().click();
+    await this.page
+      .getByRole('menuitem', { name: new RegExp(`^${attribute}\\b`) })
+      .last()
+      .click();
     await this.page.getByPlaceholder('Enter value...').fill(value);
     await this.page.getByRole('button', { name: 'Apply' }).click();
     await this.page.waitForURL(/[?&]query=/);

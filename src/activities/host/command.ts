@@ -107,13 +107,18 @@ export async function run(host: Host, argv: string[], options: RunOptions = {}):
     const cause = result.originalMessage ?? result.code;
     if (result.syscall?.startsWith('spawn')) {
       const why = ({ ENOENT: 'not found', EACCES: 'not executable' } as Record<string, string>)[result.code];
-      reason = why ? `${q(command)}${on} could not start: ${q(file)} ${why} (${cause})` : `${q(command)}${on} could not start ${q(file)}: ${cause}`;
+      reason = why
+        ? `${q(command)}${on} could not start: ${q(file)} ${why} (${cause})`
+        : `${q(command)}${on} could not start ${q(file)}: ${cause}`;
     } else {
       reason = `${q(command)}${on} failed: ${cause}`;
     }
   } else if (result.signal !== undefined) {
     const description = result.signalDescription ? ` (${result.signalDescription})` : '';
-    reason = host.kind === 'ssh' ? `${ssh} was killed by signal ${result.signal}${description} while ${q(command)} ran` : `${q(command)} was killed by signal ${result.signal}${description}`;
+    reason =
+      host.kind === 'ssh'
+        ? `${ssh} was killed by signal ${result.signal}${description} while ${q(command)} ran`
+        : `${q(command)} was killed by signal ${result.signal}${description}`;
   } else if (remote.signal) {
     [exitCode, signal] = [null, remote.signal];
     reason = `${q(command)}${on} was killed by signal ${remote.signal}`;

@@ -40,9 +40,15 @@ export function createPartitionMigrationActivities() {
         const there = await exists(c, n.shadow);
         if (!there) for (const statement of statements) await c.query(statement);
         await c.query('COMMIT');
-        const partitions = await value<number>(c, 'SELECT count(*)::int FROM pg_inherits WHERE inhparent = to_regclass($1)', [`public.${n.shadow}`]);
-        if (partitions !== spec.partitions) throw fail(ErrorType.PrecheckFailed, 'create-shadow', `shadow has ${partitions} partitions, expected ${spec.partitions}`);
-        return { summary: `${n.shadow}: ${partitions} hash partitions, ${inventory.indexes.length} indexes${there ? ' (already there)' : ''}`, partitions };
+        const partitions = await value<number>(c, 'SELECT count(*)::int FROM pg_inherits WHERE inhparent = to_regclass($1)', [
+          `public.${n.shadow}`,
+        ]);
+        if (partitions !== spec.partitions)
+          throw fail(ErrorType.PrecheckFailed, 'create-shadow', `shadow has ${partitions} partitions, expected ${spec.partitions}`);
+        return {
+          summary: `${n.shadow}: ${partitions} hash partitions, ${inventory.indexes.length} indexes${there ? ' (already there)' : ''}`,
+          partitions,
+        };
       });
     },
 
@@ -73,7 +79,11 @@ export function createPartitionMigrationActivities() {
         // Every write not captured committed before the trigger took its lock: the backfill covers
         // exactly the keys present now (the precheck's bounds could miss rows inserted since).
         const { minKey, maxKey } = await keyBounds(c, spec.table, spec.partitionKey);
-        return { summary: `trigger ${n.forwardTrigger} on ${spec.table} copies every write to ${n.shadow}; backfill keys ${minKey}..${maxKey}`, minKey, maxKey };
+        return {
+          summary: `trigger ${n.forwardTrigger} on ${spec.table} copies every write to ${n.shadow}; backfill keys ${minKey}..${maxKey}`,
+          minKey,
+          maxKey,
+        };
       });
     },
 
@@ -133,7 +143,7 @@ export function createPartitionMigrationActivities() {
         while (progress.last < progress.maxKey && Date.now() < deadline) {
           await throttle(c, spec.throttle);
           const batches: number[][] = [];
-          for (let low = progress.last + 1; batches.length < lanes.length && low <= progress.maxKey; ) {
+          for (let low = progress.last + 1; batches.length < lanes.length && low <= progress.maxKey;) {
             const block = Math.trunc(low / spec.batchRows);
             const high = Math.min(blockKeys(block, spec.batchRows)[1], progress.maxKey);
             batches.push([low, high, block]);
@@ -171,7 +181,11 @@ export function createPartitionMigrationActivities() {
           throw fail(ErrorType.NotConverged, 'verify', `${left} and ${right} differ in key ranges ${listRanges(mismatches.ranges)}`);
         }
         if (against === 'shadow') await c.query(`ANALYZE ${ident(right)}`);
-        return { summary: `${mismatches.rows} rows equal in ${mismatches.chunks} key range${mismatches.chunks === 1 ? '' : 's'} (count and ${mismatches.hash} checksum)`, rows: mismatches.rows, ranges: mismatches.chunks };
+        return {
+          summary: `${mismatches.rows} rows equal in ${mismatches.chunks} key range${mismatches.chunks === 1 ? '' : 's'} (count and ${mismatches.hash} checksum)`,
+          rows: mismatches.rows,
+          ranges: mismatches.chunks,
+        };
       });
     },
 
@@ -189,17 +203,42 @@ export function createPartitionMigrationActivities() {
         const state = await value<string | null>(c, sql.stateSql, [spec.table]);
         if (state === 'cut_over') return { summary: 'already cut over', writeBlockMs: 0 };
         const long = await longTransactions(c, 30);
-        if (long.length) throw fail(ErrorType.NotConverged, 'cutover', `waiting for long transactions to end first: ${long.map((r) => `pid ${r.pid} (${r.seconds} s)`).join(', ')}`);
+        if (long.length)
+          throw fail(
+            ErrorType.NotConverged,
+            'cutover',
+            `waiting for long transactions to end first: ${long.map((r) => `pid ${r.pid} (${r.seconds} s)`).join(', ')}`,
+          );
         const compared = await compare([c, second], spec.partitionKey, spec.table, n.shadow, VERIFY_CHUNK);
-        if (compared.ranges.length) throw fail(ErrorType.NotConverged, 'cutover', `${spec.table} and ${n.shadow} differ in key ranges ${listRanges(compared.ranges)}: changed since verify without the capture trigger (TRUNCATE, or the trigger disabled)?`);
+        if (compared.ranges.length)
+          throw fail(
+            ErrorType.NotConverged,
+            'cutover',
+            `${spec.table} and ${n.shadow} differ in key ranges ${listRanges(compared.ranges)}: changed since verify without the capture trigger (TRUNCATE, or the trigger disabled)?`,
+          );
         await c.query(sql.syncFunction(n.reverseFunction, n.old, inventory));
         const locked = await lockRetrying(c, async () => {
           await c.query(sql.lockTablesSql(spec.table, n.shadow));
           const locked = Date.now();
           for (const fk of inventory.foreignKeys) await c.query(sql.lockReferencingSql(fk));
-          const [check] = (await c.query<{ capturing: boolean; source: string | null; shadow: string | null }>(sql.finalCheckSql(spec), [`public.${spec.table}`, n.forwardTrigger])).rows;
-          if (!check.capturing) throw fail(ErrorType.NotConverged, 'cutover', `final check: trigger ${n.forwardTrigger} on ${spec.table} is missing or disabled`);
-          if (check.source !== check.shadow) throw fail(ErrorType.NotConverged, 'cutover', `final check: highest ${spec.partitionKey} is ${check.source} in ${spec.table}, ${check.shadow} in ${n.shadow}`);
+          const [check] = (
+            await c.query<{ capturing: boolean; source: string | null; shadow: string | null }>(sql.finalCheckSql(spec), [
+              `public.${spec.table}`,
+              n.forwardTrigger,
+            ])
+          ).rows;
+          if (!check.capturing)
+            throw fail(
+              ErrorType.NotConverged,
+              'cutover',
+              `final check: trigger ${n.forwardTrigger} on ${spec.table} is missing or disabled`,
+            );
+          if (check.source !== check.shadow)
+            throw fail(
+              ErrorType.NotConverged,
+              'cutover',
+              `final check: highest ${spec.partitionKey} is ${check.source} in ${spec.table}, ${check.shadow} in ${n.shadow}`,
+            );
           for (const statement of sql.swap(spec, inventory, 'forward')) await c.query(statement);
           await c.query(sql.setStateSql('cut_over'), [spec.table]);
           return locked;
@@ -249,12 +288,23 @@ export function createPartitionMigrationActivities() {
         const { rows } = await c.query(sql.lookupPlanSql(spec), [key ?? 1]);
         const plan = rows.map((r) => r['QUERY PLAN'] as string).join('\n');
         const scanned = new Set(plan.match(new RegExp(`${spec.table}_p\\d+`, 'g')) ?? []);
-        if (scanned.size !== 1) throw fail(ErrorType.NotConverged, 'post-verify', `a lookup by ${spec.partitionKey} touches ${scanned.size} partitions:\n${plan}`);
+        if (scanned.size !== 1)
+          throw fail(
+            ErrorType.NotConverged,
+            'post-verify',
+            `a lookup by ${spec.partitionKey} touches ${scanned.size} partitions:\n${plan}`,
+          );
         const results: Record<string, number> = {};
         for (const [name, query] of Object.entries(spec.table === 'files' ? sql.filesQueries : {})) {
           if (await exists(c, query.joins)) results[name] = (await c.query(query.sql)).rowCount ?? 0;
         }
-        return { summary: `lookup by ${spec.partitionKey} scans 1 partition (${[...scanned][0]}); ${Object.entries(results).map(([k, v]) => `${k}: ${v} rows`).join(', ')}`, plan, queries: results };
+        return {
+          summary: `lookup by ${spec.partitionKey} scans 1 partition (${[...scanned][0]}); ${Object.entries(results)
+            .map(([k, v]) => `${k}: ${v} rows`)
+            .join(', ')}`,
+          plan,
+          queries: results,
+        };
       });
     },
 

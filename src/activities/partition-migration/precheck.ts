@@ -38,7 +38,9 @@ export async function precheck(spec: MigrationSpec): Promise<Inventory> {
     }
     const uniqueWithoutKey = indexes.filter((i) => i.unique && !i.columns.includes(spec.partitionKey));
     if (uniqueWithoutKey.length) {
-      throw refuse(`unique indexes without the partition key cannot exist on a hash-partitioned table: ${uniqueWithoutKey.map((i) => i.name).join(', ')}`);
+      throw refuse(
+        `unique indexes without the partition key cannot exist on a hash-partitioned table: ${uniqueWithoutKey.map((i) => i.name).join(', ')}`,
+      );
     }
     const foreign = (await catalog.triggers(c, table.oid)).filter((t) => t !== n.forwardTrigger);
     if (foreign.length) throw refuse(`${q(spec.table)} has triggers this runbook does not carry over: ${foreign.join(', ')}`);

@@ -63,7 +63,8 @@ export const stateSql = 'SELECT state FROM fermata_migrations WHERE table_name =
 
 export type MigrationState = 'copying' | 'cut_over' | 'rolled_back' | 'finalized';
 
-export const setStateSql = (state: MigrationState): string => `UPDATE fermata_migrations SET state = ${escapeLiteral(state)}, updated_at = now() WHERE table_name = $1`;
+export const setStateSql = (state: MigrationState): string =>
+  `UPDATE fermata_migrations SET state = ${escapeLiteral(state)}, updated_at = now() WHERE table_name = $1`;
 
 /** The backfill's position ($2) for the table ($1). */
 export const positionSql = 'UPDATE fermata_migrations SET last_key = $2, updated_at = now() WHERE table_name = $1';
@@ -73,11 +74,17 @@ export function shadowDdl(spec: MigrationSpec, inventory: TableFacts): string[] 
   const n = names(spec.table);
   const width = String(spec.partitions - 1).length;
   const shadow = ident(n.shadow);
-  const statements = [`CREATE TABLE ${shadow} (LIKE ${ident(spec.table)} INCLUDING ALL EXCLUDING INDEXES) PARTITION BY HASH (${ident(spec.partitionKey)})`];
+  const statements = [
+    `CREATE TABLE ${shadow} (LIKE ${ident(spec.table)} INCLUDING ALL EXCLUDING INDEXES) PARTITION BY HASH (${ident(spec.partitionKey)})`,
+  ];
   for (let i = 0; i < spec.partitions; i++) {
-    statements.push(`CREATE TABLE ${ident(n.partition(i, width))} PARTITION OF ${shadow} FOR VALUES WITH (MODULUS ${spec.partitions}, REMAINDER ${i})`);
+    statements.push(
+      `CREATE TABLE ${ident(n.partition(i, width))} PARTITION OF ${shadow} FOR VALUES WITH (MODULUS ${spec.partitions}, REMAINDER ${i})`,
+    );
   }
-  statements.push(`ALTER TABLE ${shadow} ADD CONSTRAINT ${ident(`${n.shadow}_pkey`)} PRIMARY KEY (${inventory.primaryKey.map((col) => ident(col)).join(', ')})`);
+  statements.push(
+    `ALTER TABLE ${shadow} ADD CONSTRAINT ${ident(`${n.shadow}_pkey`)} PRIMARY KEY (${inventory.primaryKey.map((col) => ident(col)).join(', ')})`,
+  );
   for (const index of inventory.indexes.filter((i) => !i.primary)) statements.push(shadowIndex(index, spec.table, n.shadow));
   for (const fk of inventory.ownForeignKeys) statements.push(`ALTER TABLE ${shadow} ADD CONSTRAINT ${ident(fk.name)} ${fk.definition}`);
   for (const g of inventory.grants) statements.push(`GRANT ${g.privilege} ON ${shadow} TO ${g.grantee}`);
@@ -100,11 +107,16 @@ export function syncFunction(name: string, into: string, inventory: TableFacts, 
   const pk = inventory.primaryKey.map((col) => ident(col));
   const match = (row: string) => pk.map((col) => `${col} = ${row}.${col}`).join(' AND ');
   const updates = cols.filter((col) => !pk.includes(col));
-  const lock = (row: string) => (blocks ? blockLock(blocks.table, `${row}.${ident(blocks.partitionKey)} / ${blocks.batchRows}`, 'shared') : '');
+  const lock = (row: string) =>
+    blocks ? blockLock(blocks.table, `${row}.${ident(blocks.partitionKey)} / ${blocks.batchRows}`, 'shared') : '';
   return `CREATE OR REPLACE FUNCTION ${ident(name)}() RETURNS trigger LANGUAGE plpgsql AS $fn$
-BEGIN${blocks ? `
+BEGIN${
+    blocks
+      ? `
   IF TG_OP <> 'INSERT' THEN PERFORM ${lock('OLD')}; END IF;
-  IF TG_OP <> 'DELETE' THEN PERFORM ${lock('NEW')}; END IF;` : ''}
+  IF TG_OP <> 'DELETE' THEN PERFORM ${lock('NEW')}; END IF;`
+      : ''
+  }
   IF TG_OP IN ('DELETE', 'UPDATE') THEN
     DELETE FROM ${ident(into)} WHERE ${match('OLD')};
     IF TG_OP = 'DELETE' THEN RETURN NULL; END IF;
@@ -125,7 +137,8 @@ export const dropFunctionsSql = (...fns: string[]): string => `DROP FUNCTION IF 
 
 export const dropTableSql = (table: string): string => `DROP TABLE IF EXISTS ${ident(table)}`;
 
-export const lockTablesSql = (...tables: string[]): string => `LOCK TABLE ${tables.map((t) => ident(t)).join(', ')} IN ACCESS EXCLUSIVE MODE`;
+export const lockTablesSql = (...tables: string[]): string =>
+  `LOCK TABLE ${tables.map((t) => ident(t)).join(', ')} IN ACCESS EXCLUSIVE MODE`;
 
 /** A referencing table's lock while its foreign key is swapped: reads go on, writes wait. */
 export const lockReferencingSql = (fk: ForeignKey): string => `LOCK TABLE ${fk.table} IN SHARE ROW EXCLUSIVE MODE`;
@@ -167,7 +180,11 @@ export function swap(spec: MigrationSpec, inventory: TableFacts, direction: 'for
   for (const index of inventory.indexes) {
     const [, parkedSuffix, incomingSuffix] = indexSuffix;
     const liveName = index.primary ? `${spec.table}_pkey` : index.name;
-    const incomingName = index.primary ? (direction === 'forward' ? `${n.shadow}_pkey` : `${liveName}_old`) : `${index.name}${incomingSuffix}`;
+    const incomingName = index.primary
+      ? direction === 'forward'
+        ? `${n.shadow}_pkey`
+        : `${liveName}_old`
+      : `${index.name}${incomingSuffix}`;
     const parkedName = index.primary ? (direction === 'forward' ? `${liveName}_old` : `${n.shadow}_pkey`) : `${index.name}${parkedSuffix}`;
     statements.push(`ALTER INDEX ${id(liveName)} RENAME TO ${id(parkedName)}`, `ALTER INDEX ${id(incomingName)} RENAME TO ${id(liveName)}`);
   }
@@ -182,7 +199,9 @@ export function swap(spec: MigrationSpec, inventory: TableFacts, direction: 'for
     );
   }
   statements.push(
-    direction === 'forward' ? syncTriggerSql(n.reverseTrigger, live, n.reverseFunction) : syncTriggerSql(n.forwardTrigger, live, n.forwardFunction),
+    direction === 'forward'
+      ? syncTriggerSql(n.reverseTrigger, live, n.reverseFunction)
+      : syncTriggerSql(n.forwardTrigger, live, n.forwardFunction),
     ...inventory.foreignKeys.map((fk) => `ALTER TABLE ${fk.table} ADD CONSTRAINT ${id(fk.name)} ${fk.definition} NOT VALID`),
   );
   return statements;
@@ -200,14 +219,21 @@ export function finalCheckSql(spec: MigrationSpec): string {
 }
 
 /** A lookup by key ($1), explained: after the cut-over it must touch one partition. */
-export const lookupPlanSql = (spec: MigrationSpec): string => `EXPLAIN SELECT * FROM ${ident(spec.table)} WHERE ${ident(spec.partitionKey)} = $1`;
+export const lookupPlanSql = (spec: MigrationSpec): string =>
+  `EXPLAIN SELECT * FROM ${ident(spec.table)} WHERE ${ident(spec.partitionKey)} = $1`;
 
 export const sampleKeySql = (spec: MigrationSpec): string => `SELECT ${ident(spec.partitionKey)}::text FROM ${ident(spec.table)} LIMIT 1`;
 
 /** The application's typical queries on the seed's `files`, each with the table it joins. */
 export const filesQueries: Record<string, { joins: string; sql: string }> = {
-  tagLookup: { joins: 'file_tags', sql: 'SELECT f.id, f.filename FROM files f JOIN file_tags ft ON ft.file_id = f.id WHERE ft.tag_id = 1 LIMIT 100' },
-  bpmRange: { joins: 'musical_metadata', sql: 'SELECT f.id, m.bpm FROM files f JOIN musical_metadata m ON m.file_id = f.id WHERE m.bpm BETWEEN 120 AND 130 LIMIT 100' },
+  tagLookup: {
+    joins: 'file_tags',
+    sql: 'SELECT f.id, f.filename FROM files f JOIN file_tags ft ON ft.file_id = f.id WHERE ft.tag_id = 1 LIMIT 100',
+  },
+  bpmRange: {
+    joins: 'musical_metadata',
+    sql: 'SELECT f.id, m.bpm FROM files f JOIN musical_metadata m ON m.file_id = f.id WHERE m.bpm BETWEEN 120 AND 130 LIMIT 100',
+  },
 };
 
 /** The dry run's plan: the DDL, the batch plan and the cut-over, from the builders the run uses. */
@@ -215,17 +241,27 @@ export function plan(spec: MigrationSpec, inventory: TableFacts): PlannedAction[
   const n = names(spec.table);
   const ddl = shadowDdl(spec, inventory);
   const batches = Math.ceil((inventory.maxKey - inventory.minKey + 1) / spec.batchRows);
-  const sql = (step: string) => (text: string): PlannedAction => ({ step, kind: 'sql', text });
+  const sql =
+    (step: string) =>
+    (text: string): PlannedAction => ({ step, kind: 'sql', text });
   return [
     ...ddl.slice(0, 2).map(sql('create-shadow')),
-    { step: 'create-shadow', kind: 'sql', text: `… ${spec.partitions - 1} more partitions, then the primary key and ${inventory.indexes.length - 1} indexes:` },
+    {
+      step: 'create-shadow',
+      kind: 'sql',
+      text: `… ${spec.partitions - 1} more partitions, then the primary key and ${inventory.indexes.length - 1} indexes:`,
+    },
     ...ddl.slice(spec.partitions + 1).map(sql('create-shadow')),
     sql('capture')(syncFunction(n.forwardFunction, n.shadow, inventory, spec)),
     sql('capture')(syncTriggerSql(n.forwardTrigger, spec.table, n.forwardFunction)),
     sql('backfill')(
       `${batches} blocks of ${spec.batchRows} keys from ${inventory.minKey} to ${inventory.maxKey}, two at a time, each in a transaction holding its advisory lock: DELETE FROM ${n.shadow} WHERE ${spec.partitionKey} BETWEEN $low AND $high; INSERT INTO ${n.shadow} SELECT … FROM ${spec.table} WHERE ${spec.partitionKey} BETWEEN $low AND $high`,
     ),
-    { step: 'verify', kind: 'check', text: `count(*) and sum(hash_record_extended(row, 0)) per key range of ${spec.table} and ${n.shadow}, on two connections; ANALYZE ${n.shadow}` },
+    {
+      step: 'verify',
+      kind: 'check',
+      text: `count(*) and sum(hash_record_extended(row, 0)) per key range of ${spec.table} and ${n.shadow}, on two connections; ANALYZE ${n.shadow}`,
+    },
     { step: 'cutover', kind: 'check', text: 'gate "cutover", then the maintenance window' },
     ...swap(spec, inventory, 'forward').map(sql('cutover')),
     sql('finalize')(`gate "finalize", then DROP TABLE ${n.old} and the sync triggers`),

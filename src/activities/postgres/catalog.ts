@@ -27,7 +27,8 @@ export async function relation(c: Client, name: string): Promise<Relation | unde
 }
 
 /** Whether a relation of schema public by that name exists. */
-export const exists = async (c: Client, name: string): Promise<boolean> => Boolean(await value(c, 'SELECT to_regclass($1)::text', [`public.${name}`]));
+export const exists = async (c: Client, name: string): Promise<boolean> =>
+  Boolean(await value(c, 'SELECT to_regclass($1)::text', [`public.${name}`]));
 
 export interface Column {
   attname: string;
@@ -73,7 +74,10 @@ export async function triggers(c: Client, table: number): Promise<string[]> {
 
 /** Whether a publication for logical replication includes the table. */
 export async function published(c: Client, table: string): Promise<boolean> {
-  const { rowCount } = await c.query('SELECT pubname FROM pg_publication_tables WHERE schemaname = $1 AND tablename = $2', ['public', table]);
+  const { rowCount } = await c.query('SELECT pubname FROM pg_publication_tables WHERE schemaname = $1 AND tablename = $2', [
+    'public',
+    table,
+  ]);
   return Boolean(rowCount);
 }
 
@@ -105,7 +109,11 @@ export async function foreignKeysOf(c: Client, table: number): Promise<ForeignKe
 }
 
 /** The sequence behind a serial or identity column, if it has one. */
-export async function serialSequence(c: Client, table: { name: string; oid: number }, column: string): Promise<{ name: string; identity: boolean } | undefined> {
+export async function serialSequence(
+  c: Client,
+  table: { name: string; oid: number },
+  column: string,
+): Promise<{ name: string; identity: boolean } | undefined> {
   const { rows } = await c.query<{ name: string; identity: boolean }>(
     `SELECT pg_get_serial_sequence($1, $2) AS name, a.attidentity <> '' AS identity
        FROM pg_attribute a WHERE a.attrelid = $3 AND a.attname = $2`,

@@ -52,7 +52,12 @@ export async function compare(lanes: Client[], key: string, left: string, right:
       }
     }),
   );
-  return { ranges: ranges.sort((a, b) => a - b).map((from) => `[${from}, ${from + chunk})`), rows, chunks, hash: hashable ? 'record' : 'text' };
+  return {
+    ranges: ranges.sort((a, b) => a - b).map((from) => `[${from}, ${from + chunk})`),
+    rows,
+    chunks,
+    hash: hashable ? 'record' : 'text',
+  };
 }
 
 /** The first five ranges, for a message. */

@@ -16,10 +16,9 @@ export interface SettingRow {
 
 /** Settings as the server runs them: value, context (postmaster: restart-only), pending restart. */
 export async function settingRows(client: Client, names: string[]): Promise<Map<string, SettingRow>> {
-  const { rows } = await client.query<SettingRow>(
-    'SELECT name, setting, context, pending_restart FROM pg_settings WHERE name = ANY($1)',
-    [names],
-  );
+  const { rows } = await client.query<SettingRow>('SELECT name, setting, context, pending_restart FROM pg_settings WHERE name = ANY($1)', [
+    names,
+  ]);
   return new Map(rows.map((r) => [r.name, r]));
 }
 

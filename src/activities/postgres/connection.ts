@@ -46,7 +46,8 @@ export async function withClient<T>(connect: Connect, fn: (client: Client) => Pr
   }
 }
 
-export const onTarget = <T>(target: Target, fn: (client: Client) => Promise<T>): Promise<T> => withClient({ endpoint: postgresOf(target).postgres }, fn);
+export const onTarget = <T>(target: Target, fn: (client: Client) => Promise<T>): Promise<T> =>
+  withClient({ endpoint: postgresOf(target).postgres }, fn);
 
 /** Two connections at once, for work split in two lanes: one statement uses one core. */
 export const onTargetTwice = <T>(target: Target, fn: (first: Client, second: Client) => Promise<T>): Promise<T> =>

@@ -105,13 +105,15 @@ export async function parallelScan(c: Client): Promise<Evidence & { parallel: bo
   if (!plan.includes('Parallel Seq Scan')) {
     forced = true;
     await c.query('BEGIN');
-    await c.query("SET LOCAL parallel_setup_cost = 0; SET LOCAL parallel_tuple_cost = 0; SET LOCAL min_parallel_table_scan_size = 0");
+    await c.query('SET LOCAL parallel_setup_cost = 0; SET LOCAL parallel_tuple_cost = 0; SET LOCAL min_parallel_table_scan_size = 0');
     plan = await explain().finally(() => c.query('ROLLBACK'));
   }
   const launched = Number(/Workers Launched: (\d+)/.exec(plan)?.[1] ?? 0);
   const parallel = plan.includes('Parallel Seq Scan') && launched > 0;
   return {
-    summary: parallel ? `Parallel Seq Scan on ${table}, ${launched} workers launched${forced ? ' (parallel costs zeroed)' : ''}` : `no parallel scan on ${table}`,
+    summary: parallel
+      ? `Parallel Seq Scan on ${table}, ${launched} workers launched${forced ? ' (parallel costs zeroed)' : ''}`
+      : `no parallel scan on ${table}`,
     parallel,
     table,
     workersLaunched: launched,

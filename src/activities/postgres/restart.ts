@@ -32,7 +32,19 @@ async function onServerFiles(target: Target, argv: string[], { offline = false }
   if (!offline) return run(target.host, ['docker', 'exec', '--user', 'postgres', service.container, ...argv]);
   const image = (await run(target.host, ['docker', 'inspect', '--format', '{{.Config.Image}}', service.container])).stdout.trim();
   const [entrypoint, ...args] = argv;
-  return run(target.host, ['docker', 'run', '--rm', '--volumes-from', service.container, '--user', 'postgres', '--entrypoint', entrypoint, image, ...args]);
+  return run(target.host, [
+    'docker',
+    'run',
+    '--rm',
+    '--volumes-from',
+    service.container,
+    '--user',
+    'postgres',
+    '--entrypoint',
+    entrypoint,
+    image,
+    ...args,
+  ]);
 }
 
 async function sha256(target: Target, file: string, offline = false): Promise<string> {
@@ -40,7 +52,8 @@ async function sha256(target: Target, file: string, offline = false): Promise<st
 }
 
 /** The run's own name for its copy: the workflow id, kept to characters safe in a file name. */
-const copyName = (): string => `postgresql.auto.conf.fermata-${(activityInfo().workflowExecution?.workflowId ?? 'run').replace(/[^\w.-]/g, '_')}`;
+const copyName = (): string =>
+  `postgresql.auto.conf.fermata-${(activityInfo().workflowExecution?.workflowId ?? 'run').replace(/[^\w.-]/g, '_')}`;
 
 /**
  * Keep a copy of postgresql.auto.conf beside it, once per run: a retry keeps the first copy (cp -n),
@@ -77,22 +90,32 @@ export async function preflight(target: Target, saved: SavedConfig, expect: Reco
   const onDisk: Record<string, string> = {};
   for (const name of new Set([...Object.keys(expect), 'shared_preload_libraries'])) {
     try {
-      onDisk[name] = (await onServerFiles(target, [path.posix.join(saved.binDir, 'postgres'), '-C', name, '-D', saved.configDir])).stdout.trim();
+      onDisk[name] = (
+        await onServerFiles(target, [path.posix.join(saved.binDir, 'postgres'), '-C', name, '-D', saved.configDir])
+      ).stdout.trim();
     } catch (err) {
       problems.push(`postgres -C ${name} failed: ${(err as Error).message}`);
     }
   }
   for (const [name, want] of Object.entries(expect)) {
-    if (name in onDisk && !sameSetting(name, onDisk[name], want)) problems.push(`${name} would start as ${q(onDisk[name])}, not ${q(want)}`);
+    if (name in onDisk && !sameSetting(name, onDisk[name], want))
+      problems.push(`${name} would start as ${q(onDisk[name])}, not ${q(want)}`);
   }
   const libraries = parseList(onDisk.shared_preload_libraries ?? '');
   await onTarget(target, async (c) => {
     for (const library of libraries) {
-      await c.query(`LOAD ${escapeLiteral(library)}`).catch((err: Error) => problems.push(`library ${q(library)} does not load: ${err.message}`));
+      await c
+        .query(`LOAD ${escapeLiteral(library)}`)
+        .catch((err: Error) => problems.push(`library ${q(library)} does not load: ${err.message}`));
     }
   });
   if (problems.length) {
-    throw stepFailure(ErrorType.PreflightFailed, `the configuration on disk would not start as intended, so nothing was restarted: ${problems.join('; ')}`, { onDisk }, 'preflight');
+    throw stepFailure(
+      ErrorType.PreflightFailed,
+      `the configuration on disk would not start as intended, so nothing was restarted: ${problems.join('; ')}`,
+      { onDisk },
+      'preflight',
+    );
   }
   return { onDisk, libraries };
 }
@@ -137,7 +160,10 @@ async function serverLog(target: Target): Promise<string> {
 }
 
 const lastFatal = (log: string): string | undefined => {
-  const line = log.split('\n').reverse().find((l) => /\b(FATAL|PANIC):/.test(l));
+  const line = log
+    .split('\n')
+    .reverse()
+    .find((l) => /\b(FATAL|PANIC):/.test(l));
   return line?.slice(line.search(/(FATAL|PANIC):/)).trim();
 };
 
@@ -172,7 +198,12 @@ async function bringBack(target: Target, saved: SavedConfig, reason: string, dow
     restored = await restoreSavedConfig(target, saved);
   } catch (err) {
     // Retryable: the next attempt finds the server down and tries again.
-    throw stepFailure(ErrorType.CommandFailed, `${reason}: ${why}; starting it again on the configuration from before the run failed too, the server is DOWN: ${(err as Error).message}`, details, 'restore');
+    throw stepFailure(
+      ErrorType.CommandFailed,
+      `${reason}: ${why}; starting it again on the configuration from before the run failed too, the server is DOWN: ${(err as Error).message}`,
+      details,
+      'restore',
+    );
   }
   const downtimeMs = Date.now() - downSince;
   const edited = restored.postgresqlConfChanged ? ` (postgresql.conf was edited meanwhile: left as it is)` : '';

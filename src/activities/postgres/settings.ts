@@ -45,7 +45,8 @@ export function parseList(text: string): string[] {
 }
 
 /** The value written back as the server shows it in SHOW, postgres -C and pg_file_settings. */
-export const formatList = (elements: string[]): string => elements.map((e) => (/^[\w.$/-]+$/.test(e) ? e : `"${e.replace(/"/g, '""')}"`)).join(', ');
+export const formatList = (elements: string[]): string =>
+  elements.map((e) => (/^[\w.$/-]+$/.test(e) ? e : `"${e.replace(/"/g, '""')}"`)).join(', ');
 
 /** Whether two values of `name` mean the same: element by element for a list, else as text. */
 export function sameSetting(name: string, a: string, b: string): boolean {

@@ -20,7 +20,11 @@ export function deploymentOf(name: string, placement: Placement, owner: string, 
   const target = resolveTarget(name);
   const { redis } = target;
   if (!redis) {
-    throw failure(ErrorType.PrecheckFailed, where, `target ${q(target.name)} has no redis section: add one with a dataRoot to the targets file`);
+    throw failure(
+      ErrorType.PrecheckFailed,
+      where,
+      `target ${q(target.name)} has no redis section: add one with a dataRoot to the targets file`,
+    );
   }
   const layout = layoutOf({ ...target, redis }, placement, owner);
   return { target: { ...target, redis }, layout, commands: commandsOf(layout), secret: password(redis) };

@@ -52,7 +52,11 @@ export function parseConfig(text: string): Record<string, string> {
   const found: Record<string, string> = {};
   let saves: string[] | undefined;
   for (const line of text.split('\n')) {
-    const words = line.trim().match(/"[^"]*"|\S+/g)?.map((w) => w.replace(/^"(.*)"$/, '$1')) ?? [];
+    const words =
+      line
+        .trim()
+        .match(/"[^"]*"|\S+/g)
+        ?.map((w) => w.replace(/^"(.*)"$/, '$1')) ?? [];
     const [name, ...args] = words;
     if (!name || name.startsWith('#') || !managed.includes(name.toLowerCase())) continue;
     if (name.toLowerCase() === 'save') saves = args.join(' ') === '' ? [] : [...(saves ?? []), ...args];
@@ -65,10 +69,13 @@ export function parseConfig(text: string): Record<string, string> {
 
 /** The managed settings where the running server or its config file differs from the request. */
 export function changesOf(want: Record<string, string>, live: Record<string, string>, file: Record<string, string>): SettingChange[] {
-  return managed.filter((name) => live[name] !== want[name] || file[name] !== want[name]).map((name) => ({ name, from: live[name], file: file[name], to: want[name] }));
+  return managed
+    .filter((name) => live[name] !== want[name] || file[name] !== want[name])
+    .map((name) => ({ name, from: live[name], file: file[name], to: want[name] }));
 }
 
-const valueText = (name: string, value: string | undefined): string => (name === 'maxmemory' && value ? formatBytes(Number(value)) : q(value ?? '(none)'));
+const valueText = (name: string, value: string | undefined): string =>
+  name === 'maxmemory' && value ? formatBytes(Number(value)) : q(value ?? '(none)');
 
 /** "maxmemory 256 MiB→512 MiB", or "… (config file only)" when only the file differs. */
 export const changeText = (ch: SettingChange): string =>
@@ -90,9 +97,13 @@ export function verifyProblems(
   return [
     ...(read.pong === 'PONG' ? [] : [`PING answered ${q(String(read.pong))}`]),
     ...managed.filter((n) => read.live[n] !== want[n]).map((n) => `${n} is ${q(read.live[n])}, expected ${q(want[n])}`),
-    ...managed.filter((n) => read.file[n] !== want[n]).map((n) => `the config file has ${n} ${q(read.file[n] ?? '(none)')}, expected ${q(want[n])}`),
+    ...managed
+      .filter((n) => read.file[n] !== want[n])
+      .map((n) => `the config file has ${n} ${q(read.file[n] ?? '(none)')}, expected ${q(want[n])}`),
     ...(p.aof_enabled === (settings.appendonly ? '1' : '0') ? [] : [`aof_enabled is ${p.aof_enabled}`]),
     ...(p.aof_rewrite_in_progress === '1' || p.aof_rewrite_scheduled === '1' ? ['an AOF rewrite is still running'] : []),
-    ...['aof_last_bgrewrite_status', 'aof_last_write_status', 'rdb_last_bgsave_status'].filter((k) => p[k] !== 'ok').map((k) => `${k} is ${p[k]}`),
+    ...['aof_last_bgrewrite_status', 'aof_last_write_status', 'rdb_last_bgsave_status']
+      .filter((k) => p[k] !== 'ok')
+      .map((k) => `${k} is ${p[k]}`),
   ];
 }

@@ -25,13 +25,17 @@ export async function checkConventions(d: Deployment, prefix: string): Promise<{
       }
       const remaining = async () => {
         const found: string[] = [];
-        for await (const batch of r.scanStream({ match: `${prefix}*` })) found.push(...(batch as string[]).map((key) => key.slice(prefix.length)));
+        for await (const batch of r.scanStream({ match: `${prefix}*` }))
+          found.push(...(batch as string[]).map((key) => key.slice(prefix.length)));
         return found.sort();
       };
       const analysis = await invalidate(r, onAnalysisComplete(file));
       const afterAnalysis = await remaining();
       const expectAfterAnalysis = [keys[0].key, keys[1].key].sort();
-      if (afterAnalysis.join() !== expectAfterAnalysis.join()) problems.push(`after analysis completion: ${afterAnalysis.join(', ') || 'nothing'} left, expected ${expectAfterAnalysis.join(', ')}`);
+      if (afterAnalysis.join() !== expectAfterAnalysis.join())
+        problems.push(
+          `after analysis completion: ${afterAnalysis.join(', ') || 'nothing'} left, expected ${expectAfterAnalysis.join(', ')}`,
+        );
       const imported = await invalidate(r, onImportComplete());
       const afterImport = await remaining();
       if (afterImport.length) problems.push(`after import completion: ${afterImport.join(', ')} left`);

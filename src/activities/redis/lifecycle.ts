@@ -12,13 +12,21 @@ import { dockerState, holder, leftBehind, logTail, type Ours } from './probes';
 /** Wait until this deployment's Redis answers on its port, heartbeating; returns its identity. */
 export async function waitUntilUp(d: Deployment, where: Where, timeoutMs = 60_000): Promise<Ours> {
   const found: { up?: Ours } = {};
-  await waitFor(`Redis on ${d.layout.address}`, async () => {
-    heartbeat();
-    const held = await holder(d);
-    if (held.kind === 'ours') found.up = held;
-    return found.up !== undefined;
-  }, timeoutMs).catch(async () => {
-    throw failure(ErrorType.CommandFailed, where, `Redis did not come up on ${d.layout.address} within ${timeoutMs / 1000} s; its log ends: ${await logTail(d)}`);
+  await waitFor(
+    `Redis on ${d.layout.address}`,
+    async () => {
+      heartbeat();
+      const held = await holder(d);
+      if (held.kind === 'ours') found.up = held;
+      return found.up !== undefined;
+    },
+    timeoutMs,
+  ).catch(async () => {
+    throw failure(
+      ErrorType.CommandFailed,
+      where,
+      `Redis did not come up on ${d.layout.address} within ${timeoutMs / 1000} s; its log ends: ${await logTail(d)}`,
+    );
   });
   return found.up!;
 }
@@ -32,11 +40,19 @@ export async function stop(d: Deployment, where: Where, mode: 'SAVE' | 'NOSAVE' 
   }
   // The connection drops as Redis exits: that is the answer, not an error.
   await withRedis(d, (r) => r.call('SHUTDOWN', ...(mode ? [mode] : []))).catch(() => undefined);
-  await waitFor(`Redis on ${d.layout.address} to stop`, async () => {
-    heartbeat();
-    return (await rawPing(d.layout)) === 'refused';
-  }, 120_000).catch(async () => {
-    throw failure(ErrorType.CommandFailed, where, `Redis on ${d.layout.address} did not stop within 120 s after SHUTDOWN; its log ends: ${await logTail(d)}`);
+  await waitFor(
+    `Redis on ${d.layout.address} to stop`,
+    async () => {
+      heartbeat();
+      return (await rawPing(d.layout)) === 'refused';
+    },
+    120_000,
+  ).catch(async () => {
+    throw failure(
+      ErrorType.CommandFailed,
+      where,
+      `Redis on ${d.layout.address} did not stop within 120 s after SHUTDOWN; its log ends: ${await logTail(d)}`,
+    );
   });
   return true;
 }
@@ -45,7 +61,12 @@ export async function stop(d: Deployment, where: Where, mode: 'SAVE' | 'NOSAVE' 
  * Start Redis from its config file (a stopped container is started again). `write` writes the file
  * from `settings` first; a restart leaves it alone, since proving the file holds the settings is the point.
  */
-export async function launch(d: Deployment, settings: ServerSettings, where: Where, write: boolean): Promise<Ours & { command: string; ms: number }> {
+export async function launch(
+  d: Deployment,
+  settings: ServerSettings,
+  where: Where,
+  write: boolean,
+): Promise<Ours & { command: string; ms: number }> {
   const { host } = d.target;
   if (write) await run(host, d.commands.writeConfig, { input: configText(d.layout, settings) + passwordLine(d.secret) });
   const started = Date.now();

@@ -21,7 +21,11 @@ export async function holder(d: Deployment): Promise<Holder> {
   const server = await withRedis(d, (r) => info(r, 'server')).catch((err: Error) => ({ error: err.message }) as const);
   if ('error' in server) return { kind: 'foreign', what: `a Redis this runbook cannot use (${server.error})` };
   const ours = server.config_file === d.layout.config && (!d.commands.docker || (await dockerState(d)) === 'running');
-  if (!ours) return { kind: 'foreign', what: `a Redis this runbook did not deploy (config file ${q(server.config_file || 'none')}, pid ${server.process_id})` };
+  if (!ours)
+    return {
+      kind: 'foreign',
+      what: `a Redis this runbook did not deploy (config file ${q(server.config_file || 'none')}, pid ${server.process_id})`,
+    };
   return { kind: 'ours', pid: Number(server.process_id), version: server.redis_version, runId: server.run_id };
 }
 
