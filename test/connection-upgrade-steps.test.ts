@@ -9,6 +9,8 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { createConnectionUpgradeActivities, type Precheck, type UpgradeSettings } from '../src/activities/connection-upgrade';
 import { createRestartActivities } from '../src/activities/postgres/restart';
+import { inStep } from '../src/activities/step-context';
+import type { StepOf } from '../src/shared/steps';
 import { configure } from '../src/stack/postgres';
 import { closeHarness, newTarget, uniqueId, type TestTarget } from './harness/stack';
 
@@ -16,8 +18,9 @@ afterAll(closeHarness);
 
 const acts = { ...createConnectionUpgradeActivities(), ...createRestartActivities() };
 const mock = new MockActivityEnvironment(undefined, { logger: new DefaultLogger('ERROR') }); // the injected faults are expected
-const act = <A extends unknown[], R>(fn: (...args: A) => Promise<R>, ...args: A): Promise<R> =>
-  mock.run(fn as never, ...args) as Promise<R>;
+/** Run an activity as the worker does, in its step's context. */
+const act = <A extends unknown[], R>(step: StepOf<'connectionUpgrade'>, fn: (...args: A) => Promise<R>, ...args: A): Promise<R> =>
+  mock.run(() => inStep({ runbook: 'connectionUpgrade', step }, () => fn(...args)));
 
 /** A target that has lived: a library preloaded and a setting of its own in postgresql.conf. */
 async function drifted(): Promise<TestTarget> {
@@ -75,10 +78,10 @@ async function failing<T>(at: RegExp, nth: number, apply: () => Promise<T>): Pro
 
 describe('apply: ALTER SYSTEM and reload; rollback puts postgresql.auto.conf back', () => {
   const apply = async (t: TestTarget, pre: Precheck) => {
-    await act(acts.saveServerConfig, t.name);
-    return act(acts.upgradeApply, t.name, pre.changes);
+    await act('apply', acts.saveServerConfig, t.name);
+    return act('apply', acts.upgradeApply, t.name, pre.changes);
   };
-  const rollback = (t: TestTarget, pre: Precheck) => act(acts.upgradeRestore, t.name, pre.changes, pre.autoConf);
+  const rollback = (t: TestTarget, pre: Precheck) => act('apply', acts.upgradeRestore, t.name, pre.changes, pre.autoConf);
   const verify = async (t: TestTarget) => {
     const now = await state(t);
     expect(now.autoConf).toContain(`shared_preload_libraries = 'auto_explain, pg_stat_statements'`);
@@ -90,7 +93,7 @@ describe('apply: ALTER SYSTEM and reload; rollback puts postgresql.auto.conf bac
   test('check → apply → verify → rollback → rollback again → apply again → verify', async () => {
     const t = await drifted();
     const before = await state(t);
-    const pre = await act(acts.upgradePrecheck, input(t));
+    const pre = await act('precheck', acts.upgradePrecheck, input(t));
     expect(pre.changes.map((ch) => ch.name).sort()).toEqual([
       'max_connections',
       'max_parallel_workers',
@@ -104,14 +107,14 @@ describe('apply: ALTER SYSTEM and reload; rollback puts postgresql.auto.conf bac
     expect(await state(t)).toEqual(before);
     await rollback(t, pre);
     expect(await state(t)).toEqual(before);
-    await apply(t, await act(acts.upgradePrecheck, input(t)));
+    await apply(t, await act('precheck', acts.upgradePrecheck, input(t)));
     await verify(t);
   });
 
   test('the third ALTER SYSTEM fails: the rollback leaves the target as it was, twice', async () => {
     const t = await drifted();
     const before = await state(t);
-    const pre = await act(acts.upgradePrecheck, input(t));
+    const pre = await act('precheck', acts.upgradePrecheck, input(t));
     await failing(/^ALTER SYSTEM SET/, 3, () => apply(t, pre));
     expect((await state(t)).autoConf).not.toBe(before.autoConf); // two were written
     await rollback(t, pre);
@@ -126,26 +129,26 @@ describe('extension: CREATE EXTENSION pg_stat_statements; rollback drops it', ()
     const t = await drifted();
     const before = await state(t);
     expect(before.extension).toBe(0);
-    const pre = await act(acts.upgradePrecheck, input(t));
+    const pre = await act('precheck', acts.upgradePrecheck, input(t));
     expect(pre.statementsInstalled).toBe(false);
-    expect(await act(acts.upgradeCreateExtension, t.name)).toMatchObject({ created: true });
+    expect(await act('extension', acts.upgradeCreateExtension, t.name)).toMatchObject({ created: true });
     expect((await state(t)).extension).toBe(1);
-    await act(acts.upgradeDropExtension, t.name);
+    await act('extension', acts.upgradeDropExtension, t.name);
     expect(await state(t)).toEqual(before);
-    await act(acts.upgradeDropExtension, t.name);
+    await act('extension', acts.upgradeDropExtension, t.name);
     expect(await state(t)).toEqual(before);
-    expect(await act(acts.upgradeCreateExtension, t.name)).toMatchObject({ created: true });
+    expect(await act('extension', acts.upgradeCreateExtension, t.name)).toMatchObject({ created: true });
     expect((await state(t)).extension).toBe(1);
   });
 
   test('the step fails after the extension was created: the rollback drops it, twice', async () => {
     const t = await drifted();
     const before = await state(t);
-    await failing(/SELECT extversion/, 1, () => act(acts.upgradeCreateExtension, t.name));
+    await failing(/SELECT extversion/, 1, () => act('extension', acts.upgradeCreateExtension, t.name));
     expect((await state(t)).extension).toBe(1); // created before the failure
-    await act(acts.upgradeDropExtension, t.name);
+    await act('extension', acts.upgradeDropExtension, t.name);
     expect(await state(t)).toEqual(before);
-    await act(acts.upgradeDropExtension, t.name);
+    await act('extension', acts.upgradeDropExtension, t.name);
     expect(await state(t)).toEqual(before);
   });
 });

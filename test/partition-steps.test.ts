@@ -10,13 +10,29 @@ import { createPartitionMigrationActivities } from '../src/activities/partition-
 import type { Inventory, MigrationSpec } from '../src/activities/partition-migration/sql';
 import type { Progress } from '../src/shared/progress';
 import { closeHarness, env, newTarget, uniqueId, type TestTarget } from './harness/stack';
+import { inStep } from '../src/activities/step-context';
+import type { StepOf } from '../src/shared/steps';
 
 afterAll(closeHarness);
 
 const acts = createPartitionMigrationActivities();
 const mock = new MockActivityEnvironment(undefined, { logger: new DefaultLogger('ERROR') }); // the injected faults are expected
+/** The step each activity runs for in the workflow. */
+const stepOf = new Map<unknown, StepOf<'partitionMigration'>>([
+  [acts.partitionPrecheck, 'precheck'],
+  [acts.partitionCreateShadow, 'create-shadow'],
+  [acts.partitionDropShadow, 'create-shadow'],
+  [acts.partitionInstallCapture, 'capture'],
+  [acts.partitionRemoveCapture, 'capture'],
+  [acts.partitionBackfill, 'backfill'],
+  [acts.partitionVerify, 'verify'],
+  [acts.partitionCutover, 'cutover'],
+  [acts.partitionSwapBack, 'cutover'],
+  [acts.partitionPostVerify, 'post-verify'],
+]);
+/** Run an activity as the worker does, in its step's context. */
 const act = <A extends unknown[], R>(fn: (...args: A) => Promise<R>, ...args: A): Promise<R> =>
-  mock.run(fn as never, ...args) as Promise<R>;
+  mock.run(() => inStep({ runbook: 'partitionMigration', step: stepOf.get(fn) }, () => fn(...args)));
 
 /** A statement of apply's that goes wrong: the `nth` one matching `at` fails on the server, or kills its connection. */
 interface Fault {

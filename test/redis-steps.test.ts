@@ -19,13 +19,15 @@ import { freePort } from '../src/stack/ports';
 import { stopRedisServers } from './harness/global-teardown';
 import { runDir } from './harness/paths';
 import { newRedisTarget, uniqueId, type RedisTestTarget } from './harness/stack';
+import { inStep } from '../src/activities/step-context';
+import type { StepOf } from '../src/shared/steps';
 
 const activities = createRedisActivities();
 // The failures below are expected: only errors are worth printing.
 const logger = new DefaultLogger('ERROR');
 /** Run an activity the way a worker would: heartbeat() and activityInfo() need an activity context. */
-const call = <A extends unknown[], R>(fn: (...args: A) => Promise<R>, ...args: A): Promise<R> =>
-  new MockActivityEnvironment(undefined, { logger }).run(fn, ...args);
+const call = <A extends unknown[], R>(step: StepOf<'redisDeployment'>, fn: (...args: A) => Promise<R>, ...args: A): Promise<R> =>
+  new MockActivityEnvironment(undefined, { logger }).run(() => inStep({ runbook: 'redisDeployment', step }, () => fn(...args)));
 
 /** A step with a rollback, as the workflow runs it: check, apply, verify, and the rollback it registers before apply. */
 interface Step {
@@ -36,10 +38,10 @@ interface Step {
 }
 const steps: Record<string, Step> = {
   start: {
-    check: (input) => call(activities.redisPrecheck, input),
-    apply: (input) => call(activities.redisStart, input),
-    verify: (input) => call(activities.redisVerify, input),
-    rollback: (input, pre) => call(activities.redisRollback, input, pre.state, pre.before),
+    check: (input) => call('precheck', activities.redisPrecheck, input),
+    apply: (input) => call('start', activities.redisStart, input),
+    verify: (input) => call('verify', activities.redisVerify, input),
+    rollback: (input, pre) => call('start', activities.redisRollback, input, pre.state, pre.before),
   },
 };
 
@@ -365,8 +367,11 @@ describe.each(Object.entries(steps))('step %s', (name, step) => {
       await admin.connect();
       try {
         await admin.call('ACL', 'SETUSER', 'default', '-config|rewrite');
-        // Not a catalogued failure: Redis's own reply error, which the worker reports under its name.
-        expect(await rejection(step.apply(input))).toMatchObject({ name: 'ReplyError', message: expect.stringMatching(/NOPERM/) });
+        // Not a catalogued failure: Redis's own reply error, which the step reports with its type as the failure's.
+        expect(await rejection(step.apply(input))).toMatchObject({
+          type: 'ReplyError',
+          message: expect.stringMatching(/^redisDeployment \/ start: NOPERM/),
+        });
         // Part-way: the server runs with the new settings, its file still has the old ones.
         expect(await seen(port)).toMatchObject({ pid: before.pid, live: { maxmemory: String(24 * 1024 ** 2) }, file: before.file });
         // While CONFIG REWRITE stays refused the rollback fails too (a person is asked), and says why.

@@ -2,8 +2,7 @@
 // for the ones that need it, and verification read back from the server itself.
 import { ErrorType, q } from '../shared/errors';
 import type { ConnectionUpgradeInput } from '../shared/inputs';
-import type { Evidence, PlannedAction } from '../shared/status';
-import type { StepOf } from '../shared/steps';
+import type { Evidence } from '../shared/status';
 import { postgresOf, resolveTarget } from '../targets';
 import { serviceCommand } from './host/service';
 import { autoConfEntries, pendingRestart, reload, settingRows } from './postgres/config';
@@ -14,11 +13,7 @@ import type { SettingChange } from '../shared/settings';
 import { restartServer, restoreSavedConfig, saveConfig } from './postgres/restart';
 import { alterSystemResetSql, alterSystemSql, formatList, parseList, sameSetting } from './postgres/settings';
 import { stepFailure } from './step-context';
-
-const STATEMENTS = 'pg_stat_statements';
-
-/** A line of this runbook's plan: its step names only. */
-type Planned = PlannedAction<StepOf<'connectionUpgrade'>>;
+import { planOf, STATEMENTS, type Planned } from './connection-upgrade-plan';
 
 /** Worker processes beyond the parallel ones, for logical replication and extensions. */
 export const WORKER_HEADROOM = 8;
@@ -110,44 +105,15 @@ export function createConnectionUpgradeActivities() {
         const statementsInstalled = await hasStatements(c);
         const needsRestart = changes.some((ch) => ch.needsRestart && !sameSetting(ch.name, ch.from, ch.to));
         const restart = serviceCommand(postgresOf(target).service, 'restart').argv.join(' ');
-        const plan: Planned[] = [
-          {
-            step: 'precheck',
-            kind: 'check',
-            text: `PostgreSQL ${serverVersion}; ${connections} client connections; ${STATEMENTS} available: ${Boolean(available)}`,
-          },
-          {
-            step: 'apply',
-            kind: 'command',
-            text: 'cp -n postgresql.auto.conf postgresql.auto.conf.fermata-<workflow id>: the configuration to start again on if a restart fails',
-          },
-          ...changes.map((ch): Planned => ({ step: 'apply', kind: 'sql', text: `${alterSystemSql(ch.name, ch.to)}; -- now ${ch.from}` })),
-          { step: 'apply', kind: 'sql', text: 'SELECT pg_reload_conf()' },
-          ...(needsRestart
-            ? ([
-                { step: 'restart', kind: 'check', text: 'gate "restart": wait for approval, then the maintenance window' },
-                ...changes
-                  .filter((ch) => ch.needsRestart)
-                  .map((ch): Planned => ({
-                    step: 'restart',
-                    kind: 'check',
-                    text: `preflight: postgres -C ${ch.name} reads ${q(ch.to)} from the files on disk`,
-                  })),
-                { step: 'restart', kind: 'sql', text: 'preflight: LOAD each library of shared_preload_libraries' },
-                { step: 'restart', kind: 'sql', text: 'CHECKPOINT' },
-                { step: 'restart', kind: 'command', text: restart },
-              ] satisfies Planned[])
-            : []),
-          ...(input.enablePgStatStatements
-            ? [{ step: 'extension', kind: 'sql', text: `CREATE EXTENSION IF NOT EXISTS ${STATEMENTS}` } satisfies Planned]
-            : []),
-          {
-            step: 'verify',
-            kind: 'check',
-            text: 'SHOW each setting; pending_restart false everywhere; EXPLAIN ANALYZE shows a Parallel Seq Scan',
-          },
-          { step: 'baseline', kind: 'check', text: 'database size, file count, index and table counts, connections, slowest statements' },
-        ];
+        const plan = planOf({
+          serverVersion,
+          connections,
+          available: Boolean(available),
+          changes,
+          needsRestart,
+          restart,
+          statements: input.enablePgStatStatements,
+        });
         return {
           serverVersion,
           changes,

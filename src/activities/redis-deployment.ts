@@ -3,7 +3,7 @@
 // later runs, proves durable, and checks against the seed's cache conventions and targets. What they
 // touch is the Redis kit (src/activities/redis/); the plan is built in redis-deployment-plan.ts.
 import type Redis from 'ioredis';
-import { ErrorType, failure, q } from '../shared/errors';
+import { ErrorType, q } from '../shared/errors';
 import { formatBytes } from '../shared/size';
 import type { Evidence } from '../shared/status';
 import { heartbeating, run } from './host/command';
@@ -15,15 +15,14 @@ import { shown } from './redis/layout';
 import { launch, remove, stop, waitUntilUp } from './redis/lifecycle';
 import { holder, hostMemory, leftBehind, logTail, monitoring, portInUse } from './redis/probes';
 import { planOf, runbook, type RedisPrecheck, type RedisSettings } from './redis-deployment-plan';
+import { stepFailure } from './step-context';
 
 export type { RedisPrecheck, RedisSettings };
 
 /** The seed's monitoring targets. */
 const SEED = { hitRatio: 0.8, memoryBytes: 10 * 1024 ** 3, evictionShare: 0.01 };
 
-const at = (step: string) => ({ runbook, step });
-const fail = (type: ErrorType, step: string, reason: string) => failure(type, at(step), reason);
-const deployment = (settings: RedisSettings, step: string): Deployment => deploymentOf(settings.target, settings, runbook, at(step));
+const deployment = (settings: RedisSettings): Deployment => deploymentOf(settings.target, settings, runbook);
 
 /** The managed settings as the running Redis has them, and those where it or its config file differs from the input. */
 async function settingChanges(d: Deployment, r: Redis, settings: RedisSettings) {
@@ -36,26 +35,24 @@ export function createRedisActivities() {
   return {
     /** Host, redis-server or docker, the port, memory; and what a run would change. Changes nothing. */
     async redisPrecheck(settings: RedisSettings): Promise<RedisPrecheck> {
-      const step = 'precheck';
-      const d = deployment(settings, step);
+      const d = deployment(settings);
       const { target, layout, commands } = d;
       if (target.host.kind === 'ssh' && ['127.0.0.1', 'localhost', '::1'].includes(target.redis.bindAddress)) {
-        throw fail(
+        throw stepFailure(
           ErrorType.PrecheckFailed,
-          step,
           `target ${q(target.name)} is reached over ssh, but redis.bindAddress is ${target.redis.bindAddress}: the worker could not connect to Redis; bind an address it can reach (and set a password)`,
         );
       }
       const available = await run(target.host, commands.available).catch((err: Error) => {
         const what = commands.docker ? 'the docker engine is not reachable' : `${q(layout.server)} cannot run`;
-        throw fail(ErrorType.PrecheckFailed, step, `${what} on ${q(target.name)}: ${err.message}`);
+        throw stepFailure(ErrorType.PrecheckFailed, `${what} on ${q(target.name)}: ${err.message}`);
       });
       const version = commands.docker
         ? `docker ${available.stdout.trim()}`
         : `Redis ${/v=(\S+)/.exec(available.stdout)?.[1] ?? available.stdout.trim()}`;
 
       const held = await holder(d);
-      if (held.kind === 'foreign') return portInUse(d, at(step), held.what);
+      if (held.kind === 'foreign') return portInUse(d, held.what);
       const state = held.kind === 'ours' ? 'running' : (await leftBehind(d)) ? 'stopped' : 'absent';
       let before: Record<string, string> = {};
       let changes: SettingChange[] = [];
@@ -74,9 +71,8 @@ export function createRedisActivities() {
       // The host needs the memory Redis may grow to; a Redis of ours already holds part of it.
       const memory = await hostMemory(target.host);
       if (settings.maxmemory > memory.available + usedBytes) {
-        throw fail(
+        throw stepFailure(
           ErrorType.PrecheckFailed,
-          step,
           `maxmemory ${formatBytes(settings.maxmemory)} exceeds the ${formatBytes(memory.available)} available on ${q(target.name)} (of ${formatBytes(memory.total)})`,
         );
       }
@@ -124,10 +120,9 @@ export function createRedisActivities() {
      * second server is never started.
      */
     async redisStart(settings: RedisSettings): Promise<Evidence> {
-      const step = 'start';
-      const d = deployment(settings, step);
+      const d = deployment(settings);
       const held = await holder(d);
-      if (held.kind === 'foreign') return portInUse(d, at(step), held.what);
+      if (held.kind === 'foreign') return portInUse(d, held.what);
       if (held.kind === 'ours') {
         const changed = await withRedis(d, async (r) => {
           const { changes } = await settingChanges(d, r, settings);
@@ -141,7 +136,7 @@ export function createRedisActivities() {
           changed,
         };
       }
-      const up = await launch(d, settings, at(step), true);
+      const up = await launch(d, settings, true);
       return {
         summary: `started Redis ${up.version} (pid ${up.pid}) on ${d.layout.address} in ${up.ms} ms; config ${d.layout.config}`,
         alreadyRunning: false,
@@ -157,8 +152,7 @@ export function createRedisActivities() {
      * (and its container removed). The data stays unless purgeOnRollback and this run created it.
      */
     async redisRollback(settings: RedisSettings, state: RedisPrecheck['state'], before: Record<string, string>): Promise<Evidence> {
-      const step = 'start';
-      const d = deployment(settings, step);
+      const d = deployment(settings);
       if (state === 'running') {
         await withRedis(d, (r) => setLive(r, before));
         return {
@@ -167,7 +161,7 @@ export function createRedisActivities() {
             .join(', ')}`,
         };
       }
-      const stopped = await stop(d, at(step));
+      const stopped = await stop(d);
       const purge = settings.purgeOnRollback && state === 'absent';
       await remove(d, purge);
       const kept = state === 'stopped' ? 'kept (it was there before this run)' : purge ? 'purged' : 'kept (purgeOnRollback is false)';
@@ -180,22 +174,20 @@ export function createRedisActivities() {
 
     /** Read everything back from Redis and from its config file; a difference is NotConverged (retried). */
     async redisVerify(settings: RedisSettings): Promise<Evidence> {
-      const step = 'verify';
-      const d = deployment(settings, step);
+      const d = deployment(settings);
       const read = await withRedis(d, async (r) => ({
         pong: await r.ping(),
         live: await configGet(r, managed),
         persistence: await info(r, 'persistence'),
       })).catch(async (err: Error) => {
-        throw fail(
+        throw stepFailure(
           ErrorType.NotConverged,
-          step,
           `Redis on ${d.layout.address} does not answer (${err.message}); its log ends: ${await logTail(d)}. Decide "retry" to start it again from its config file`,
         );
       });
       const file = parseConfig((await run(d.target.host, d.commands.readConfig)).stdout);
       const problems = verifyProblems(settings, { ...read, file });
-      if (problems.length) throw fail(ErrorType.NotConverged, step, problems.join('; '));
+      if (problems.length) throw stepFailure(ErrorType.NotConverged, problems.join('; '));
       const p = read.persistence;
       return {
         summary: `PONG; ${managed.map((n) => `${n}=${q(read.live[n])}`).join(', ')}; aof_enabled:${p.aof_enabled}, last rewrite and write ok; the config file holds all ${managed.length}`,
@@ -212,12 +204,11 @@ export function createRedisActivities() {
      * SHUTDOWN NOSAVE skips the RDB snapshot, so the key can only come back from the AOF.
      */
     async redisDurability(settings: RedisSettings, sentinel: { key: string; value: string }): Promise<Evidence> {
-      const step = 'durability';
-      const d = deployment(settings, step);
+      const d = deployment(settings);
       // A retry after a worker died mid-restart finds Redis down: start it again first.
       const running = await holder(d);
-      if (running.kind === 'foreign') return portInUse(d, at(step), running.what);
-      if (running.kind === 'free') await launch(d, settings, at(step), false);
+      if (running.kind === 'foreign') return portInUse(d, running.what);
+      if (running.kind === 'free') await launch(d, settings, false);
       const before = await withRedis(d, async (r) => {
         await r.set(sentinel.key, sentinel.value);
         return info(r, 'server');
@@ -228,10 +219,10 @@ export function createRedisActivities() {
       if (d.commands.docker) {
         await heartbeating(run(d.target.host, d.commands.docker.restart));
         command = shown(d.commands.docker.restart);
-        await waitUntilUp(d, at(step));
+        await waitUntilUp(d);
       } else {
-        await stop(d, at(step), mode);
-        command = `SHUTDOWN ${mode}; ${(await launch(d, settings, at(step), false)).command}`;
+        await stop(d, mode);
+        command = `SHUTDOWN ${mode}; ${(await launch(d, settings, false)).command}`;
       }
       const unavailableMs = Date.now() - started;
       const after = await withRedis(d, async (r) => {
@@ -239,11 +230,10 @@ export function createRedisActivities() {
         await r.del(sentinel.key);
         return { value, server: await info(r, 'server') };
       });
-      if (after.server.run_id === before.run_id) throw fail(ErrorType.NotConverged, step, 'Redis was not restarted (same run_id)');
+      if (after.server.run_id === before.run_id) throw stepFailure(ErrorType.NotConverged, 'Redis was not restarted (same run_id)');
       if (after.value !== sentinel.value) {
-        throw fail(
+        throw stepFailure(
           ErrorType.NotConverged,
-          step,
           `sentinel ${q(sentinel.key)} read back as ${q(String(after.value))} after the restart, expected ${q(sentinel.value)}`,
         );
       }
@@ -262,15 +252,14 @@ export function createRedisActivities() {
      * key prefix of its own, so it never touches the application's keys; it leaves nothing behind.
      */
     async redisSmoke(settings: RedisSettings, prefix: string): Promise<Evidence> {
-      const step = 'smoke';
-      const { evidence, problems } = await checkConventions(deployment(settings, step), prefix);
-      if (problems.length) throw fail(ErrorType.NotConverged, step, problems.join('; '));
+      const { evidence, problems } = await checkConventions(deployment(settings), prefix);
+      if (problems.length) throw stepFailure(ErrorType.NotConverged, problems.join('; '));
       return evidence;
     },
 
     /** INFO stats and memory against the seed's targets: pass/fail for each, as evidence. */
     async redisMonitoring(settings: RedisSettings): Promise<Evidence> {
-      return monitoring(deployment(settings, 'monitoring'), SEED);
+      return monitoring(deployment(settings), SEED);
     },
   };
 }

@@ -46,6 +46,17 @@ export function asFailure(err: unknown): TemporalFailure {
   });
 }
 
+/** Run `fn` as an activity of `context`'s step: its errors leave as that step's failures. Tests call activities this way too. */
+export async function inStep<T>(context: StepContext, fn: () => Promise<T>): Promise<T> {
+  return current.run(context, async () => {
+    try {
+      return await fn();
+    } catch (err) {
+      throw asFailure(err);
+    }
+  });
+}
+
 export class StepInterceptor implements ActivityInboundCallsInterceptor {
   constructor(private readonly temporal: TemporalClient) {}
 
@@ -53,16 +64,13 @@ export class StepInterceptor implements ActivityInboundCallsInterceptor {
     const header = input.headers[STEP_HEADER];
     const context = header ? defaultPayloadConverter.fromPayload<StepContext>(header) : { runbook: Context.current().info.activityType };
     const { attempt } = Context.current().info;
-    return current.run(context, async () => {
-      if (attempt > 1) await this.tell(context, { attempt });
-      try {
-        return await next(input);
-      } catch (err) {
-        const failure = asFailure(err);
-        if (failure instanceof ApplicationFailure && !failure.nonRetryable) await this.tell(context, { attempt, error: failure.message });
-        throw failure;
-      }
-    });
+    if (attempt > 1) await this.tell(context, { attempt });
+    try {
+      return await inStep(context, () => next(input));
+    } catch (failure) {
+      if (failure instanceof ApplicationFailure && !failure.nonRetryable) await this.tell(context, { attempt, error: failure.message });
+      throw failure;
+    }
   }
 
   /** Tell the runbook how its step's activity is doing; a runbook that cannot be told is not held up. */

@@ -5,7 +5,7 @@
 // The SQL is built in ./sql.ts; this module runs it.
 import { activityInfo, heartbeat } from '@temporalio/activity';
 import { escapeIdentifier as ident, type Client } from 'pg';
-import { ErrorType, failure } from '../../shared/errors';
+import { ErrorType } from '../../shared/errors';
 import type { Progress } from '../../shared/progress';
 import type { Evidence } from '../../shared/status';
 import { resolveTarget } from '../../targets';
@@ -17,8 +17,7 @@ import { keyBounds, longTransactions, throttle } from '../postgres/probes';
 import { precheck } from './precheck';
 import * as sql from './sql';
 import { names, type Inventory, type MigrationSpec } from './sql';
-
-const fail = (type: ErrorType, step: string, reason: string) => failure(type, { runbook: 'partitionMigration', step }, reason);
+import { stepFailure } from '../step-context';
 
 /** Keys per range the comparisons count and checksum in one statement. */
 const VERIFY_CHUNK = 200_000;
@@ -44,7 +43,7 @@ export function createPartitionMigrationActivities() {
           `public.${n.shadow}`,
         ]);
         if (partitions !== spec.partitions)
-          throw fail(ErrorType.PrecheckFailed, 'create-shadow', `shadow has ${partitions} partitions, expected ${spec.partitions}`);
+          throw stepFailure(ErrorType.PrecheckFailed, `shadow has ${partitions} partitions, expected ${spec.partitions}`);
         return {
           summary: `${n.shadow}: ${partitions} hash partitions, ${inventory.indexes.length} indexes${there ? ' (already there)' : ''}`,
           partitions,
@@ -178,7 +177,7 @@ export function createPartitionMigrationActivities() {
       return onTargetTwice(target, async (c, second) => {
         const mismatches = await compare([c, second], spec.partitionKey, left, right, chunk);
         if (mismatches.ranges.length) {
-          throw fail(ErrorType.NotConverged, 'verify', `${left} and ${right} differ in key ranges ${listRanges(mismatches.ranges)}`);
+          throw stepFailure(ErrorType.NotConverged, `${left} and ${right} differ in key ranges ${listRanges(mismatches.ranges)}`);
         }
         if (against === 'shadow') await c.query(`ANALYZE ${ident(right)}`);
         return {
@@ -204,16 +203,14 @@ export function createPartitionMigrationActivities() {
         if (state === 'cut_over') return { summary: 'already cut over', writeBlockMs: 0 };
         const long = await longTransactions(c, 30);
         if (long.length)
-          throw fail(
+          throw stepFailure(
             ErrorType.NotConverged,
-            'cutover',
             `waiting for long transactions to end first: ${long.map((r) => `pid ${r.pid} (${r.seconds} s)`).join(', ')}`,
           );
         const compared = await compare([c, second], spec.partitionKey, spec.table, n.shadow, VERIFY_CHUNK);
         if (compared.ranges.length)
-          throw fail(
+          throw stepFailure(
             ErrorType.NotConverged,
-            'cutover',
             `${spec.table} and ${n.shadow} differ in key ranges ${listRanges(compared.ranges)}: changed since verify without the capture trigger (TRUNCATE, or the trigger disabled)?`,
           );
         await c.query(sql.syncFunction(n.reverseFunction, n.old, inventory));
@@ -228,15 +225,10 @@ export function createPartitionMigrationActivities() {
             ])
           ).rows;
           if (!check.capturing)
-            throw fail(
-              ErrorType.NotConverged,
-              'cutover',
-              `final check: trigger ${n.forwardTrigger} on ${spec.table} is missing or disabled`,
-            );
+            throw stepFailure(ErrorType.NotConverged, `final check: trigger ${n.forwardTrigger} on ${spec.table} is missing or disabled`);
           if (check.source !== check.shadow)
-            throw fail(
+            throw stepFailure(
               ErrorType.NotConverged,
-              'cutover',
               `final check: highest ${spec.partitionKey} is ${check.source} in ${spec.table}, ${check.shadow} in ${n.shadow}`,
             );
           for (const statement of sql.swap(spec, inventory, 'forward')) await c.query(statement);
@@ -289,11 +281,7 @@ export function createPartitionMigrationActivities() {
         const plan = rows.map((r) => r['QUERY PLAN'] as string).join('\n');
         const scanned = new Set(plan.match(new RegExp(`${spec.table}_p\\d+`, 'g')) ?? []);
         if (scanned.size !== 1)
-          throw fail(
-            ErrorType.NotConverged,
-            'post-verify',
-            `a lookup by ${spec.partitionKey} touches ${scanned.size} partitions:\n${plan}`,
-          );
+          throw stepFailure(ErrorType.NotConverged, `a lookup by ${spec.partitionKey} touches ${scanned.size} partitions:\n${plan}`);
         const results: Record<string, number> = {};
         for (const [name, query] of Object.entries(spec.table === 'files' ? sql.filesQueries : {})) {
           if (await exists(c, query.joins)) results[name] = (await c.query(query.sql)).rowCount ?? 0;

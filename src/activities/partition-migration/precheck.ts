@@ -1,20 +1,19 @@
 // The Partition Migration's precheck: everything that must carry over, and every reason not to start.
 import { activityInfo } from '@temporalio/activity';
 import { escapeIdentifier as ident } from 'pg';
-import { ErrorType, failure, q } from '../../shared/errors';
+import { ErrorType, q } from '../../shared/errors';
 import { resolveTarget } from '../../targets';
 import * as catalog from '../postgres/catalog';
 import { onTarget, value } from '../postgres/connection';
 import { freeDisk, keyBounds } from '../postgres/probes';
 import { names, plan, runningSql, type Inventory, type MigrationSpec } from './sql';
-
-const fail = (type: ErrorType, step: string, reason: string) => failure(type, { runbook: 'partitionMigration', step }, reason);
+import { stepFailure } from '../step-context';
 
 /** Everything that must carry over, and every reason not to start; changes nothing. */
 export async function precheck(spec: MigrationSpec): Promise<Inventory> {
   const target = resolveTarget(spec.target);
   const n = names(spec.table);
-  const refuse = (reason: string) => fail(ErrorType.PrecheckFailed, 'precheck', reason);
+  const refuse = (reason: string) => stepFailure(ErrorType.PrecheckFailed, reason);
   return onTarget(target, async (c) => {
     const table = await catalog.relation(c, spec.table);
     if (!table) throw refuse(`table ${q(spec.table)} does not exist in schema public`);

@@ -2,9 +2,10 @@
 // and CONFIG GET/SET on it, and a raw PING for whatever else may listen on the port.
 import Redis from 'ioredis';
 import net from 'node:net';
-import { ErrorType, failure, q, type Where } from '../../shared/errors';
+import { ErrorType, q } from '../../shared/errors';
 import { password, resolveTarget } from '../../targets';
 import { scrub } from '../postgres/connection';
+import { stepFailure } from '../step-context';
 import { commandsOf, layoutOf, type Commands, type Layout, type Placement, type RedisTarget } from './layout';
 
 /** A deployment on its target: where it lives, its commands, and the password the worker connects with. */
@@ -16,13 +17,12 @@ export interface Deployment {
 }
 
 /** The deployment `placement` names on target `name`, for `owner`; a target without a redis section fails the pre-check. */
-export function deploymentOf(name: string, placement: Placement, owner: string, where: Where): Deployment {
+export function deploymentOf(name: string, placement: Placement, owner: string): Deployment {
   const target = resolveTarget(name);
   const { redis } = target;
   if (!redis) {
-    throw failure(
+    throw stepFailure(
       ErrorType.PrecheckFailed,
-      where,
       `target ${q(target.name)} has no redis section: add one with a dataRoot to the targets file`,
     );
   }

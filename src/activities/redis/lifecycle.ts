@@ -1,16 +1,17 @@
 // Starting and stopping a deployment's Redis: a redis-server process from its config file, or a
 // container. Each waits until the port says it worked, heartbeating, so a dead worker is noticed.
 import { heartbeat } from '@temporalio/activity';
-import { ErrorType, failure, type Where } from '../../shared/errors';
+import { ErrorType } from '../../shared/errors';
 import { heartbeating, run } from '../host/command';
 import { waitFor } from '../host/poll';
+import { stepFailure } from '../step-context';
 import { rawPing, withRedis, type Deployment } from './client';
 import { configText, passwordLine, type ServerSettings } from './config';
 import { shown } from './layout';
 import { dockerState, holder, leftBehind, logTail, type Ours } from './probes';
 
 /** Wait until this deployment's Redis answers on its port, heartbeating; returns its identity. */
-export async function waitUntilUp(d: Deployment, where: Where, timeoutMs = 60_000): Promise<Ours> {
+export async function waitUntilUp(d: Deployment, timeoutMs = 60_000): Promise<Ours> {
   const found: { up?: Ours } = {};
   await waitFor(
     `Redis on ${d.layout.address}`,
@@ -22,9 +23,8 @@ export async function waitUntilUp(d: Deployment, where: Where, timeoutMs = 60_00
     },
     timeoutMs,
   ).catch(async () => {
-    throw failure(
+    throw stepFailure(
       ErrorType.CommandFailed,
-      where,
       `Redis did not come up on ${d.layout.address} within ${timeoutMs / 1000} s; its log ends: ${await logTail(d)}`,
     );
   });
@@ -32,7 +32,7 @@ export async function waitUntilUp(d: Deployment, where: Where, timeoutMs = 60_00
 }
 
 /** Stop this deployment's Redis if it runs: SHUTDOWN (the process) or docker stop; waits until the port is closed. */
-export async function stop(d: Deployment, where: Where, mode: 'SAVE' | 'NOSAVE' | '' = ''): Promise<boolean> {
+export async function stop(d: Deployment, mode: 'SAVE' | 'NOSAVE' | '' = ''): Promise<boolean> {
   if ((await holder(d)).kind !== 'ours') return false;
   if (d.commands.docker) {
     await heartbeating(run(d.target.host, d.commands.docker.stop));
@@ -48,9 +48,8 @@ export async function stop(d: Deployment, where: Where, mode: 'SAVE' | 'NOSAVE' 
     },
     120_000,
   ).catch(async () => {
-    throw failure(
+    throw stepFailure(
       ErrorType.CommandFailed,
-      where,
       `Redis on ${d.layout.address} did not stop within 120 s after SHUTDOWN; its log ends: ${await logTail(d)}`,
     );
   });
@@ -61,18 +60,13 @@ export async function stop(d: Deployment, where: Where, mode: 'SAVE' | 'NOSAVE' 
  * Start Redis from its config file (a stopped container is started again). `write` writes the file
  * from `settings` first; a restart leaves it alone, since proving the file holds the settings is the point.
  */
-export async function launch(
-  d: Deployment,
-  settings: ServerSettings,
-  where: Where,
-  write: boolean,
-): Promise<Ours & { command: string; ms: number }> {
+export async function launch(d: Deployment, settings: ServerSettings, write: boolean): Promise<Ours & { command: string; ms: number }> {
   const { host } = d.target;
   if (write) await run(host, d.commands.writeConfig, { input: configText(d.layout, settings) + passwordLine(d.secret) });
   const started = Date.now();
   const command = d.commands.docker && (await dockerState(d)) ? d.commands.docker.resume : d.commands.start;
   await heartbeating(run(host, command));
-  const up = await waitUntilUp(d, where);
+  const up = await waitUntilUp(d);
   return { ...up, command: shown(command), ms: Date.now() - started };
 }
 

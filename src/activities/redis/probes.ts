@@ -1,11 +1,12 @@
 // What a deployment's host and port show: who holds the port, what is left of an earlier deployment,
 // the log's tail, the host's memory, and INFO stats/memory against monitoring targets.
-import { ErrorType, failure, q, type Where } from '../../shared/errors';
+import { ErrorType, q } from '../../shared/errors';
 import { formatBytes } from '../../shared/size';
 import type { Evidence } from '../../shared/status';
 import type { Host } from '../../targets';
 import { run } from '../host/command';
 import { info, rawPing, withRedis, type Deployment } from './client';
+import { stepFailure } from '../step-context';
 
 export type Ours = { kind: 'ours'; pid: number; version: string; runId: string };
 export type Holder = { kind: 'free' } | Ours | { kind: 'foreign'; what: string };
@@ -37,11 +38,10 @@ async function listener(d: Deployment): Promise<string> {
 }
 
 /** A PortInUse failure naming who holds the port; nothing is stopped. */
-export async function portInUse(d: Deployment, where: Where, what: string): Promise<never> {
+export async function portInUse(d: Deployment, what: string): Promise<never> {
   const who = await listener(d);
-  throw failure(
+  throw stepFailure(
     ErrorType.PortInUse,
-    where,
     `port ${d.layout.port} on ${q(d.target.name)} is held by ${what}${who ? `; listening: ${who}` : ''}. Nothing was changed or stopped: ` +
       'free the port (or choose another), then decide "retry" (or "abort")',
   );
