@@ -6,6 +6,10 @@ import type { Evidence, PlannedAction } from '../shared/status';
 import type { SettingChange } from '../shared/settings';
 import { configText, managed } from './redis/config';
 import { commandsOf, layoutOf as redisLayout, shown, type Layout, type Placement, type RedisTarget } from './redis/layout';
+import type { StepOf } from '../shared/steps';
+
+/** A line of this runbook's plan: its step names only. */
+type Planned = PlannedAction<StepOf<'redisDeployment'>>;
 
 export { commandsOf, configText, type Layout };
 
@@ -27,7 +31,7 @@ export interface RedisPrecheck extends Evidence {
   before: Record<string, string>;
   /** What approving gate "deploy" will do. */
   does: string;
-  plan: PlannedAction[];
+  plan: Planned[];
   summary: string;
 }
 
@@ -39,17 +43,17 @@ export function planOf(
   changes: SettingChange[],
   checks: string[],
   passwordNote?: string,
-): PlannedAction[] {
+): Planned[] {
   const commands = commandsOf(layout);
   const config = configText(layout, settings)
     .split('\n')
     .filter((l) => l && !l.startsWith('#'));
-  const start: PlannedAction[] =
+  const start: Planned[] =
     state === 'running'
       ? [
           ...changes
             .filter((ch) => ch.from !== ch.to)
-            .map((ch): PlannedAction => ({
+            .map((ch): Planned => ({
               step: 'start',
               kind: 'command',
               text: `CONFIG SET ${ch.name} ${q(ch.to)} -- now ${q(ch.from)}`,
@@ -69,17 +73,17 @@ export function planOf(
     ? shown(commands.docker.restart)
     : `SHUTDOWN ${settings.appendonly ? 'NOSAVE' : 'SAVE'}; ${shown(commands.start)}`;
   const converged = state === 'running' && !changes.length;
-  const durability: PlannedAction = converged
+  const durability: Planned = converged
     ? { step: 'durability', kind: 'check', text: 'nothing changed: not restarted' }
     : settings.appendonly || settings.save
       ? { step: 'durability', kind: 'command', text: `SET fermata:sentinel:<workflow id>; ${restart}; GET it back; DEL it` }
       : { step: 'durability', kind: 'check', text: 'persistence is off: nothing to prove' };
   return [
-    ...checks.map((text): PlannedAction => ({ step: 'precheck', kind: 'check', text })),
+    ...checks.map((text): Planned => ({ step: 'precheck', kind: 'check', text })),
     ...(converged
-      ? [{ step: 'start', kind: 'check', text: 'nothing to change: no gate, no restart' } satisfies PlannedAction]
+      ? [{ step: 'start', kind: 'check', text: 'nothing to change: no gate, no restart' } satisfies Planned]
       : [
-          { step: 'start', kind: 'check', text: 'gate "deploy": wait for approval, then the maintenance window' } satisfies PlannedAction,
+          { step: 'start', kind: 'check', text: 'gate "deploy": wait for approval, then the maintenance window' } satisfies Planned,
           ...start,
         ]),
     { step: 'verify', kind: 'check', text: `PING; CONFIG GET ${managed.join(', ')}; INFO persistence; ${shown(commands.readConfig)}` },

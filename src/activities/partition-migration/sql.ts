@@ -7,6 +7,10 @@ import type { PartitionMigrationInput } from '../../shared/inputs';
 import type { Evidence, PlannedAction } from '../../shared/status';
 import type { ForeignKey } from '../postgres/catalog';
 import { blockLock } from '../postgres/locks';
+import type { StepOf } from '../../shared/steps';
+
+/** A line of this runbook's plan: its step names only. */
+type Planned = PlannedAction<StepOf<'partitionMigration'>>;
 
 export type MigrationSpec = Pick<PartitionMigrationInput, 'target' | 'table' | 'partitionKey' | 'partitions' | 'batchRows' | 'throttle'>;
 
@@ -41,7 +45,7 @@ export interface TableFacts {
   maxKey: number;
 }
 
-export type Inventory = TableFacts & Evidence & { plan: PlannedAction[]; summary: string };
+export type Inventory = TableFacts & Evidence & { plan: Planned[]; summary: string };
 
 /** The control table: one row per migrated table, the claim of the workflow migrating it. */
 export const controlTableSql = `CREATE TABLE IF NOT EXISTS fermata_migrations (
@@ -237,13 +241,13 @@ export const filesQueries: Record<string, { joins: string; sql: string }> = {
 };
 
 /** The dry run's plan: the DDL, the batch plan and the cut-over, from the builders the run uses. */
-export function plan(spec: MigrationSpec, inventory: TableFacts): PlannedAction[] {
+export function plan(spec: MigrationSpec, inventory: TableFacts): Planned[] {
   const n = names(spec.table);
   const ddl = shadowDdl(spec, inventory);
   const batches = Math.ceil((inventory.maxKey - inventory.minKey + 1) / spec.batchRows);
   const sql =
-    (step: string) =>
-    (text: string): PlannedAction => ({ step, kind: 'sql', text });
+    (step: StepOf<'partitionMigration'>) =>
+    (text: string): Planned => ({ step, kind: 'sql', text });
   return [
     ...ddl.slice(0, 2).map(sql('create-shadow')),
     {
