@@ -10,6 +10,7 @@ import { freePort } from '../src/stack/ports';
 import { initCluster, runningPort, startCluster } from '../src/stack/postgres';
 import { startDevServer } from '../src/stack/temporal';
 import { reapStaleRuns, testDataRoot } from './harness/cleanup';
+import { startRedisServer } from './harness/stack';
 import { repoRoot, runDir, temporalDbFile, type HarnessEnv } from './harness/paths';
 
 const env: HarnessEnv = JSON.parse(readFileSync(path.join(runDir, 'env.json'), 'utf8'));
@@ -61,25 +62,7 @@ async function startSshd(dir: string): Promise<number> {
 }
 
 async function startRedis(dir: string): Promise<number> {
-  mkdirSync(dir, { recursive: true });
-  const port = await freePort();
-  await execa('redis-server', [
-    '--port',
-    String(port),
-    '--bind',
-    '127.0.0.1',
-    '--daemonize',
-    'yes',
-    '--dir',
-    dir,
-    '--pidfile',
-    `${dir}/redis.pid`,
-    '--save',
-    '',
-    '--appendonly',
-    'no',
-  ]);
-  await waitFor('the redis-server pid file', async () => existsSync(path.join(dir, 'redis.pid')), 10_000, 50);
+  await startRedisServer(dir, await freePort());
   return pidIn(path.join(dir, 'redis.pid'));
 }
 

@@ -28,6 +28,7 @@ import {
   type RedisTestTarget,
   type RunningWorker,
   failureOf,
+  startRedisServer,
 } from './harness/stack';
 
 // The in-process worker has a queue of its own: the crash test's worker processes poll `runbooks`.
@@ -343,23 +344,7 @@ describe('the port is held by someone else: a clear error and a decision; nothin
     const port = await freePort();
     // Its pid file where teardown finds it.
     const dir = path.join(runDir, 'redis', uniqueId('foreign-owner'), `redis-${port}`);
-    mkdirSync(dir, { recursive: true });
-    await execa('redis-server', [
-      '--port',
-      String(port),
-      '--bind',
-      '127.0.0.1',
-      '--daemonize',
-      'yes',
-      '--dir',
-      dir,
-      '--pidfile',
-      `${dir}/redis.pid`,
-      '--save',
-      '',
-      '--appendonly',
-      'no',
-    ]);
+    await startRedisServer(dir, port);
     const handle = await start({ target: target.name, port, maxmemory: '64mb' });
     const waiting = await waitForStatus(handle, (s) => s.pendingDecision !== undefined);
     expect(waiting.pendingDecision!.error).toMatch(

@@ -5,7 +5,7 @@ import execa from 'execa';
 import Redis from 'ioredis';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { Client } from 'pg';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parse, stringify } from 'yaml';
@@ -14,6 +14,7 @@ import { ErrorType } from '../../src/shared/errors';
 import { statusQuery } from '../../src/shared/messages';
 import type { RunbookStatus } from '../../src/shared/status';
 import { freePort } from '../../src/stack/ports';
+import { waitFor } from '../../src/activities/host/poll';
 import { clusterService, copyCluster, runningPort, startCluster, stopCluster } from '../../src/stack/postgres';
 import { temporalConnectionConfig } from '../../src/temporal-connection';
 import { createWorker } from '../../src/worker/worker';
@@ -223,6 +224,20 @@ export async function newRedisTarget(name: string, redis: { binDir?: string; pas
     client: (port, password) =>
       new Redis({ host: '127.0.0.1', port, password, lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null }),
   };
+}
+
+/**
+ * A redis-server the runbook did not start, daemonized with its data and pid file in `dir` (where
+ * teardown finds it); returns once the pid file is there.
+ */
+export async function startRedisServer(dir: string, port: number): Promise<void> {
+  mkdirSync(dir, { recursive: true });
+  const options = { port: String(port), bind: '127.0.0.1', daemonize: 'yes', dir, pidfile: `${dir}/redis.pid`, save: '', appendonly: 'no' };
+  await execa(
+    'redis-server',
+    Object.entries(options).flatMap(([name, value]) => [`--${name}`, value]),
+  );
+  await waitFor('the redis-server pid file', async () => existsSync(path.join(dir, 'redis.pid')), 10_000, 50);
 }
 
 /** The ApplicationFailure a workflow failed with (and that it did fail). */
