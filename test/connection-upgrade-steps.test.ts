@@ -4,7 +4,6 @@
 // leaves the target as it was, twice over. Every state is read back through a connection of the test's own.
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { DefaultLogger } from '@temporalio/worker';
-import { Client } from 'pg';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { createConnectionUpgradeActivities, type Precheck, type UpgradeSettings } from '../src/activities/connection-upgrade';
@@ -13,6 +12,7 @@ import { inStep } from '../src/activities/step-context';
 import type { StepOf } from '../src/shared/steps';
 import { configure } from '../src/stack/postgres';
 import { closeHarness, newTarget, uniqueId, type TestTarget } from './harness/stack';
+import { failing } from './harness/faults';
 
 afterAll(closeHarness);
 
@@ -51,29 +51,6 @@ async function state(t: TestTarget) {
     running: Object.fromEntries(rows.map((r) => [r.name, r.setting])),
     extension: extension.n,
   };
-}
-
-/** The `nth` ALTER SYSTEM (or `at`) of apply fails on the server: the step stops part-way. */
-async function failing<T>(at: RegExp, nth: number, apply: () => Promise<T>): Promise<Error> {
-  const query = Client.prototype.query;
-  let seen = 0;
-  const spy = jest.spyOn(Client.prototype, 'query').mockImplementation(function (this: Client, ...args: unknown[]) {
-    const text = typeof args[0] === 'string' ? args[0] : undefined;
-    if (text && at.test(text) && ++seen === nth)
-      return (query as (sql: string) => Promise<unknown>).call(this, `DO $$ BEGIN RAISE EXCEPTION 'injected fault'; END $$`);
-    return (query as (...a: unknown[]) => Promise<unknown>).apply(this, args);
-  } as never);
-  try {
-    const error = await apply().then(
-      () => undefined,
-      (err: Error) => err,
-    );
-    expect(seen).toBeGreaterThanOrEqual(nth);
-    expect(error?.message).toMatch(/injected fault/);
-    return error!;
-  } finally {
-    spy.mockRestore();
-  }
 }
 
 describe('apply: ALTER SYSTEM and reload; rollback puts postgresql.auto.conf back', () => {
@@ -115,7 +92,7 @@ describe('apply: ALTER SYSTEM and reload; rollback puts postgresql.auto.conf bac
     const t = await drifted();
     const before = await state(t);
     const pre = await act('precheck', acts.upgradePrecheck, input(t));
-    await failing(/^ALTER SYSTEM SET/, 3, () => apply(t, pre));
+    await failing({ at: /^ALTER SYSTEM SET/, nth: 3, kind: 'error' }, () => apply(t, pre));
     expect((await state(t)).autoConf).not.toBe(before.autoConf); // two were written
     await rollback(t, pre);
     expect(await state(t)).toEqual(before);
@@ -144,7 +121,7 @@ describe('extension: CREATE EXTENSION pg_stat_statements; rollback drops it', ()
   test('the step fails after the extension was created: the rollback drops it, twice', async () => {
     const t = await drifted();
     const before = await state(t);
-    await failing(/SELECT extversion/, 1, () => act('extension', acts.upgradeCreateExtension, t.name));
+    await failing({ at: /SELECT extversion/, kind: 'error' }, () => act('extension', acts.upgradeCreateExtension, t.name));
     expect((await state(t)).extension).toBe(1); // created before the failure
     await act('extension', acts.upgradeDropExtension, t.name);
     expect(await state(t)).toEqual(before);

@@ -12,6 +12,7 @@ import type { Progress } from '../src/shared/progress';
 import { closeHarness, env, newTarget, uniqueId, type TestTarget } from './harness/stack';
 import { inStep } from '../src/activities/step-context';
 import type { StepOf } from '../src/shared/steps';
+import { failing, type StatementFault } from './harness/faults';
 
 afterAll(closeHarness);
 
@@ -35,11 +36,8 @@ const act = <A extends unknown[], R>(fn: (...args: A) => Promise<R>, ...args: A)
   mock.run(() => inStep({ runbook: 'partitionMigration', step: stepOf.get(fn) }, () => fn(...args)));
 
 /** A statement of apply's that goes wrong: the `nth` one matching `at` fails on the server, or kills its connection. */
-interface Fault {
+interface Fault extends StatementFault {
   label: string;
-  at: RegExp;
-  nth?: number;
-  kind: 'error' | 'kill';
 }
 
 interface Stage {
@@ -119,34 +117,6 @@ const relkind = (t: TestTarget, table: string) =>
   one(t, `SELECT (SELECT relkind FROM pg_class WHERE oid = to_regclass($1))::text`, [table]);
 const triggerOn = (t: TestTarget, table: string, trigger: string) =>
   one(t, `SELECT tgenabled::text FROM pg_trigger WHERE tgrelid = to_regclass($1) AND tgname = $2`, [table, trigger]);
-
-/** Run apply with `fault` injected into the activities' statements; the error it ended with. */
-async function failing(fault: Fault, apply: () => Promise<unknown>): Promise<Error> {
-  const query = Client.prototype.query;
-  let seen = 0;
-  let fired = false;
-  const spy = jest.spyOn(Client.prototype, 'query').mockImplementation(function (this: Client, ...args: unknown[]) {
-    const text = typeof args[0] === 'string' ? args[0] : (args[0] as { text?: unknown } | undefined)?.text;
-    if (!fired && typeof text === 'string' && fault.at.test(text) && ++seen === (fault.nth ?? 1)) {
-      fired = true;
-      const instead =
-        fault.kind === 'kill' ? 'SELECT pg_terminate_backend(pg_backend_pid())' : `DO $$ BEGIN RAISE EXCEPTION 'injected fault'; END $$`;
-      return (query as (sql: string) => Promise<unknown>).call(this, instead);
-    }
-    return (query as (...a: unknown[]) => Promise<unknown>).apply(this, args);
-  } as never);
-  try {
-    const error = await apply().then(
-      () => undefined,
-      (err: Error) => err,
-    );
-    expect(fired).toBe(true);
-    expect(error?.message).toMatch(fault.kind === 'error' ? /injected fault/ : /terminat|connection/i);
-    return error!;
-  } finally {
-    spy.mockRestore();
-  }
-}
 
 async function prechecked(t: TestTarget): Promise<Stage> {
   const spec: MigrationSpec = {

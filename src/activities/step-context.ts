@@ -12,14 +12,17 @@ import { ATTEMPT_SIGNAL, STEP_HEADER, type AttemptNote, type StepContext } from 
 
 const current = new AsyncLocalStorage<StepContext>();
 
-/** Where the running activity stands: its runbook and step (its own name when no workflow said). */
-export function where(phase?: string): Where {
-  const context = current.getStore() ?? { runbook: Context.current().info.activityType };
-  return phase ? { ...context, phase } : context;
-}
-
 /** The step an activity runs for, when code runs inside one (host commands also run outside, for npm start). */
 export const currentStep = (): StepContext | undefined => current.getStore();
+
+/** An activity no workflow told its step (a test's direct call) stands for itself. */
+const ownContext = (): StepContext => ({ runbook: Context.current().info.activityType });
+
+/** Where the running activity stands: its runbook and step, and `phase` if given. */
+function where(phase?: string): Where {
+  const context = currentStep() ?? ownContext();
+  return phase ? { ...context, phase } : context;
+}
 
 /** A failure of the running step: "runbook / step / phase: reason". */
 export const stepFailure = (type: ErrorType, reason: string, details?: Record<string, unknown>, phase?: string): ApplicationFailure =>
@@ -29,7 +32,7 @@ export const stepFailure = (type: ErrorType, reason: string, details?: Record<st
 const sqlFields = ['code', 'constraint', 'table', 'column', 'schema', 'detail', 'hint', 'routine'] as const;
 
 /** Anything thrown, as the failure the operator reads; Temporal's own (a cancellation) pass as they are. */
-export function asFailure(err: unknown): TemporalFailure {
+function asFailure(err: unknown): TemporalFailure {
   if (err instanceof TemporalFailure) return err;
   const error = err instanceof Error ? err : new Error(String(err));
   const fields = error as Error & Partial<Record<(typeof sqlFields)[number], string>> & { severity?: string };
@@ -62,7 +65,7 @@ export class StepInterceptor implements ActivityInboundCallsInterceptor {
 
   async execute(input: ActivityExecuteInput, next: Next<ActivityInboundCallsInterceptor, 'execute'>): Promise<unknown> {
     const header = input.headers[STEP_HEADER];
-    const context = header ? defaultPayloadConverter.fromPayload<StepContext>(header) : { runbook: Context.current().info.activityType };
+    const context = header ? defaultPayloadConverter.fromPayload<StepContext>(header) : ownContext();
     const { attempt } = Context.current().info;
     if (attempt > 1) await this.tell(context, { attempt });
     try {

@@ -20,7 +20,7 @@ export interface RunOptions {
 }
 
 /** How an ssh host is named in messages: user@address:port. */
-export const sshDestination = (host: Extract<Host, { kind: 'ssh' }>): string =>
+const sshDestination = (host: Extract<Host, { kind: 'ssh' }>): string =>
   `${host.user ? `${host.user}@` : ''}${host.address}${host.port ? `:${host.port}` : ''}`;
 
 /** The line the remote shell adds to stderr when the command's status is above 128: a signal's, or 255. */

@@ -32,7 +32,7 @@ export async function lockRetrying<T>(c: Client, work: () => Promise<T>, attempt
 }
 
 /** A lock timeout (55P03) or a deadlock (40P01): worth another try. */
-export const isLockConflict = (err: unknown): boolean => ['55P03', '40P01'].includes((err as { code?: string }).code ?? '');
+const isLockConflict = (err: unknown): boolean => ['55P03', '40P01'].includes((err as { code?: string }).code ?? '');
 
 /**
  * The advisory lock of a block of keys (`block` is an SQL expression: key / rows, truncated as SQL

@@ -35,11 +35,11 @@ export async function longTransactions(c: Client, seconds: number): Promise<{ pi
 }
 
 /** Bytes of WAL the furthest replica has still to replay (0 without replicas). */
-export const replicaLagBytes = async (c: Client): Promise<number> =>
+const replicaLagBytes = async (c: Client): Promise<number> =>
   Number(await value(c, 'SELECT coalesce(max(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)), 0) FROM pg_stat_replication'));
 
 /** Client connections running a statement right now. */
-export const activeConnections = async (c: Client): Promise<number> =>
+const activeConnections = async (c: Client): Promise<number> =>
   Number(await value(c, `SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND backend_type = 'client backend'`));
 
 export interface Throttle {

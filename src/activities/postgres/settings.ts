@@ -6,7 +6,7 @@ import { escapeIdentifier, escapeLiteral } from 'pg';
  * Settings PostgreSQL keeps as lists (GUC_LIST_QUOTE). `ALTER SYSTEM SET x = 'a,b'` makes such a
  * list one element named "a,b" — a server that then cannot start — so they are set element by element.
  */
-export const LIST_SETTINGS = new Set([
+const LIST_SETTINGS = new Set([
   'shared_preload_libraries',
   'session_preload_libraries',
   'local_preload_libraries',

@@ -4,7 +4,7 @@ import path from 'node:path';
 import type { RedisPlacement, Target } from '../../targets';
 import { shellQuote } from '../host/command';
 
-export const REDIS_IMAGE = 'redis:7-alpine';
+const REDIS_IMAGE = 'redis:7-alpine';
 
 export type RedisTarget = Target & { redis: RedisPlacement };
 
