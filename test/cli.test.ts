@@ -80,7 +80,11 @@ test('start refuses bad calls before anything starts, one line each', async () =
     fermata(['start', 'connectionUpgrade', '--target', target.name, '--bogus']),
     fermata(['start', 'connectionUpgrade', '--target', target.name], { TEMPORAL_ADDRESS: '127.0.0.1:1' }),
   ]);
-  expectFailure(runbook, 1, /unknown runbook "connectionUpgrad" \(known: "connectionUpgrade", "partitionMigration", "redisDeployment"\)/);
+  expectFailure(
+    runbook,
+    1,
+    /unknown runbook "connectionUpgrad" \(known: "connectionUpgrade", "partitionMigration", "redisDeployment", "recover"\)/,
+  );
   expectFailure(unknownTarget, 1, new RegExp(`unknown target "nowhere" in .* \\(known: .*"${target.name}"`));
   expectFailure(json, 1, new RegExp(`input file "${badJson}" is not valid JSON: .*position`));
   expectFailure(range, 1, /invalid input for connectionUpgrade: maxConnections: Number must be greater than or equal to 10$/);

@@ -90,9 +90,11 @@ test('a lease left by a terminated run is taken over by the next one', async () 
   await terminated.terminate('operator pressed Terminate');
   expect(await leaseOf(target.name)).toMatchObject({ workflow_id: terminated.workflowId });
 
-  const next = await start('connectionUpgrade', { target: target.name });
+  // What it applied is undone first (recoverLeftovers: without gate "recover").
+  const next = await start('connectionUpgrade', { target: target.name, recoverLeftovers: true });
   const held = await waitForStatus(next, (s) => s.pendingGate?.name === 'restart');
   expect(held.waitingForTarget).toBeUndefined();
+  expect(held.steps.find((s) => s.name === 'recover')!.state).toBe('done');
   expect(await leaseOf(target.name)).toMatchObject({ workflow_id: next.workflowId });
   await next.signal(rejectSignal, { gate: 'restart', by: 'bob', reason: 'only testing' });
   expect((await next.result()).outcome).toBe('rejected');

@@ -297,5 +297,5 @@ test('a misspelt step name is a compile error (tsc checks this file)', () => {
   // @ts-expect-error: connectionUpgrade has no step "restrat"
   const typo: StepOf<'connectionUpgrade'> = 'restrat';
   const steps: StepOf<'partitionMigration'>[] = runbookSteps.partitionMigration.map(([name]) => name);
-  expect([typo, steps[0]]).toEqual(['restrat', 'precheck']);
+  expect([typo, steps[1]]).toEqual(['restrat', 'precheck']);
 });

@@ -2,6 +2,7 @@
 import { Context } from '@temporalio/activity';
 import type { Pool } from 'pg';
 import { leaseDdl } from './lease';
+import { leftoversDdl } from './leftovers';
 import { poolFor, withClient } from './postgres/connection';
 import type { PostgresEndpoint } from '../targets';
 
@@ -33,7 +34,7 @@ const ddl = `
     UNIQUE (workflow_id, run_id, seq)
   )`;
 
-/** Create the audit database and its tables (the audit trail, the targets' leases) if missing. Safe to call at every worker start. */
+/** Create the audit database and its tables (the audit trail, the targets' leases, the runs' leftovers) if missing. Safe to call at every worker start. */
 export async function ensureAuditStore(endpoint: PostgresEndpoint): Promise<void> {
   const exists = await withClient({ endpoint, database: 'postgres' }, async (c) => {
     const { rowCount } = await c.query('SELECT 1 FROM pg_database WHERE datname = $1', [endpoint.database]);
@@ -49,6 +50,7 @@ export async function ensureAuditStore(endpoint: PostgresEndpoint): Promise<void
   await withClient({ endpoint }, async (c) => {
     await c.query(ddl);
     await c.query(leaseDdl);
+    await c.query(leftoversDdl);
   });
 }
 

@@ -2,9 +2,11 @@
 // for the ones that need it, and verification read back from the server itself.
 import { ErrorType, q } from '../shared/errors';
 import type { ConnectionUpgradeInput } from '../shared/inputs';
+import type { LeftoverRecord } from '../shared/leftovers';
 import type { Evidence } from '../shared/status';
 import { postgresOf, resolveTarget } from '../targets';
 import { serviceCommand } from './host/service';
+import type { Undoer } from './leftovers';
 import { autoConfEntries, pendingRestart, reload, settingRows } from './postgres/config';
 import { onTarget, value } from './postgres/connection';
 import { baseline, hasStatements, parallelScan, statementsCollecting } from './postgres/probes';
@@ -279,3 +281,37 @@ export function createConnectionUpgradeActivities() {
     },
   };
 }
+
+/**
+ * A connection upgrade's leftovers: its entries in postgresql.auto.conf, put back as its rollback
+ * does, and a restart when the server already runs the new restart-only values.
+ */
+export const upgradeLeftovers: Undoer<Extract<LeftoverRecord, { runbook: 'connectionUpgrade' }>> = {
+  async inspect(targetName, { changes, autoConf }) {
+    const names = changes.map((ch) => ch.name);
+    const read = await onTarget(resolveTarget(targetName), async (c) => ({
+      file: await autoConfEntries(c, names),
+      live: await settingRows(c, names),
+    })).catch(() => undefined);
+    if (!read) return { objects: ['the server does not answer: its saved postgresql.auto.conf put back, and started'], restart: true };
+    const objects = changes
+      .filter(({ name }) => read.file[name] !== autoConf[name] && !sameSetting(name, read.file[name] ?? '', autoConf[name] ?? ''))
+      .map(({ name }) => {
+        const was = autoConf[name];
+        return `${name} = ${q(read.file[name] ?? '(absent)')} in postgresql.auto.conf ${was === undefined ? 'removed' : `put back to ${q(was)}`}`;
+      });
+    const restarted = changes.filter((ch) => ch.needsRestart && !sameSetting(ch.name, read.live.get(ch.name)?.setting ?? '', ch.from));
+    if (restarted.length) objects.push(`PostgreSQL restarted to run ${restarted.map((ch) => `${ch.name} = ${ch.from}`).join(', ')} again`);
+    return { objects, restart: restarted.length > 0 };
+  },
+
+  async undo(targetName, { changes, autoConf, saved }) {
+    const restored = await createConnectionUpgradeActivities().upgradeRestore(targetName, changes, autoConf, saved);
+    if (!restored.pendingRestart.length) return restored;
+    const expect = Object.fromEntries(
+      changes.filter((ch) => restored.pendingRestart.includes(ch.name)).map((ch) => [ch.name, autoConf[ch.name] ?? ch.from]),
+    );
+    const restart = await restartServer({ target: targetName, expect, saved: saved ?? (await saveConfig(resolveTarget(targetName))) });
+    return { ...restored, summary: `${restored.summary as string}; restarted`, restart };
+  },
+};

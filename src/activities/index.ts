@@ -1,17 +1,23 @@
 // Every activity the worker registers, built once from the worker's dependencies.
 import type { Client as TemporalClient } from '@temporalio/client';
 import type { AuditLog } from './audit';
-import { createConnectionUpgradeActivities } from './connection-upgrade';
+import { createConnectionUpgradeActivities, upgradeLeftovers } from './connection-upgrade';
 import { createLeaseActivities } from './lease';
+import { createLeftoverActivities } from './leftovers';
 import { createNotifyActivities } from './notify';
-import { createPartitionMigrationActivities } from './partition-migration/activities';
-import { createRedisActivities } from './redis-deployment';
+import { createPartitionMigrationActivities, partitionLeftovers } from './partition-migration/activities';
+import { createRedisActivities, redisLeftovers } from './redis-deployment';
 import { createRestartActivities } from './postgres/restart';
 
 export function createActivities(audit: AuditLog, temporal: TemporalClient) {
   return {
     ...audit.activities(),
     ...createLeaseActivities(audit.endpoint, temporal),
+    ...createLeftoverActivities(audit.endpoint, temporal, {
+      connectionUpgrade: upgradeLeftovers,
+      partitionMigration: partitionLeftovers,
+      redisDeployment: redisLeftovers,
+    }),
     ...createConnectionUpgradeActivities(),
     ...createPartitionMigrationActivities(),
     ...createRedisActivities(),

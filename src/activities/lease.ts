@@ -2,9 +2,10 @@
 // audit database naming the holder's workflow. It outlives worker crashes; a lease whose holder has
 // ended (completed, failed, terminated) is taken over by the next run that asks.
 import { Context } from '@temporalio/activity';
-import { WorkflowNotFoundError, type Client as TemporalClient } from '@temporalio/client';
+import type { Client as TemporalClient } from '@temporalio/client';
 import type { LeaseHolder } from '../shared/status';
 import type { PostgresEndpoint } from '../targets';
+import { ownerState } from './owner';
 import { withClient } from './postgres/connection';
 
 export const leaseDdl = `
@@ -26,18 +27,6 @@ interface LeaseRow {
 const holder = (row: LeaseRow): LeaseHolder => ({ workflowId: row.workflow_id, runbook: row.runbook, since: row.since.toISOString() });
 
 export function createLeaseActivities(store: PostgresEndpoint, temporal: TemporalClient) {
-  /** Whether a workflow still runs; one Temporal no longer knows has ended. */
-  const running = (workflowId: string): Promise<boolean> =>
-    temporal.workflow
-      .getHandle(workflowId)
-      .describe()
-      .then(
-        (d) => d.status.name === 'RUNNING',
-        (err: unknown) => {
-          if (err instanceof WorkflowNotFoundError) return false;
-          throw err;
-        },
-      );
   const self = (): string => Context.current().info.workflowExecution?.workflowId ?? '-';
 
   return {
@@ -57,7 +46,7 @@ export function createLeaseActivities(store: PostgresEndpoint, temporal: Tempora
           [current] = (await c.query<LeaseRow>('SELECT workflow_id, runbook, since FROM target_lease WHERE target = $1', [target])).rows;
         }
         if (current.workflow_id === me) return { held: true };
-        if (await running(current.workflow_id)) return { held: false, holder: holder(current) };
+        if ((await ownerState(temporal, current.workflow_id)) === 'RUNNING') return { held: false, holder: holder(current) };
         // Its holder has ended without releasing it (terminated, say): take it over, unless another run just did.
         const reclaimed = await c.query(
           'UPDATE target_lease SET workflow_id = $2, runbook = $3, since = now() WHERE target = $1 AND workflow_id = $4',

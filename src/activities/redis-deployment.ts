@@ -2,6 +2,8 @@
 // redis-server process, or a redis:7-alpine container) from a config file it writes, recognises on
 // later runs, proves durable, and checks against the seed's cache conventions and targets. What they
 // touch is the Redis kit (src/activities/redis/); the plan is built in redis-deployment-plan.ts.
+import type { LeftoverRecord } from '../shared/leftovers';
+import type { Undoer } from './leftovers';
 import type Redis from 'ioredis';
 import { ErrorType, q } from '../shared/errors';
 import { formatBytes } from '../shared/size';
@@ -263,3 +265,23 @@ export function createRedisActivities() {
     },
   };
 }
+
+/** A Redis deployment's leftovers, undone with its rollback: the settings put back, or the Redis it started stopped. */
+export const redisLeftovers: Undoer<Extract<LeftoverRecord, { runbook: 'redisDeployment' }>> = {
+  async inspect(_target, { settings, state, before }) {
+    const d = deployment(settings);
+    const held = await holder(d);
+    if (held.kind !== 'ours') return { objects: [], restart: false };
+    if (state === 'running') {
+      const put = Object.entries(before).map(([k, v]) => `${k}=${q(v)}`);
+      return { objects: [`settings of the Redis on ${d.layout.address} put back: ${put.join(', ')}`], restart: false };
+    }
+    const data = settings.purgeOnRollback && state === 'absent' ? 'purged' : 'kept';
+    return {
+      objects: [`redis-server (pid ${held.pid}) on ${d.layout.address} stopped, config ${d.layout.config}; data ${data}`],
+      restart: false,
+    };
+  },
+
+  undo: (_target, { settings, state, before }) => createRedisActivities().redisRollback(settings, state, before),
+};

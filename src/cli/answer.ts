@@ -12,7 +12,8 @@ import { withClient } from './temporal';
 /** How long to wait for a worker to take the answer. */
 const UPDATE_TIMEOUT_MS = 30_000;
 
-async function send<A>(client: Client, id: string, what: string, update: UpdateDefinition<string, [A]>, arg: A): Promise<void> {
+/** Send an answer as an update; a refusal, an ended run or no worker is a CliError saying so. */
+export async function send<A>(client: Client, id: string, what: string, update: UpdateDefinition<string, [A]>, arg: A): Promise<void> {
   const handle = client.workflow.getHandle(id);
   const described = await describeRunbook(handle);
   if (described.closeTime)

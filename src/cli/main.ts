@@ -2,6 +2,7 @@
 import { approve, decide, reject } from './answer';
 import { explainError, UsageError } from './errors';
 import { list } from './list';
+import { recover } from './recover';
 import { start } from './start';
 import { status } from './status';
 import { watch } from './watch';
@@ -23,6 +24,8 @@ const usage = `Usage: fermata <command> [options]
   approve <id> --gate <gate> --by <name> [--comment <text>]
   reject <id> --gate <gate> --by <name> --reason <text>
   decide <id> retry|skip|abort|rollback --by <name> [--comment <text>]
+  recover <target> [--yes] [--by <name>] what ended (terminated) runs left on the target, with their
+                                         owner's state, undone once confirmed (--yes: without asking)
 
 Environment:
   TEMPORAL_ADDRESS    Temporal frontend (default 127.0.0.1:7233)
@@ -34,7 +37,7 @@ Environment:
   FERMATA_UI_URL      Temporal Web UI, for links (default http://127.0.0.1:8233)
   FERMATA_TARGETS     targets file (default .data/targets.yaml of the repository)`;
 
-const commands: Record<string, (args: string[]) => void | Promise<void>> = { list, start, status, watch, approve, reject, decide };
+const commands: Record<string, (args: string[]) => void | Promise<void>> = { list, start, status, watch, approve, reject, decide, recover };
 
 async function main(argv: string[]): Promise<number> {
   const [name, ...args] = argv;

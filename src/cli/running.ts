@@ -27,6 +27,7 @@ const order: Record<RunState, number | undefined> = {
   rolled_back: undefined,
   aborted: undefined,
   timed_out: undefined,
+  cancelled: undefined,
   planned: undefined,
   failed: undefined,
 };

@@ -56,7 +56,8 @@ export async function snapshot(client: Client, id: string, { details = false } =
     const { status } = (await handle.result()) as RunbookResult;
     return { ...base, status, details: details ? renderMarkdown(status) : undefined };
   }
-  const problem = base.closed ? await handle.result().then(() => undefined, explainError) : undefined;
+  // A cancelled runbook rolled back and says so in its status: not a problem to show.
+  const problem = base.closed && base.execution !== 'CANCELLED' ? await handle.result().then(() => undefined, explainError) : undefined;
   try {
     const [status, metadata] = await client.withDeadline(Date.now() + QUERY_TIMEOUT_MS, () =>
       Promise.all([handle.query(statusQuery), details ? handle.query(workflowMetadataQuery) : undefined]),

@@ -39,6 +39,14 @@ function readInput(file: string): Record<string, unknown> {
   return value as Record<string, unknown>;
 }
 
+/** Refuse a target the targets file does not know: the worker may read another file, but this one, when there is one, is what the operator meant. */
+export function checkTarget(target: string): void {
+  const file = targetsPath();
+  if (!existsSync(file)) return;
+  const known = Object.keys(loadTargets(file).targets);
+  if (!known.includes(target)) throw new CliError(`unknown target ${q(target)} in ${file} (known: ${known.map(q).join(', ') || 'none'})`);
+}
+
 export async function start(args: string[]): Promise<void> {
   const { positionals, values } = parse('start', args, options, ['runbook']);
   const runbook = positionals[0];
@@ -49,12 +57,7 @@ export async function start(args: string[]): Promise<void> {
   const input = { ...(values.input ? readInput(values.input) : {}), target, ...(values['dry-run'] ? { dryRun: true } : {}) };
   const parsed = runbookSchemas[runbook as RunbookName].safeParse(input);
   if (!parsed.success) throw new CliError(`invalid input for ${runbook}: ${explain(parsed.error)}`);
-  // The worker may read another file; this one, when there is one, is what the operator meant.
-  const file = targetsPath();
-  if (existsSync(file)) {
-    const known = Object.keys(loadTargets(file).targets);
-    if (!known.includes(target)) throw new CliError(`unknown target ${q(target)} in ${file} (known: ${known.map(q).join(', ') || 'none'})`);
-  }
+  checkTarget(target);
 
   const workflowId = values.id ?? `${runbook}-${target}-${randomBytes(3).toString('hex')}`;
   await withClient(async (client) => {

@@ -39,6 +39,8 @@ export const commonInput = {
   dryRun: z.boolean().default(false),
   /** When another run is changing the target: wait for it to end (true), or refuse at once (false). */
   waitForTarget: z.boolean().default(true),
+  /** Undo what ended runs left on the target without asking (else gate "recover" asks first). */
+  recoverLeftovers: z.boolean().default(false),
   /** A webhook of the targets file's `webhooks` to tell about gates and decisions, instead of the target's `notify`. */
   notify: nameSchema.optional(),
 };
@@ -142,10 +144,15 @@ export const redisDeploymentSchema = z
   .strict();
 export type RedisDeploymentInput = z.infer<typeof redisDeploymentSchema>;
 
+/** The recover runbook: only the common inputs (`recoverLeftovers: true` undoes without asking). */
+export const recoverSchema = z.object(commonInput).strict();
+export type RecoverInput = z.infer<typeof recoverSchema>;
+
 export const runbookSchemas = {
   connectionUpgrade: connectionUpgradeSchema,
   partitionMigration: partitionMigrationSchema,
   redisDeployment: redisDeploymentSchema,
+  recover: recoverSchema,
 } as const;
 export type RunbookName = keyof typeof runbookSchemas;
 

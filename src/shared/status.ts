@@ -15,11 +15,13 @@ export type RunState =
   | 'rolled_back'
   | 'aborted'
   | 'timed_out'
+  /** Cancelled (the Web UI's Request Cancellation): what it had applied was rolled back. */
+  | 'cancelled'
   | 'planned'
   /** The run failed: bad input, a failed pre-check, an error it could not ask a person about. */
   | 'failed';
 
-export const finalStates: RunState[] = ['completed', 'rejected', 'rolled_back', 'aborted', 'timed_out', 'planned', 'failed'];
+export const finalStates: RunState[] = ['completed', 'rejected', 'rolled_back', 'aborted', 'timed_out', 'cancelled', 'planned', 'failed'];
 
 export type Evidence = Record<string, unknown>;
 
@@ -92,6 +94,8 @@ export interface RunbookStatus {
   plan?: PlannedAction[];
   error?: string;
   notification?: NotificationStatus;
+  /** A cancellation request: when, during which step or gate, and what came of it. */
+  cancel?: { requestedAt: string; during?: string; outcome: string };
 }
 
 export interface RunbookResult {
@@ -218,6 +222,10 @@ export function renderMarkdown(s: RunbookStatus): string {
       `**Waiting for \`${s.target}\`:** workflow \`${workflowId}\` (${runbook}) has been changing it since ${minute(since)} UTC; this run goes on when that one ends.`,
       '',
     );
+  }
+  if (s.cancel) {
+    const { requestedAt, during, outcome } = s.cancel;
+    lines.push(`**Cancellation requested** at ${minute(requestedAt)} UTC${during ? ` during \`${during}\`` : ''}: ${cell(outcome)}`, '');
   }
   if (s.notification) lines.push(notificationLine(s.notification), '');
   if (s.nextWindow && (s.state === 'planned' || !finalStates.includes(s.state))) {

@@ -3,6 +3,7 @@
 
 export const runbookSteps = {
   connectionUpgrade: [
+    ['recover', 'Undo what ended runs left on the target (gate "recover")'],
     ['precheck', 'Pre-checks: server, privileges, current values'],
     ['apply', 'ALTER SYSTEM and reload'],
     ['restart', 'Restart for restart-only settings (gate "restart", window)'],
@@ -11,6 +12,7 @@ export const runbookSteps = {
     ['baseline', 'Baseline report'],
   ],
   partitionMigration: [
+    ['recover', 'Undo what ended runs left on the target (gate "recover")'],
     ['precheck', 'Pre-checks: table, key, indexes, foreign keys, disk'],
     ['create-shadow', 'Create the partitioned shadow table'],
     ['capture', 'Install the trigger that captures writes'],
@@ -21,12 +23,17 @@ export const runbookSteps = {
     ['finalize', 'Drop the old table and triggers (gate "finalize")'],
   ],
   redisDeployment: [
+    ['recover', 'Undo what ended runs left on the target (gate "recover")'],
     ['precheck', 'Pre-checks: host, redis-server or docker, port, memory'],
     ['start', 'Start Redis from its config file (gate "deploy", window)'],
     ['verify', 'Verify: PING, CONFIG GET, INFO persistence, the config file'],
     ['durability', 'Durability: a sentinel key survives a restart'],
     ['smoke', 'Cache conventions: one key per family with its TTL, invalidation'],
     ['monitoring', 'Monitoring snapshot: hit ratio, memory, evictions'],
+  ],
+  recover: [
+    ['precheck', 'Find what ended runs left on the target'],
+    ['recover', 'Undo it (gate "recover")'],
   ],
 } as const;
 

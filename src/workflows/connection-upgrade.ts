@@ -1,18 +1,17 @@
 // Seed phases 1.1 and 1.2: max_connections 100→256, parallel workers 32/16 and pg_stat_statements,
 // with the restart held at an approval gate and inside the maintenance window.
-import { patched, proxyActivities } from '@temporalio/workflow';
-import type { Activities } from '../activities';
+import { patched } from '@temporalio/workflow';
 import type { SavedConfig } from '../shared/restart';
 import { connectionUpgradeSchema } from '../shared/inputs';
 import type { RunbookResult } from '../shared/status';
-import { Runbook, runbookInput, stepRetry } from './runbook';
+import { Runbook, runbookInput, stepActivities, stepRetry } from './runbook';
 
 const retry = stepRetry();
-const pg = proxyActivities<Activities>({ startToCloseTimeout: '2m', retry });
+const pg = stepActivities({ startToCloseTimeout: '2m', retry });
 // Verification polls: a value still converging is retried for about ten seconds.
-const check = proxyActivities<Activities>({ startToCloseTimeout: '2m', retry: stepRetry({ maximumAttempts: 5, maximumInterval: '4s' }) });
+const check = stepActivities({ startToCloseTimeout: '2m', retry: stepRetry({ maximumAttempts: 5, maximumInterval: '4s' }) });
 // A restart heartbeats throughout, so a dead worker is noticed in seconds and another one retries.
-const service = proxyActivities<Activities>({ startToCloseTimeout: '10m', heartbeatTimeout: '10s', retry });
+const service = stepActivities({ startToCloseTimeout: '10m', heartbeatTimeout: '10s', retry });
 
 /** Minutes of maintenance window a restart must have left before it starts. */
 const RESTART_MINUTES = 5;
@@ -39,7 +38,12 @@ export async function connectionUpgrade(raw: unknown): Promise<RunbookResult> {
       await rb.step(
         'apply',
         async () => {
-          if (keepsCopy) saved ??= await pg.saveServerConfig(target);
+          const record = { runbook: 'connectionUpgrade', changes: pre.changes, autoConf: pre.autoConf } as const;
+          await rb.remember(record);
+          if (keepsCopy && !saved) {
+            saved = await pg.saveServerConfig(target);
+            await rb.remember({ ...record, saved });
+          }
           return pg.upgradeApply(target, pre.changes);
         },
         {

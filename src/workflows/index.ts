@@ -2,3 +2,4 @@
 export { connectionUpgrade } from './connection-upgrade';
 export { partitionMigration } from './partition-migration';
 export { redisDeployment } from './redis-deployment';
+export { recover } from './recover';

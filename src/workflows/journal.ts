@@ -1,6 +1,6 @@
 // What a run says about itself, and where: the status (the `status` query, the Web UI's current
 // details), the search attributes the UI filters on, and the audit trail that outlives Temporal's retention.
-import { proxyActivities, setCurrentDetails, setHandler, upsertSearchAttributes } from '@temporalio/workflow';
+import { CancellationScope, proxyActivities, setCurrentDetails, setHandler, upsertSearchAttributes } from '@temporalio/workflow';
 import type { Activities } from '../activities';
 import { handlerDescriptions, statusQuery } from '../shared/messages';
 import { searchAttributes } from '../shared/search-attributes';
@@ -30,10 +30,11 @@ export class Journal {
     setHandler(statusQuery, () => this.status, { description: handlerDescriptions.statusQuery });
   }
 
-  /** Write an event to the audit table, alongside the run: `flush` waits for every write. */
+  /** Write an event to the audit table, alongside the run: `flush` waits for every write. A cancellation never stops one. */
   audit(kind: string, { step, actor, detail = {} }: AuditEntry = {}): void {
     const { runbook, target } = this.status;
-    this.writes.push(recordAudit({ seq: ++this.seq, at: now(), runbook, target, kind, step, actor, detail }));
+    const entry = { seq: ++this.seq, at: now(), runbook, target, kind, step, actor, detail };
+    this.writes.push(CancellationScope.nonCancellable(() => recordAudit(entry)));
   }
 
   /** A message a person sent (an approval, a refusal …): listed in the status and audited. */

@@ -1,18 +1,16 @@
 // Seed phase 3.2: `files` into PARTITION BY HASH (id), online. Writes are captured by a trigger
 // while batches copy the rest; the cut-over is one short transaction behind gate "cutover"; the
 // old table stays current until gate "finalize", so rollback loses no write.
-import { proxyActivities } from '@temporalio/workflow';
-import type { Activities } from '../activities';
 import type { Progress } from '../shared/progress';
 import { partitionMigrationSchema } from '../shared/inputs';
 import type { RunbookResult } from '../shared/status';
-import { Runbook, runbookInput, stepRetry } from './runbook';
+import { Runbook, runbookInput, stepActivities, stepRetry } from './runbook';
 
 const retry = stepRetry({ maximumAttempts: 5 });
-const pg = proxyActivities<Activities>({ startToCloseTimeout: '10m', heartbeatTimeout: '30s', retry });
+const pg = stepActivities({ startToCloseTimeout: '10m', heartbeatTimeout: '30s', retry });
 // Backfill chunks run about 3 s (progress shows between them) and heartbeat every batch: a dead
 // worker is replaced within 20 s, and the retry resumes from the last heartbeated batch.
-const copy = proxyActivities<Activities>({ startToCloseTimeout: '5m', heartbeatTimeout: '20s', retry: stepRetry({ maximumAttempts: 10 }) });
+const copy = stepActivities({ startToCloseTimeout: '5m', heartbeatTimeout: '20s', retry: stepRetry({ maximumAttempts: 10 }) });
 
 /** Minutes of maintenance window the cut-over must have left before it starts. */
 const CUTOVER_MINUTES = 5;
@@ -23,6 +21,8 @@ export async function partitionMigration(raw: unknown): Promise<RunbookResult> {
   const spec = { target, table, partitionKey, partitions, batchRows, throttle };
   const rb = new Runbook('partitionMigration', input);
   return rb.run({ windowMinutes: CUTOVER_MINUTES, precheck: () => pg.partitionPrecheck(spec) }, async (inventory) => {
+    // Kept until the run ends cleanly: if it is terminated, the next run undoes it from this record.
+    await rb.remember({ runbook: 'partitionMigration', spec, inventory: { ...inventory, plan: [] } });
     await rb.step('create-shadow', () => pg.partitionCreateShadow(spec, inventory), { rollback: () => pg.partitionDropShadow(spec) });
     const captured = await rb.step('capture', () => pg.partitionInstallCapture(spec, inventory), {
       required: true,
@@ -64,6 +64,6 @@ export async function partitionMigration(raw: unknown): Promise<RunbookResult> {
     });
 
     await rb.gate('finalize', `drop ${table}_old and the sync triggers: after this the migration cannot be rolled back`);
-    await rb.step('finalize', () => pg.partitionFinalize(spec));
+    await rb.step('finalize', () => pg.partitionFinalize(spec), { pointOfNoReturn: true });
   });
 }

@@ -1,18 +1,17 @@
 // Seed phase 1.3: the Redis cache of the MIDI library, started after gate "deploy" from a config file
 // the runbook writes, verified, proven durable across a restart, and checked against the seed's cache
 // conventions and monitoring targets. A second run converges the Redis it finds instead of failing.
-import { proxyActivities, workflowInfo } from '@temporalio/workflow';
-import type { Activities } from '../activities';
+import { workflowInfo } from '@temporalio/workflow';
 import { redisDeploymentSchema } from '../shared/inputs';
 import type { RunbookResult } from '../shared/status';
-import { Runbook, runbookInput, stepRetry } from './runbook';
+import { Runbook, runbookInput, stepActivities, stepRetry } from './runbook';
 
 const retry = stepRetry();
-const redis = proxyActivities<Activities>({ startToCloseTimeout: '1m', retry });
+const redis = stepActivities({ startToCloseTimeout: '1m', retry });
 // Verification polls a little (an AOF rewrite finishing), then asks a person.
-const check = proxyActivities<Activities>({ startToCloseTimeout: '1m', retry: stepRetry({ maximumAttempts: 4, maximumInterval: '2s' }) });
+const check = stepActivities({ startToCloseTimeout: '1m', retry: stepRetry({ maximumAttempts: 4, maximumInterval: '2s' }) });
 // Starts and restarts heartbeat, so a dead worker is noticed in seconds and another one retries.
-const service = proxyActivities<Activities>({ startToCloseTimeout: '10m', heartbeatTimeout: '10s', retry });
+const service = stepActivities({ startToCloseTimeout: '10m', heartbeatTimeout: '10s', retry });
 
 /** Minutes of maintenance window the start (and the durability restart after it) must have left. */
 const DEPLOY_MINUTES = 5;
@@ -28,6 +27,7 @@ export async function redisDeployment(raw: unknown): Promise<RunbookResult> {
         'start',
         async () => {
           await rb.window(DEPLOY_MINUTES);
+          await rb.remember({ runbook: 'redisDeployment', settings: input, state: pre.state, before: pre.before });
           return service.redisStart(input);
         },
         { required: true, rollback: () => service.redisRollback(input, pre.state, pre.before) },

@@ -13,11 +13,12 @@ import {
   sleep,
   upsertSearchAttributes,
 } from '@temporalio/workflow';
-import type { RetryPolicy } from '@temporalio/common';
+import { ActivityCancellationType, type ActivityOptions, type RetryPolicy } from '@temporalio/common';
 import type { z } from 'zod';
 import type { Activities } from '../activities';
 import { errorMessage as message, ErrorType, failure, nonRetryableTypes, q } from '../shared/errors';
 import { parseInput, type CommonInput } from '../shared/inputs';
+import { leftoverLine, type Leftover, type LeftoverRecord } from '../shared/leftovers';
 import type { Decision } from '../shared/messages';
 import { searchAttributes } from '../shared/search-attributes';
 import type { Evidence, PlannedAction, RunbookResult, RunbookStatus, RunState, StepStatus } from '../shared/status';
@@ -35,6 +36,13 @@ const { acquireTarget, releaseTarget } = proxyActivities<Activities>({
   retry: { initialInterval: '1s', maximumInterval: '30s' },
 });
 
+// The record of a run's changes, and the undoing of what ended runs left: retried like the audit;
+// an undo is a step of its own (its failure asks a person).
+const { rememberChanges, forgetChanges, findLeftovers } = proxyActivities<Activities>({
+  startToCloseTimeout: '1m',
+  retry: { initialInterval: '1s', maximumInterval: '30s' },
+});
+
 /** A run waiting for its target asks again after 5 s, then less often, up to once a minute (a long wait stays a short history). */
 const LEASE_POLL = { firstMs: 5_000, maxMs: 60_000 };
 
@@ -43,6 +51,12 @@ const FAILED_STATE_PATCH = 'fermata-failed-state';
 
 /** Runs that started before targets had leases replay without them. */
 const LEASE_PATCH = 'fermata-target-lease';
+
+/** Runs that started before leftovers were recorded replay without recording or looking for them. */
+const LEFTOVERS_PATCH = 'fermata-leftovers';
+
+/** Minutes of maintenance window an undo of leftovers that restarts PostgreSQL must have left. */
+export const RECOVER_MINUTES = 5;
 
 /** A raw input's `target` longer than this is left out of FermataTarget (a keyword holds 2 KB at most). */
 const RAW_TARGET_CHARS = 256;
@@ -81,6 +95,16 @@ export const stepRetry = (overrides: RetryPolicy = {}): RetryPolicy => ({
   ...overrides,
 });
 
+/**
+ * A runbook's step activities. A cancelled run waits until the activity in flight has finished (no
+ * step activity stops half way), then rolls back: a rollback never races the step it undoes.
+ */
+export const stepActivities = (options: ActivityOptions) =>
+  proxyActivities<Activities>({ ...options, cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED });
+
+// An undo of leftovers may restart PostgreSQL or swap a table back: it heartbeats, as those steps do.
+const recovery = stepActivities({ startToCloseTimeout: '10m', heartbeatTimeout: '30s', retry: stepRetry() });
+
 /** Ends the gated path early; `undo` says whether applied steps are rolled back first. */
 class Stop {
   constructor(
@@ -94,6 +118,11 @@ export interface StepOptions<T> {
   rollback?: () => Promise<Evidence | void>;
   /** What to show as evidence; by default the activity's result. */
   evidence?: (result: T) => Evidence;
+  /**
+   * Once this step starts there is no way back (it destroys what a rollback would need): nothing
+   * before it is rolled back any more, and a cancellation lets it finish.
+   */
+  pointOfNoReturn?: boolean;
 }
 
 /** How a runbook opens: the time its risky step needs in the maintenance window, and its precheck. */
@@ -101,6 +130,8 @@ export interface Opening<P> {
   windowMinutes: number;
   /** Reads the target, changes nothing; its plan is a dry run's result. */
   precheck: () => Promise<P>;
+  /** The body undoes what ended runs left (the recover runbook), instead of the opening. */
+  bodyRecovers?: boolean;
 }
 
 export class Runbook<R extends RunbookType> {
@@ -110,6 +141,10 @@ export class Runbook<R extends RunbookType> {
   private readonly notifier: Notifier;
   private readonly undo: { step: string; run: () => Promise<Evidence | void> }[] = [];
   private leased = false;
+  /** Changes are recorded in the audit database (rememberChanges) until the run ends cleanly. */
+  private remembered = false;
+  /** The step past which nothing is rolled back. */
+  private noReturn?: string;
 
   constructor(
     readonly runbook: R,
@@ -135,6 +170,7 @@ export class Runbook<R extends RunbookType> {
     ]);
     this.journal.audit('started', { detail: { input } });
     this.journal.publish();
+    CancellationScope.current().cancelRequested.catch(() => this.onCancelRequested());
   }
 
   /**
@@ -145,32 +181,105 @@ export class Runbook<R extends RunbookType> {
   async run<P extends { plan: PlannedAction[] }>(opening: Opening<P>, body: (pre: P) => Promise<RunState | void>): Promise<RunbookResult> {
     try {
       let outcome: RunState;
+      let cancelled: unknown;
+      let undone = true;
       try {
         this.announceWindow(opening.windowMinutes);
         await this.holdTarget();
+        if (!opening.bodyRecovers) await this.recoverFirst();
         const pre = await this.step('precheck' as StepOf<R>, opening.precheck, { required: true, precheck: true });
         outcome = this.input.dryRun ? this.planned(pre.plan) : ((await body(pre)) ?? 'completed');
       } catch (err) {
-        if (!(err instanceof Stop)) {
+        if (isCancellation(err)) {
+          // Cancellation is a rollback (the server's Request Cancellation, the Web UI's button).
+          cancelled = err;
+          undone = await this.rollBack();
+          outcome = 'cancelled';
+        } else if (err instanceof Stop) {
+          // An abort leaves things as they are: its record stays, for the next run to offer undoing.
+          undone = err.undo && (await this.rollBack());
+          outcome = err.outcome;
+        } else {
           this.status.error = message(err);
-          // The step it failed in stays FermataStep; a cancelled run is the server's to call canceled.
-          if (!isCancellation(err) && patched(FAILED_STATE_PATCH)) this.journal.setState('failed');
+          // The step it failed in stays FermataStep.
+          if (patched(FAILED_STATE_PATCH)) this.journal.setState('failed');
           this.journal.audit('failed', { detail: { error: this.status.error } });
-          await this.flush();
+          await CancellationScope.nonCancellable(() => this.flush());
           throw err;
         }
-        if (err.undo) await this.rollBack();
-        outcome = err.outcome;
       }
-      this.status.state = outcome;
-      this.status.currentStep = undefined;
-      this.journal.audit('finished', { detail: { outcome } });
-      this.journal.publish();
-      await this.flush();
+      await CancellationScope.nonCancellable(() => this.finish(outcome, undone));
+      // Closed as CANCELED, as the one who pressed the button expects; the status says what was undone.
+      if (cancelled) throw cancelled;
       return { outcome, status: this.status };
     } finally {
       if (this.leased) await CancellationScope.nonCancellable(() => releaseTarget(this.input.target));
     }
+  }
+
+  /** The run's last word: its outcome shown and audited; its record of changes dropped when nothing is left over. */
+  private async finish(outcome: RunState, undone: boolean): Promise<void> {
+    this.status.state = outcome;
+    this.status.currentStep = undefined;
+    if (this.status.cancel) {
+      const rolledBack = this.status.steps.filter((s) => s.state === 'rolled_back').map((s) => s.name);
+      this.status.cancel.outcome =
+        outcome !== 'cancelled'
+          ? `past the point of no return (${this.noReturn}): finished it instead, outcome ${outcome}`
+          : undone
+            ? `rolled back${rolledBack.length ? `: ${rolledBack.join(', ')}` : ' (nothing had been applied)'}`
+            : `rollback stopped by a decision: what was not undone is left for \`fermata recover\``;
+    }
+    this.journal.audit('finished', { detail: { outcome, ...(this.status.cancel ? { cancel: this.status.cancel } : {}) } });
+    this.journal.publish();
+    // Completed, or rolled back in full: the target is as the run meant it to be.
+    if (this.remembered && undone) await forgetChanges(this.input.target);
+    await this.flush();
+  }
+
+  /**
+   * Record what the run is about to change (before it does), so that if it cannot clean up
+   * (terminated) another run or `fermata recover` finds it and undoes it. Called again as it learns more.
+   */
+  async remember(record: LeftoverRecord): Promise<void> {
+    if (!patched(LEFTOVERS_PATCH)) return;
+    this.remembered = true;
+    await rememberChanges(this.input.target, record);
+  }
+
+  /** Before the precheck: what ended runs left on the target is undone first, after gate "recover". */
+  private async recoverFirst(): Promise<void> {
+    if (this.input.dryRun || !patched(LEFTOVERS_PATCH)) return;
+    const found = await findLeftovers(this.input.target);
+    if (found.length) await this.undoLeftovers(found);
+    else this.skip('recover' as StepOf<R>, 'nothing left by ended runs');
+  }
+
+  /**
+   * Undo what ended runs left (step "recover"): first, unless the input says to do it without
+   * asking, gate "recover" says exactly what will be removed or put back, and whose it is.
+   */
+  async undoLeftovers(found: Leftover[]): Promise<void> {
+    const { target } = this.input;
+    this.journal.audit('leftovers_found', { detail: { leftovers: found } });
+    if (!this.input.recoverLeftovers) {
+      await this.gate('recover', `undo what ended runs left on ${target}: ${found.map(leftoverLine).join(' | ')}`);
+    }
+    if (found.some((l) => l.restart)) await this.window(RECOVER_MINUTES);
+    await this.step('recover' as StepOf<R>, () =>
+      recovery.undoLeftovers(
+        target,
+        found.map((l) => l.workflowId),
+      ),
+    );
+  }
+
+  private onCancelRequested(): void {
+    const during = this.status.pendingGate ? `gate ${this.status.pendingGate.name}` : this.status.currentStep;
+    const outcome = this.noReturn ? `past the point of no return (${this.noReturn}): finishing it` : 'rolling back what was applied';
+    this.status.cancel = { requestedAt: now(), during, outcome };
+    this.journal.audit('cancel_requested', { step: this.status.currentStep, detail: { during } });
+    this.journal.publish();
   }
 
   /**
@@ -221,15 +330,24 @@ export class Runbook<R extends RunbookType> {
     const step = this.find(name);
     if (options.required) this.people.required.add(name);
     if (options.rollback) this.undo.push({ step: name, run: options.rollback });
+    if (options.pointOfNoReturn) {
+      this.undo.length = 0;
+      this.noReturn = name;
+    }
     for (;;) {
       this.begin(step);
       try {
-        const result = await run();
+        const result = await (options.pointOfNoReturn ? CancellationScope.nonCancellable(run) : run());
         step.evidence = options.evidence ? options.evidence(result) : (result as Evidence);
         this.end(step, 'done');
         this.journal.audit('step_done', { step: name, detail: { evidence: step.evidence } });
         return result;
       } catch (err) {
+        if (isCancellation(err)) {
+          step.error = 'cancelled while running';
+          this.end(step, 'failed');
+          throw err;
+        }
         step.error = message(err);
         const cause = err instanceof ActivityFailure ? err.cause : err;
         // What the failure carries (a server's log tail, an exit code) is the failed step's evidence.
@@ -319,9 +437,10 @@ export class Runbook<R extends RunbookType> {
     return 'planned';
   }
 
-  private async rollBack(): Promise<void> {
+  /** Undo every applied step, newest first; false when a decision stopped it short ("abort"). */
+  private async rollBack(): Promise<boolean> {
     this.journal.setState('rolling_back');
-    await CancellationScope.nonCancellable(async () => {
+    return CancellationScope.nonCancellable(async () => {
       for (const { step: name, run } of [...this.undo].reverse()) {
         const step = this.find(name);
         enterStep({ runbook: this.runbook, step: name, phase: 'rollback' });
@@ -339,11 +458,12 @@ export class Runbook<R extends RunbookType> {
             this.journal.audit('rollback_failed', { step: name, detail: { error: step.error } });
             const decision = await this.ask(name, step.error);
             if (decision.action === 'retry' || decision.action === 'rollback') continue;
-            if (decision.action === 'abort') return;
+            if (decision.action === 'abort') return false;
             break;
           }
         }
       }
+      return true;
     });
   }
 

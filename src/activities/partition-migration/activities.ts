@@ -5,9 +5,12 @@
 // The SQL is built in ./sql.ts; this module runs it.
 import { activityInfo } from '@temporalio/activity';
 import { escapeIdentifier as ident } from 'pg';
+import type { Client } from 'pg';
 import { ErrorType } from '../../shared/errors';
+import type { LeftoverRecord } from '../../shared/leftovers';
 import type { Evidence } from '../../shared/status';
 import { resolveTarget } from '../../targets';
+import type { Undoer } from '../leftovers';
 import { exists } from '../postgres/catalog';
 import { compare, listRanges } from '../postgres/compare';
 import { onTarget, onTargetTwice, value } from '../postgres/connection';
@@ -251,5 +254,59 @@ export function createPartitionMigrationActivities() {
         return { summary: `${n.old} and the sync triggers dropped` };
       });
     },
+  };
+}
+
+/**
+ * A partition migration's leftovers, undone with its rollback steps: swapped back if it had cut
+ * over, the capture trigger and the shadow dropped, the claim released. Past the point of no return
+ * (finalize had dropped the reverse trigger, so the old table lacks the writes since) it is not
+ * undone but finished: finalize is completed.
+ */
+export const partitionLeftovers: Undoer<Extract<LeftoverRecord, { runbook: 'partitionMigration' }>> = {
+  async inspect(targetName, { spec }) {
+    const n = names(spec.table);
+    return onTarget(resolveTarget(targetName), async (c) => {
+      const state = await migrationState(c, spec);
+      if (state.finalizing)
+        return { objects: [`finalize had started: finished instead of undone (${n.old} and the sync functions dropped)`], restart: false };
+      const objects: string[] = [];
+      if (state.cutOver)
+        objects.push(`${spec.table} swapped back to the original table (now ${n.old}), with every write since the cut-over`);
+      if (state.capturing) objects.push(`trigger ${n.forwardTrigger} on ${spec.table} removed`);
+      if (await exists(c, n.shadow)) objects.push(`table ${n.shadow} dropped`);
+      if (state.claimed) objects.push(`its claim on ${spec.table} in fermata_migrations released`);
+      return { objects, restart: false };
+    });
+  },
+
+  async undo(targetName, { spec, inventory }) {
+    const steps = createPartitionMigrationActivities();
+    const state = await onTarget(resolveTarget(targetName), (c) => migrationState(c, spec));
+    if (state.finalizing) return { ...(await steps.partitionFinalize(spec)), finished: true };
+    const done = [
+      await steps.partitionSwapBack(spec, inventory),
+      await steps.partitionRemoveCapture(spec),
+      await steps.partitionDropShadow(spec),
+    ];
+    return { summary: done.map((e) => e.summary).join('; '), steps: done };
+  },
+};
+
+/** Where a migration of the table stands on the target: claimed, capturing, cut over, or finalizing (the reverse trigger gone). */
+async function migrationState(c: Client, spec: MigrationSpec) {
+  const n = names(spec.table);
+  const state = (await exists(c, 'fermata_migrations')) ? await value<string | null>(c, sql.stateSql, [spec.table]) : null;
+  const trigger = (name: string) =>
+    value<boolean>(c, 'SELECT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = to_regclass($1) AND tgname = $2)', [
+      `public.${spec.table}`,
+      name,
+    ]);
+  const cutOver = state === 'cut_over';
+  return {
+    claimed: state === 'copying' || cutOver,
+    capturing: await trigger(n.forwardTrigger),
+    cutOver,
+    finalizing: cutOver && !(await trigger(n.reverseTrigger)),
   };
 }
