@@ -57,6 +57,8 @@ async function cancel(handle: WorkflowHandle): Promise<RunbookStatus> {
   expect((await handle.describe()).status.name).toBe('CANCELLED');
   const status = await handle.query(statusQuery);
   expect(status.state).toBe('cancelled');
+  expect(status.pendingGate).toBeUndefined();
+  expect(status.pendingDecision).toBeUndefined();
   expect(status.cancel?.outcome).toMatch(/^rolled back/);
   const details = (await handle.query<{ currentDetails: string }>('__temporal_workflow_metadata')).currentDetails;
   expect(details).toContain('**Cancellation requested**');

@@ -66,6 +66,8 @@ export async function createWorker(options: FermataWorkerOptions): Promise<{ wor
     dataConverter: { payloadConverterPath },
     interceptors: { workflowModules: workflowInterceptorModules, activity: [() => ({ inbound: new StepInterceptor(client) })] },
     activities: options.wrapActivities ? options.wrapActivities(activities) : activities,
+    // A task for a killed worker's cached run goes to any worker after 1 s, not 10 s; cost: a history replay if a live worker is that busy.
+    stickyQueueScheduleToStartTimeout: '1s',
   });
   return {
     worker,

@@ -390,12 +390,13 @@ export class Runbook<R extends RunbookType> {
     this.journal.setState('waiting_approval');
     this.journal.audit('gate_opened', { step: name, detail: { does } });
     const minutes = this.input.gateTimeoutMinutes;
-    const answered = await this.notifier.waitFor({ gate: { name, does } }, () =>
-      minutes
-        ? condition(() => this.people.gate() !== undefined, minutes * 60_000)
-        : condition(() => this.people.gate() !== undefined).then(() => true),
-    );
-    this.status.pendingGate = undefined;
+    const answered = await this.notifier
+      .waitFor({ gate: { name, does } }, () =>
+        minutes
+          ? condition(() => this.people.gate() !== undefined, minutes * 60_000)
+          : condition(() => this.people.gate() !== undefined).then(() => true),
+      )
+      .finally(() => (this.status.pendingGate = undefined)); // answered, timed out or cancelled
     this.journal.setState('running');
     if (!answered) {
       this.journal.audit('gate_timed_out', { step: name, detail: { minutes } });
@@ -471,9 +472,10 @@ export class Runbook<R extends RunbookType> {
     this.people.openDecision();
     this.status.pendingDecision = { step, error, since: now() };
     this.journal.setState('waiting_decision');
-    await this.notifier.waitFor({ decision: { step, error } }, () => condition(() => this.people.decided() !== undefined));
+    await this.notifier
+      .waitFor({ decision: { step, error } }, () => condition(() => this.people.decided() !== undefined))
+      .finally(() => (this.status.pendingDecision = undefined)); // decided or cancelled
     const decision = this.people.decided()!;
-    this.status.pendingDecision = undefined;
     this.journal.setState(this.status.state === 'waiting_decision' ? 'running' : this.status.state);
     return decision;
   }
