@@ -1,5 +1,7 @@
 // `npm run bench:partition -- --rows N`: the online migration against the in-database limit, side
 // by side on one PostgreSQL with the same generated data. Prints JSON; see runbooks/partition-migration.md.
+// `--sparse`: instead, the backfill of dense ids against the same rows with ids spread over the
+// bigint range, side by side (no writers: theirs would hit rows in one table and miss in the other).
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { Client } from 'pg';
 import { randomBytes } from 'node:crypto';
@@ -8,7 +10,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { stringify } from 'yaml';
 import { createPartitionMigrationActivities } from '../src/activities/partition-migration/activities';
-import type { MigrationSpec } from '../src/activities/partition-migration/sql';
+import { blockBoundsSql, blockCount, type MigrationSpec } from '../src/activities/partition-migration/sql';
 import type { Progress } from '../src/shared/progress';
 import { createSchema, generateFiles } from '../src/fixtures/midi-library';
 import { createReferenceSql, startWriters } from '../src/fixtures/midi-writers';
@@ -16,7 +18,11 @@ import { freePort } from '../src/stack/ports';
 import { clusterService, initCluster, startCluster, stopCluster } from '../src/stack/postgres';
 
 const { values } = parseArgs({
-  options: { rows: { type: 'string', default: '1720000' }, 'batch-rows': { type: 'string', default: '50000' } },
+  options: {
+    rows: { type: 'string', default: '1720000' },
+    'batch-rows': { type: 'string', default: '50000' },
+    sparse: { type: 'boolean', default: false },
+  },
 });
 const rows = Number(values.rows);
 const WRITERS = 2;
@@ -45,11 +51,13 @@ async function main(): Promise<void> {
 
     writeFileSync(path.join(dir, 'pw'), password);
     process.env.FERMATA_TARGETS = path.join(dir, 'targets.yaml');
+    const targetOf = (database: string) => ({
+      postgres: { ...connection, database, password: undefined, passwordFile: 'pw' },
+      service: clusterService(dataDir),
+    });
     writeFileSync(
       process.env.FERMATA_TARGETS,
-      stringify({
-        targets: { bench: { postgres: { ...connection, password: undefined, passwordFile: 'pw' }, service: clusterService(dataDir) } },
-      }),
+      stringify({ targets: { bench: targetOf('midi_library'), bench_sparse: targetOf('midi_sparse') } }),
     );
     const acts = createPartitionMigrationActivities();
     const mock = new MockActivityEnvironment();
@@ -64,6 +72,69 @@ async function main(): Promise<void> {
       batchRows: Number(values['batch-rows']),
       throttle: { pauseMs: 0 },
     };
+    if (values.sparse) {
+      const sparse = new Client({ ...connection, database: 'midi_sparse' });
+      const admin = new Client({ ...connection, database: 'postgres' });
+      await admin.connect();
+      await admin.query('CREATE DATABASE midi_sparse');
+      await admin.end();
+      await sparse.connect();
+      await createSchema(sparse);
+      await generateFiles(sparse, rows, { sparse: true });
+      await sparse.query('CHECKPOINT');
+      // On one cluster, each the steps up to a finished backfill, then rolled back: dense, sparse,
+      // sparse, dense (so neither side always runs second, after the other's WAL), each after a checkpoint.
+      const backfillOf = async (target: string, client: Client) => {
+        const run = { ...spec, target };
+        await client.query('CHECKPOINT');
+        const inventory = await env.run(acts.partitionPrecheck, run);
+        await env.run(acts.partitionCreateShadow, run, inventory);
+        const walkStarted = Date.now();
+        await client.query(blockBoundsSql(run), [run.table, run.batchRows]); // again, timed: create-shadow's block walk
+        const walkSeconds = (Date.now() - walkStarted) / 1000;
+        const captured = await env.run(acts.partitionInstallCapture, run, inventory);
+        const started = Date.now();
+        let progress: Progress = { block: 0, copied: 0, batches: 0, done: false };
+        while (!progress.done) progress = await env.run(acts.partitionBackfill, run, inventory, progress, 3);
+        const seconds = (Date.now() - started) / 1000;
+        const [copies] = (await client.query(`SELECT (SELECT count(*) FROM files_fermata_new) = (SELECT count(*) FROM files) AS equal`))
+          .rows;
+        await env.run(acts.partitionRemoveCapture, run);
+        await env.run(acts.partitionDropShadow, run);
+        return {
+          key_range: `${captured.minKey}..${captured.maxKey}`,
+          precheck_batches: blockCount(inventory.rows, run.batchRows),
+          batches: progress.batches,
+          block_walk_seconds: walkSeconds,
+          backfill_seconds: seconds,
+          rows_per_second: Math.round(progress.copied / seconds),
+          counts_equal: copies.equal,
+        };
+      };
+      const dense = [await backfillOf('bench', db)];
+      const spread = [await backfillOf('bench_sparse', sparse)];
+      spread.push(await backfillOf('bench_sparse', sparse));
+      dense.push(await backfillOf('bench', db));
+      await Promise.all([db.end(), sparse.end()]);
+      const rate = (runs: { backfill_seconds: number }[]) => Math.round((2 * rows) / runs.reduce((a, r) => a + r.backfill_seconds, 0));
+      const ratio = Number((rate(spread) / rate(dense)).toFixed(3));
+      console.log(
+        JSON.stringify(
+          {
+            rows,
+            batch_rows: spec.batchRows,
+            dense,
+            sparse: spread,
+            dense_rows_per_second: rate(dense),
+            sparse_rows_per_second: rate(spread),
+            sparse_to_dense: ratio,
+          },
+          null,
+          2,
+        ),
+      );
+      return;
+    }
     const inventory = await env.run(acts.partitionPrecheck, spec);
 
     // The in-database limit: one INSERT … SELECT into an identical partitioned table.
@@ -79,8 +150,8 @@ async function main(): Promise<void> {
     const writersStarted = Date.now();
     await env.run(acts.partitionCreateShadow, spec, inventory);
     started = Date.now();
-    const captured = await env.run(acts.partitionInstallCapture, spec, inventory);
-    let progress: Progress = { last: captured.minKey - 1, maxKey: captured.maxKey, copied: 0, batches: 0, done: false };
+    await env.run(acts.partitionInstallCapture, spec, inventory);
+    let progress: Progress = { block: 0, copied: 0, batches: 0, done: false };
     while (!progress.done) progress = await env.run(acts.partitionBackfill, spec, inventory, progress, 3);
     const backfillSeconds = (Date.now() - started) / 1000;
     await env.run(acts.partitionVerify, spec, 'shadow');

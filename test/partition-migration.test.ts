@@ -1,11 +1,14 @@
 // The Partition Migration runbook on a real PostgreSQL holding the MIDI library, with writers running.
 import type { WorkflowHandle } from '@temporalio/client';
 import { MockActivityEnvironment } from '@temporalio/testing';
+import { randomBytes } from 'node:crypto';
 import { Client } from 'pg';
 import { createPartitionMigrationActivities } from '../src/activities/partition-migration/activities';
+import { generateFiles } from '../src/fixtures/midi-library';
 import { createReferenceSql, startWriters } from '../src/fixtures/midi-writers';
 import { approveSignal, rejectSignal, TASK_QUEUE } from '../src/shared/messages';
 import { waitFor } from '../src/activities/host/poll';
+import type { Progress } from '../src/shared/progress';
 import type { RunbookResult } from '../src/shared/status';
 import { historyText, linesWith } from './harness/records';
 import {
@@ -61,8 +64,21 @@ async function capturing(name: string) {
   const spec = { target: target.name, table: 'files', partitionKey: 'id', partitions: 8, batchRows: 10_000, throttle: { pauseMs: 0 } };
   const inventory = await act(acts.partitionPrecheck, spec);
   await act(acts.partitionCreateShadow, spec, inventory);
-  const { minKey, maxKey } = await act(acts.partitionInstallCapture, spec, inventory);
-  return { target, spec, inventory, start: { last: minKey - 1, maxKey, copied: 0, batches: 0, done: false } };
+  await act(acts.partitionInstallCapture, spec, inventory);
+  return { target, spec, inventory, start: { block: 0, copied: 0, batches: 0, done: false } };
+}
+
+/** A connection of the test's own to a target's library. */
+async function connectTo(target: TestTarget): Promise<Client> {
+  const client = new Client({
+    host: '127.0.0.1',
+    port: target.port,
+    user: 'fermata',
+    password: env.targetPassword,
+    database: 'midi_library',
+  });
+  await client.connect();
+  return client;
 }
 
 const relkind = async (t: TestTarget, table: string) =>
@@ -146,7 +162,7 @@ test('dry run lists the DDL and the batch plan and changes nothing', async () =>
   const text = result.status.plan!.map((p) => p.text).join('\n');
   expect(text).toContain('CREATE TABLE "files_fermata_new" (LIKE "files" INCLUDING ALL EXCLUDING INDEXES) PARTITION BY HASH ("id")');
   expect(text).toContain('FOR VALUES WITH (MODULUS 8, REMAINDER 0)');
-  expect(text).toContain('6 blocks of 10000 keys from 1 to 60000');
+  expect(text).toContain('6 blocks of 10000 keys (every 10000th key of 60000, found at create-shadow');
   expect(text).toContain('ALTER TABLE "files" RENAME TO "files_old"');
   expect(await relkind(target, 'files')).toBe('r');
   expect(await relkind(target, 'files_fermata_new')).toBeNull();
@@ -266,14 +282,14 @@ test('worker killed mid-backfill: a new one resumes from its checkpoint, not fro
   );
   first.kill('SIGKILL');
   await first;
-  const copiedBeforeKill = Number(midway.steps.find((st) => st.name === 'backfill')!.evidence!.copied);
+  const blockBeforeKill = Number(midway.steps.find((st) => st.name === 'backfill')!.evidence!.block);
 
   const second = spawnWorker();
   try {
     await waitForStatus(handle, (s) => s.pendingGate?.name === 'cutover', 120_000);
     const status = await waitForStatus(handle, () => true);
     const backfill = status.steps.find((s) => s.name === 'backfill')!.evidence!;
-    expect(Number(backfill.resumedFrom ?? backfill.last)).toBeGreaterThanOrEqual(copiedBeforeKill);
+    expect(Number(backfill.resumedFrom ?? backfill.block)).toBeGreaterThanOrEqual(blockBeforeKill);
     // Batches after the last recorded heartbeat ran again, copying their blocks afresh: counted once.
     expect(Number(backfill.copied)).toBeLessThanOrEqual(60_000);
     const [{ n }] = await target.query<{ n: number }>('SELECT count(*)::int AS n FROM files_fermata_new');
@@ -328,7 +344,7 @@ test('cut-over refuses, changing nothing, when the capture trigger was disabled 
   );
   await target.query('DELETE FROM files WHERE id = 12345');
   await expect(act(acts.partitionCutover, spec, inventory)).rejects.toThrow(
-    /files and files_fermata_new differ in key ranges \[\d+, \d+\): changed since verify/,
+    /files and files_fermata_new differ in key ranges \[(-∞|\d+), (∞|\d+)\): changed since verify/,
   );
   expect(await relkind(target, 'files')).toBe('r');
   expect(await relkind(target, 'files_old')).toBeNull();
@@ -336,17 +352,7 @@ test('cut-over refuses, changing nothing, when the capture trigger was disabled 
 
 test('a long transaction holds a key of the block being copied: the batch gives way, other writes to that block go through', async () => {
   const { target, spec, inventory, start } = await capturing('pm-long');
-  const connect = async () => {
-    const client = new Client({
-      host: '127.0.0.1',
-      port: target.port,
-      user: 'fermata',
-      password: env.targetPassword,
-      database: 'midi_library',
-    });
-    await client.connect();
-    return client;
-  };
+  const connect = () => connectTo(target);
   const [long, other] = [await connect(), await connect()];
   try {
     await long.query('BEGIN');
@@ -371,4 +377,127 @@ test('a long transaction holds a key of the block being copied: the batch gives 
     { id: '9', filename: 'other.mid' },
   ]);
   expect(await sameRows(target, 'files', 'files_fermata_new')).toBe(true);
+});
+
+test('sparse keys spread over the bigint range: the batches the precheck plans, nothing lost under writers, a resumed backfill and the trigger agree on the blocks', async () => {
+  const target = await newTarget(uniqueId('pm-sparse'));
+  const connect = () => connectTo(target);
+  // The same library, its 30,000 ids spread over 0..2^62 (most beyond a JavaScript number's exact integers).
+  const setup = await connect();
+  await setup.query('TRUNCATE files CASCADE');
+  await generateFiles(setup, 30_000, { sparse: true });
+  await setup.end();
+  const spec = { target: target.name, table: 'files', partitionKey: 'id', partitions: 8, batchRows: 3000, throttle: { pauseMs: 0 } };
+  const inventory = await act(acts.partitionPrecheck, spec);
+  expect(inventory.maxKey - inventory.minKey).toBeGreaterThan(2 ** 61);
+  expect(inventory.summary).toMatch(/; 10 batches of 3000 keys$/);
+  expect(inventory.plan.find((p) => p.step === 'backfill')!.text).toMatch(/^10 blocks of 3000 keys/);
+  await act(acts.partitionCreateShadow, spec, inventory);
+  const [{ bounds }] = await target.query<{ bounds: string[] }>(
+    `SELECT bounds::text[] AS bounds FROM fermata_migrations WHERE table_name = 'files'`,
+  );
+  expect(bounds).toHaveLength(9);
+  await act(acts.partitionInstallCapture, spec, inventory);
+
+  // Writers on the sparse keys all the while: updates and deletes of existing rows, inserts of new
+  // ids anywhere (below the first key, between, above the last), and ids moved from block to block.
+  // The last key of block 5 (beyond 2^53), held by a transaction below; the writers leave it alone.
+  const [{ held }] = await target.query<{ held: string }>(`SELECT max(id)::text AS held FROM files WHERE id < $1::bigint`, [bounds[5]]);
+  expect(BigInt(held)).toBeGreaterThan(2n ** 53n);
+  const ids = (await target.query<{ id: string }>('SELECT id::text FROM files WHERE id <> $1', [held])).map((r) => r.id);
+  const anyId = () => String(BigInt.asUintN(62, randomBytes(8).readBigUInt64BE()) + 1n);
+  const pick = <T>(list: T[]) => list[Math.floor(Math.random() * list.length)];
+  let writing = true;
+  const errors: string[] = [];
+  let writes = 0;
+  const writers = Array.from({ length: 2 }, async () => {
+    const c = await connect();
+    const mine: string[] = [];
+    for (let i = 0; writing; i++) {
+      const k = Math.floor(i / 4) % 5; // below the first key, above the last, or anywhere
+      const fresh = k === 0 ? '1' : k === 1 ? String(2n ** 62n + BigInt(i)) : anyId();
+      const write: [string, unknown[]] = [
+        [`UPDATE files SET filename = $2 WHERE id = $1`, [pick(ids), `w${i}.mid`]],
+        [`DELETE FROM files WHERE id = $1`, [pick(ids)]],
+        [
+          `INSERT INTO files (id, filename, filepath, content_hash, file_size_bytes) VALUES ($1, 'n.mid', 'n.mid', 'x', 1) ON CONFLICT DO NOTHING`,
+          [fresh],
+        ],
+        [`UPDATE files SET id = $2 WHERE id = $1`, [mine.pop() ?? '0', anyId()]],
+      ][i % 4] as [string, unknown[]];
+      if (i % 4 === 2) mine.push(fresh);
+      await c.query(...write).then(
+        () => writes++,
+        (err: Error) => errors.push(err.message),
+      );
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    await c.end();
+  });
+
+  // A writer holds that key; a backfill resumed at block 5 (from its heartbeat) must wait for it on
+  // the block's lock: the trigger and the resumed worker agree on the blocks, to the last bit.
+  const holder = await connect();
+  try {
+    await holder.query('BEGIN');
+    await holder.query(`UPDATE files SET filename = 'held.mid' WHERE id = $1`, [held]);
+    const resumedAt = new MockActivityEnvironment({ heartbeatDetails: { block: 5, copied: 0, batches: 0, done: false } });
+    const resumed = resumedAt.run(
+      acts.partitionBackfill as never,
+      spec,
+      inventory,
+      { block: 0, copied: 0, batches: 0, done: false },
+      60,
+    ) as Promise<Progress>;
+    let finished = false;
+    void resumed.finally(() => (finished = true)).catch(() => undefined);
+    const waiting = async () =>
+      (await target.query(`SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND objid = 5 AND mode = 'ExclusiveLock' AND NOT granted`))
+        .length > 0;
+    await waitFor('the resumed batch to wait for the writer', waiting, 10_000, 50);
+    expect(finished).toBe(false);
+    await holder.query('COMMIT');
+    expect(await resumed).toMatchObject({ resumedFrom: 5, block: 10, blocks: 10, batches: 5, done: true });
+    expect(await target.query('SELECT filename FROM files_fermata_new WHERE id = $1', [held])).toEqual([{ filename: 'held.mid' }]);
+  } finally {
+    await holder.end();
+  }
+
+  // Then the whole table from the first block: the precheck's ten batches, one per 3,000 keys.
+  const started = Date.now();
+  const full = await act(acts.partitionBackfill, spec, inventory, { block: 0, copied: 0, batches: 0, done: false }, 60);
+  const seconds = (Date.now() - started) / 1000;
+  writing = false;
+  await Promise.all(writers);
+  expect(full).toMatchObject({ block: 10, blocks: 10, batches: 10, done: true });
+  expect(full.copied).toBeGreaterThan(25_000); // less what the writers deleted
+  expect(seconds).toBeLessThan(30); // with arithmetic blocks, 2^62 / 3000 of them: never
+  expect(errors).toEqual([]);
+  expect(writes).toBeGreaterThan(20);
+  expect(await sameRows(target, 'files', 'files_fermata_new')).toBe(true);
+  const [diff] = await target.query<{ n: number }>(
+    `SELECT count(*)::int AS n FROM ((TABLE files EXCEPT ALL TABLE files_fermata_new) UNION ALL (TABLE files_fermata_new EXCEPT ALL TABLE files)) d`,
+  );
+  expect(diff.n).toBe(0);
+  // Verify walks the keys that exist too: eleven ranges of about 3,000 keys, not 2^62 / 3000.
+  const verifyStarted = Date.now();
+  const verified = await act(acts.partitionVerify, spec, 'shadow', 3000);
+  expect(verified).toMatchObject({ ranges: expect.any(Number), rows: expect.any(Number) });
+  expect(verified.ranges).toBeLessThanOrEqual(12);
+  expect(Date.now() - verifyStarted).toBeLessThan(10_000);
+  // … and still finds a row only one side has, beyond 2^53, in an open-ended last range too.
+  await target.query('DELETE FROM files_fermata_new WHERE id = $1', [held]);
+  await target.query(
+    `INSERT INTO files_fermata_new (id, filename, filepath, content_hash, file_size_bytes) VALUES ($1, 'x', 'x', 'x', 1)`,
+    [String(2n ** 62n + 10n ** 6n)],
+  );
+  await expect(act(acts.partitionVerify, spec, 'shadow', 3000)).rejects.toThrow(
+    new RegExp(`files and files_fermata_new differ in key ranges \\[\\d+, \\d+\\), \\[\\d+, ∞\\)`),
+  );
+  // Rolled back, the control row keeps no blocks.
+  await act(acts.partitionRemoveCapture, spec);
+  await act(acts.partitionDropShadow, spec);
+  expect(await target.query(`SELECT state, bounds FROM fermata_migrations WHERE table_name = 'files'`)).toEqual([
+    { state: 'rolled_back', bounds: null },
+  ]);
 });

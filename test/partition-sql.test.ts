@@ -1,6 +1,9 @@
 // The Partition Migration's SQL builders, read as text: no server, no client.
 import {
   backfillSql,
+  blockBoundsSql,
+  blockCount,
+  boundsSql,
   finalCheckSql,
   names,
   plan,
@@ -13,7 +16,7 @@ import {
   type MigrationSpec,
   type TableFacts,
 } from '../src/activities/partition-migration/sql';
-import { blockKeys, blockLock } from '../src/activities/postgres/locks';
+import { blockKeys, blockLock, blockOf } from '../src/activities/postgres/locks';
 
 const spec: MigrationSpec = { target: 't', table: 'files', partitionKey: 'id', partitions: 16, batchRows: 1000, throttle: { pauseMs: 0 } };
 
@@ -94,15 +97,30 @@ test('shadowIndex keeps UNIQUE and the method, and refuses a definition it canno
   );
 });
 
+/** The function the capture's DO block creates, given the control row's bounds, as format() fills the template in. */
+function built(doBlock: string, bounds: string): string {
+  const template = /EXECUTE format\(\$template\$([\s\S]*)\$template\$, bounds\);/.exec(doBlock)![1];
+  return template.replaceAll('%1$L', `'${bounds}'`).replaceAll('%%', '%');
+}
+
 describe('syncFunction', () => {
-  test("the capture function takes the shared lock of the written key's block, then upserts by primary key", () => {
+  test('the capture function is built from the control row: it refuses to be built without key blocks', () => {
     const fn = syncFunction('fermata_sync_files', 'files_fermata_new', facts, spec);
+    expect(fn).toMatch(/^DO \$fermata\$\n/);
+    expect(fn).toContain(`bounds bigint[] := (SELECT m.bounds FROM fermata_migrations m WHERE m.table_name = 'files');`);
+    expect(fn).toContain(
+      `IF bounds IS NULL THEN\n    RAISE EXCEPTION 'no key blocks for % in fermata_migrations: create-shadow computes them', 'files';`,
+    );
+  });
+
+  test("the capture function takes the shared lock of the written key's block, then upserts by primary key", () => {
+    const fn = built(syncFunction('fermata_sync_files', 'files_fermata_new', facts, spec), '{1000,2000}');
     expect(fn).toContain('CREATE OR REPLACE FUNCTION "fermata_sync_files"() RETURNS trigger LANGUAGE plpgsql');
     expect(fn).toContain(
-      `IF TG_OP <> 'INSERT' THEN PERFORM pg_advisory_xact_lock_shared(hashtext('fermata files'), ((OLD."id" / 1000) % 2147483647)::int); END IF;`,
+      `IF TG_OP <> 'INSERT' THEN PERFORM pg_advisory_xact_lock_shared(hashtext('fermata files'), ((width_bucket((OLD."id")::bigint, '{1000,2000}'::bigint[])) % 2147483647)::int); END IF;`,
     );
     expect(fn).toContain(
-      `IF TG_OP <> 'DELETE' THEN PERFORM pg_advisory_xact_lock_shared(hashtext('fermata files'), ((NEW."id" / 1000) % 2147483647)::int); END IF;`,
+      `IF TG_OP <> 'DELETE' THEN PERFORM pg_advisory_xact_lock_shared(hashtext('fermata files'), ((width_bucket((NEW."id")::bigint, '{1000,2000}'::bigint[])) % 2147483647)::int); END IF;`,
     );
     expect(fn).toContain('DELETE FROM "files_fermata_new" WHERE "id" = OLD."id";');
     expect(fn).toContain(
@@ -111,10 +129,12 @@ describe('syncFunction', () => {
     expect(fn).toContain(
       'ON CONFLICT ("id") DO UPDATE SET ("filename", "content_hash") = ROW(EXCLUDED."filename", EXCLUDED."content_hash");',
     );
+    expect(fn).not.toContain('%%');
   });
 
   test('the reverse function takes no block lock; a table of key columns only does nothing on conflict', () => {
     const fn = syncFunction('fermata_sync_back_files', 'files_old', { ...facts, columns: ['a', 'b'], primaryKey: ['a', 'b'] });
+    expect(fn).toMatch(/^CREATE OR REPLACE FUNCTION "fermata_sync_back_files"\(\)/);
     expect(fn).not.toContain('advisory');
     expect(fn).toContain('WHERE "a" = OLD."a" AND "b" = OLD."b"');
     expect(fn).toContain('ON CONFLICT ("a", "b") DO NOTHING;');
@@ -174,32 +194,55 @@ describe('swap', () => {
   });
 });
 
-test('backfill batch, final check and control-state statements', () => {
+test('backfill batch, key blocks, final check and control-state statements', () => {
   expect(backfillSql(spec, facts)).toEqual({
     lock: `SELECT pg_advisory_xact_lock(hashtext('fermata files'), (($1::bigint) % 2147483647)::int)`,
-    clear: 'DELETE FROM "files_fermata_new" WHERE "id" BETWEEN $1 AND $2',
-    copy: 'INSERT INTO "files_fermata_new" ("id", "filename", "content_hash") SELECT "id", "filename", "content_hash" FROM "files" WHERE "id" BETWEEN $1 AND $2',
-    next: 'SELECT min("id") - 1 FROM "files" WHERE "id" > $1',
+    clear: 'DELETE FROM "files_fermata_new" WHERE "id" BETWEEN $1::bigint AND $2::bigint',
+    copy: 'INSERT INTO "files_fermata_new" ("id", "filename", "content_hash") SELECT "id", "filename", "content_hash" FROM "files" WHERE "id" BETWEEN $1::bigint AND $2::bigint',
   });
+  // Every $2-th key, walked down the key's index one OFFSET at a time; none for a table of one block.
+  const walk = blockBoundsSql(spec);
+  expect(walk).toMatch(/^UPDATE fermata_migrations SET bounds = coalesce\(\(/);
+  expect(walk).toContain('SELECT (SELECT "id" FROM "files" ORDER BY "id" OFFSET $2 LIMIT 1)');
+  expect(walk).toContain(
+    'SELECT (SELECT "id" FROM "files" WHERE "id" > walk.k ORDER BY "id" OFFSET $2 - 1 LIMIT 1) FROM walk WHERE walk.k IS NOT NULL',
+  );
+  expect(walk).toMatch(
+    /SELECT array_agg\(k ORDER BY k\) FROM walk WHERE k IS NOT NULL\), '\{\}'\), updated_at = now\(\) WHERE table_name = \$1$/,
+  );
+  expect(boundsSql).toBe('SELECT bounds::text[] AS bounds FROM fermata_migrations WHERE table_name = $1');
+  expect([blockCount(0, 1000), blockCount(1000, 1000), blockCount(1001, 1000), blockCount(200_000, 50_000)]).toEqual([1, 1, 2, 4]);
   expect(finalCheckSql(spec)).toContain(
     '(SELECT max("id") FROM "files")::text AS source, (SELECT max("id") FROM "files_fermata_new")::text AS shadow',
   );
   expect(setStateSql('cut_over')).toBe(`UPDATE fermata_migrations SET state = 'cut_over', updated_at = now() WHERE table_name = $1`);
+  // A migration that ended keeps no key blocks; a swap back (state copying again) keeps them for the capture trigger.
+  expect(setStateSql('rolled_back')).toBe(
+    `UPDATE fermata_migrations SET state = 'rolled_back', bounds = NULL, updated_at = now() WHERE table_name = $1`,
+  );
+  expect(setStateSql('copying')).not.toContain('bounds');
   expect(syncTriggerSql('t', 'files', 'f')).toBe(
     'CREATE TRIGGER "t" AFTER INSERT OR UPDATE OR DELETE ON "files" FOR EACH ROW EXECUTE FUNCTION "f"()',
   );
 });
 
-test('block locks and block keys: SQL truncates toward zero, so block 0 spans from -(rows-1) to rows-1', () => {
-  expect(blockLock("o'brien", 'NEW.id / 10', 'shared')).toBe(
-    `pg_advisory_xact_lock_shared(hashtext('fermata o''brien'), ((NEW.id / 10) % 2147483647)::int)`,
+test('block locks and block keys: width_bucket groups keys from one bound up to the next, exactly beyond 2^53', () => {
+  expect(blockLock("o'brien", blockOf('NEW.id', ':b'), 'shared')).toBe(
+    `pg_advisory_xact_lock_shared(hashtext('fermata o''brien'), ((width_bucket((NEW.id)::bigint, :b)) % 2147483647)::int)`,
   );
-  expect(blockKeys(0, 1000)).toEqual([-999, 999]);
-  expect(blockKeys(1, 1000)).toEqual([1000, 1999]);
-  expect(blockKeys(-1, 1000)).toEqual([-1999, -1000]);
-  // Every key falls in the block its truncated division names.
-  for (const key of [-2500, -1000, -999, -1, 0, 1, 999, 1000, 2500]) {
-    const [low, high] = blockKeys(Math.trunc(key / 1000), 1000);
+  const bounds = ['-5', '100', '9007199254740993']; // the last is 2^53 + 1, not a JavaScript number
+  expect([0, 1, 2, 3].map((block) => blockKeys(block, bounds))).toEqual([
+    ['-9223372036854775808', '-6'],
+    ['-5', '99'],
+    ['100', '9007199254740992'],
+    ['9007199254740993', '9223372036854775807'],
+  ]);
+  expect(blockKeys(0, [])).toEqual(['-9223372036854775808', '9223372036854775807']);
+  expect(() => blockKeys(4, bounds)).toThrow('no block 4 of 4');
+  // Every key falls in the block width_bucket names: the number of bounds at or below it.
+  for (const key of [-(2n ** 63n), -6n, -5n, 0n, 99n, 100n, 2n ** 53n, 2n ** 53n + 1n, 2n ** 63n - 1n]) {
+    const block = bounds.filter((b) => BigInt(b) <= key).length;
+    const [low, high] = blockKeys(block, bounds).map(BigInt);
     expect(key >= low && key <= high).toBe(true);
   }
 });
@@ -208,12 +251,22 @@ test('the plan shows the statements the run executes, from the same builders', (
   const steps = plan(spec, facts);
   const texts = (step: string) => steps.filter((p) => p.step === step && p.kind === 'sql').map((p) => p.text);
   const ddl = shadowDdl(spec, facts);
-  expect(texts('create-shadow')).toEqual([ddl[0], ddl[1], '… 15 more partitions, then the primary key and 1 indexes:', ...ddl.slice(17)]);
+  expect(texts('create-shadow')).toEqual([
+    ddl[0],
+    ddl[1],
+    '… 15 more partitions, then the primary key and 1 indexes:',
+    ...ddl.slice(17),
+    blockBoundsSql(spec),
+  ]);
   expect(texts('capture')).toEqual([
     syncFunction('fermata_sync_files', 'files_fermata_new', facts, spec),
     syncTriggerSql('fermata_sync_to_shadow', 'files', 'fermata_sync_files'),
   ]);
-  expect(texts('backfill')[0]).toMatch(/^5 blocks of 1000 keys from 1 to 5000, two at a time/);
+  expect(texts('backfill')[0]).toMatch(
+    /^5 blocks of 1000 keys \(every 1000th key of 5000, found at create-shadow and kept in fermata_migrations.bounds\), two at a time/,
+  );
+  // The batch count is the rows', not the key range's: a sparse table plans as many as a dense one.
+  expect(plan(spec, { ...facts, minKey: 1, maxKey: 2 ** 62 }).find((p) => p.step === 'backfill')!.text).toMatch(/^5 blocks of 1000 keys/);
   expect(texts('cutover')).toEqual(swap(spec, facts, 'forward'));
   expect(steps.map((p) => p.step)).toEqual(expect.arrayContaining(['verify', 'finalize']));
 });

@@ -91,9 +91,15 @@ async function state(t: TestTarget) {
         data[table] = (await rows(`SELECT count(*) || ':' || coalesce(sum(hashtextextended(x::text, 0)), 0) AS f FROM ${table} x`))[0].f;
       }
     }
+    // The claim with its key blocks; a released claim keeps none.
     const claim = (await rows(`SELECT to_regclass('fermata_migrations') IS NOT NULL AS tracked`))[0].tracked
-      ? ((await rows(`SELECT state FROM fermata_migrations WHERE table_name = 'files' AND state IN ('copying', 'cut_over')`))[0]?.state ??
-        'none')
+      ? ((
+          await rows(
+            `SELECT CASE WHEN state IN ('copying', 'cut_over') THEN state || ' ' || coalesce(bounds::text, 'no blocks')
+                         ELSE coalesce('released, with blocks ' || bounds::text, 'none') END AS claim
+               FROM fermata_migrations WHERE table_name = 'files'`,
+          )
+        )[0]?.claim ?? 'none')
       : 'none';
     return {
       relations,
@@ -143,6 +149,8 @@ const createShadow: Step = {
     );
     expect(await one(t, `SELECT count(*)::int FROM files_fermata_new`)).toBe(0);
     expect(await one(t, `SELECT state FROM fermata_migrations WHERE table_name = 'files'`)).toBe('copying');
+    // The backfill's blocks: every 10,000th key of the 60,000.
+    expect(await one(t, `SELECT bounds::text FROM fermata_migrations WHERE table_name = 'files'`)).toBe('{10001,20001,30001,40001,50001}');
   },
   rollback: (s) => act(acts.partitionDropShadow, s.spec),
   faults: [
@@ -165,6 +173,10 @@ const capture: Step = {
   apply: async (s) => expect(await act(acts.partitionInstallCapture, s.spec, s.inventory)).toMatchObject({ minKey: 1, maxKey: 60_000 }),
   verify: async ({ t }) => {
     expect(await triggerOn(t, 'files', 'fermata_sync_to_shadow')).toBe('O');
+    // The trigger locks the blocks of the control row, built in.
+    expect(await one(t, `SELECT prosrc FROM pg_proc WHERE proname = 'fermata_sync_files'`)).toContain(
+      `width_bucket((NEW."id")::bigint, '{10001,20001,30001,40001,50001}'::bigint[])`,
+    );
     // A write is captured in the writer's own transaction (rolled back: it leaves no trace).
     const captured = await observe(t, async (c) => {
       await c.query('BEGIN');
@@ -186,9 +198,10 @@ const cutover: Step = {
   name: 'cutover',
   setup: async (t) => {
     const s = await capture.setup(t);
-    const { minKey, maxKey } = await act(acts.partitionInstallCapture, s.spec, s.inventory);
-    let progress: Progress = { last: minKey - 1, maxKey, copied: 0, batches: 0, done: false };
+    await act(acts.partitionInstallCapture, s.spec, s.inventory);
+    let progress: Progress = { block: 0, copied: 0, batches: 0, done: false };
     while (!progress.done) progress = await act(acts.partitionBackfill, s.spec, s.inventory, progress, 30);
+    expect(progress).toMatchObject({ block: 6, blocks: 6, batches: 6, copied: 60_000 });
     return s;
   },
   check: async (s) => void (await act(acts.partitionVerify, s.spec, 'shadow')),

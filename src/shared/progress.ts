@@ -41,14 +41,18 @@ export function progressOf(evidence?: Evidence): StepProgress | undefined {
 /** Done as a share of the total, 0 to 1 (an estimated total can be passed). */
 export const fraction = (p: StepProgress): number => Math.min(p.done / p.total, 1);
 
-/** A keyed backfill's position: keys copied so far, and how fast; what its status shows while it runs. */
+/**
+ * A backfill's position, in blocks of keys (blocks from the data, each about `batchRows` keys, so
+ * sparse keys count as dense ones), and rows copied; what its status shows while it runs.
+ */
 export interface Progress extends Evidence {
-  /** The highest key copied (one below the first key when nothing is yet). */
-  last: number;
-  maxKey: number;
+  /** The next block to copy: every block below it is copied. */
+  block: number;
+  /** Blocks in all, the last one open-ended; known once the backfill has started. */
+  blocks?: number;
   copied: number;
   batches: number;
   done: boolean;
-  /** Where a retried activity resumed, from its last heartbeat. */
+  /** The block where a retried activity resumed, from its last heartbeat. */
   resumedFrom?: number;
 }

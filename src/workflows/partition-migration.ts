@@ -30,13 +30,14 @@ export async function partitionMigration(raw: unknown): Promise<RunbookResult> {
     });
     await rb.step('backfill', async () => {
       const started = Date.now();
-      let progress: Progress = { last: captured.minKey - 1, maxKey: captured.maxKey, copied: 0, batches: 0, done: false };
+      let progress: Progress = { block: 0, copied: 0, batches: 0, done: false };
       while (!progress.done) {
         progress = await copy.partitionBackfill(spec, inventory, progress);
         const seconds = Math.max((Date.now() - started) / 1000, 0.001);
-        const keysPerSecond = (progress.last - captured.minKey + 1) / seconds;
-        const eta = Math.round((progress.maxKey - progress.last) / Math.max(keysPerSecond, 1));
-        const percent = Math.floor((100 * progress.copied) / Math.max(inventory.rows, 1));
+        // Blocks hold batchRows keys each, however sparse the keys: the blocks left tell the time left.
+        const blocks = progress.blocks ?? 1;
+        const eta = Math.round(((blocks - progress.block) * seconds) / Math.max(progress.block, 1));
+        const percent = Math.floor((100 * progress.block) / blocks);
         const perSecond = Math.round(progress.copied / seconds);
         rb.progress('backfill', {
           ...progress,
@@ -46,7 +47,7 @@ export async function partitionMigration(raw: unknown): Promise<RunbookResult> {
       }
       return {
         ...progress,
-        summary: `${progress.copied} rows copied in ${progress.batches} batches${progress.resumedFrom !== undefined ? `, resumed at key ${progress.resumedFrom}` : ''}`,
+        summary: `${progress.copied} rows copied in ${progress.batches} batches, keys ${captured.minKey}..${captured.maxKey} at the capture${progress.resumedFrom !== undefined ? `, resumed at block ${progress.resumedFrom}` : ''}`,
       };
     });
     await rb.step('verify', () => pg.partitionVerify(spec, 'shadow'));

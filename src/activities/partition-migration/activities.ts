@@ -38,6 +38,8 @@ export function createPartitionMigrationActivities() {
         await c.query('BEGIN');
         await c.query(sql.controlTableSql);
         await c.query(sql.claimSql, [spec.table, workflowId]);
+        // The backfill's key blocks, from the data, fixed before the capture trigger that has them built in.
+        await c.query(sql.blockBoundsSql(spec), [spec.table, spec.batchRows]);
         const statements = sql.shadowDdl(spec, inventory);
         const there = await exists(c, n.shadow);
         if (!there) for (const statement of statements) await c.query(statement);

@@ -6,7 +6,7 @@ import { resolveTarget } from '../../targets';
 import * as catalog from '../postgres/catalog';
 import { onTarget, value } from '../postgres/connection';
 import { freeDisk, keyBounds } from '../postgres/probes';
-import { names, plan, runningSql, type Inventory, type MigrationSpec } from './sql';
+import { blockCount, names, plan, runningSql, type Inventory, type MigrationSpec } from './sql';
 import { stepFailure } from '../step-context';
 
 /** Everything that must carry over, and every reason not to start; changes nothing. */
@@ -83,7 +83,7 @@ export async function precheck(spec: MigrationSpec): Promise<Inventory> {
       freeBytes: free,
       neededBytes: need,
       plan: plan(spec, inventory),
-      summary: `${rows} rows (${mb(bytes)}), ${indexes.length} indexes, ${foreignKeys.length} foreign keys to carry over (${foreignKeys.map((f) => f.table).join(', ') || 'none'}); ${Math.ceil((maxKey - minKey + 1) / spec.batchRows)} batches`,
+      summary: `${rows} rows (${mb(bytes)}), ${indexes.length} indexes, ${foreignKeys.length} foreign keys to carry over (${foreignKeys.map((f) => f.table).join(', ') || 'none'}); ${blockCount(rows, spec.batchRows)} batches of ${spec.batchRows} keys`,
     };
   });
 }

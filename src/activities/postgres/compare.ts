@@ -13,20 +13,32 @@ export interface Comparison {
 }
 
 /**
- * Count and checksum both tables per range of `chunk` keys, each range in one statement (one
- * snapshot), on all `lanes` side by side; the ranges that differ. Rows hash by their columns' own
+ * Every `$n`-th key of a table, in order, walked down its index (a range of keys that exist,
+ * however sparse they are): $1 the step.
+ */
+export function everyNthKeySql(table: string, key: string, n = '$1'): string {
+  const [k, t] = [ident(key), ident(table)];
+  return `WITH RECURSIVE walk(k) AS (
+    SELECT (SELECT ${k} FROM ${t} ORDER BY ${k} OFFSET ${n} LIMIT 1)
+    UNION ALL
+    SELECT (SELECT ${k} FROM ${t} WHERE ${k} > walk.k ORDER BY ${k} OFFSET ${n} - 1 LIMIT 1) FROM walk WHERE walk.k IS NOT NULL
+  ) SELECT array_agg(k ORDER BY k) FROM walk WHERE k IS NOT NULL`;
+}
+
+/**
+ * Count and checksum both tables per range of about `chunk` keys, each range in one statement (one
+ * snapshot), on all `lanes` side by side; the ranges that differ. The ranges follow the keys the
+ * left table has (every `chunk`-th one), so sparse keys cost no more than dense ones; the first and
+ * last are open-ended, so a row only one side has is still counted. Rows hash by their columns' own
  * hash functions (twice as fast as hashing their text), or by their text when a column type has
  * none (json). Heartbeats after every range.
  */
 export async function compare(lanes: Client[], key: string, left: string, right: string, chunk: number): Promise<Comparison> {
   const [c] = lanes;
   const k = ident(key);
-  const bounds = await c.query<{ min: string | null; max: string | null }>(
-    `SELECT least((SELECT min(${k}) FROM ${ident(left)}), (SELECT min(${k}) FROM ${ident(right)})) AS min,
-            greatest((SELECT max(${k}) FROM ${ident(left)}), (SELECT max(${k}) FROM ${ident(right)})) AS max`,
-  );
-  const min = Number(bounds.rows[0].min ?? 0);
-  const max = Number(bounds.rows[0].max ?? 0);
+  const { rows: walked } = await c.query<{ bounds: string[] | null }>(`SELECT (${everyNthKeySql(left, key)})::text[] AS bounds`, [chunk]);
+  // Range i is [edges[i], edges[i + 1]); null is open-ended. Keys stay text: they may pass 2^53.
+  const edges: (string | null)[] = [null, ...(walked[0].bounds ?? []), null];
   const probe = (table: string) => `(SELECT hash_record_extended(t, 0) FROM ${ident(table)} t LIMIT 1)`;
   const hashable = await c.query(`${probe(left)} UNION ALL ${probe(right)}`).then(
     () => true,
@@ -34,28 +46,26 @@ export async function compare(lanes: Client[], key: string, left: string, right:
   );
   const rowHash = hashable ? 'hash_record_extended(t, 0)' : 'hashtextextended(t::text, 0)';
   const side = (table: string) =>
-    `(SELECT count(*)::bigint AS n, coalesce(sum(${rowHash}), 0) AS h FROM ${ident(table)} t WHERE ${k} >= $1 AND ${k} < $2)`;
+    `(SELECT count(*)::bigint AS n, coalesce(sum(${rowHash}), 0) AS h FROM ${ident(table)} t
+       WHERE ($1::text IS NULL OR ${k} >= $1::text::bigint) AND ($2::text IS NULL OR ${k} < $2::text::bigint))`;
   const sql = `SELECT l.n AS ln, l.h AS lh, r.n AS rn, r.h AS rh FROM ${side(left)} l, ${side(right)} r`;
-  const ranges: number[] = [];
+  const differing: number[] = [];
   let rows = 0;
-  let chunks = 0;
-  let next = min;
+  let next = 0;
   await Promise.all(
     lanes.map(async (lane) => {
-      for (let from = next; from <= max; from = next) {
-        next += chunk;
-        const { rows: r } = await lane.query(sql, [from, from + chunk]);
-        if (r[0].ln !== r[0].rn || r[0].lh !== r[0].rh) ranges.push(from);
+      for (let i = next++; i < edges.length - 1; i = next++) {
+        const { rows: r } = await lane.query(sql, [edges[i], edges[i + 1]]);
+        if (r[0].ln !== r[0].rn || r[0].lh !== r[0].rh) differing.push(i);
         rows += Number(r[0].ln);
-        chunks += 1;
         heartbeat();
       }
     }),
   );
   return {
-    ranges: ranges.sort((a, b) => a - b).map((from) => `[${from}, ${from + chunk})`),
+    ranges: differing.sort((a, b) => a - b).map((i) => `[${edges[i] ?? '-∞'}, ${edges[i + 1] ?? '∞'})`),
     rows,
-    chunks,
+    chunks: edges.length - 1,
     hash: hashable ? 'record' : 'text',
   };
 }

@@ -1,5 +1,5 @@
 // Locks: a transaction that gives way on a lock timeout or a deadlock and tries again, and advisory
-// locks over blocks of integer keys.
+// locks over blocks of integer keys, the blocks bounded by keys taken from the data.
 import { heartbeat } from '@temporalio/activity';
 import { escapeLiteral, type Client } from 'pg';
 
@@ -35,19 +35,30 @@ export async function lockRetrying<T>(c: Client, work: () => Promise<T>, attempt
 const isLockConflict = (err: unknown): boolean => ['55P03', '40P01'].includes((err as { code?: string }).code ?? '');
 
 /**
- * The advisory lock of a block of keys (`block` is an SQL expression: key / rows, truncated as SQL
- * divides), in a class of the table's own. Taken shared by each writer of a key and exclusively by
- * whoever owns the whole block for a moment.
+ * The advisory lock of a block of keys (`block` is an SQL expression giving the block's number), in
+ * a class of the table's own. Taken shared by each writer of a key and exclusively by whoever owns
+ * the whole block for a moment.
  */
 export function blockLock(table: string, block: string, mode: 'shared' | 'exclusive'): string {
   return `pg_advisory_xact_lock${mode === 'shared' ? '_shared' : ''}(hashtext(${escapeLiteral(`fermata ${table}`)}), ((${block}) % 2147483647)::int)`;
 }
 
-/** The first and last key of a block, as SQL's truncating division groups them (block 0 spans zero). */
-export function blockKeys(block: number, rows: number): [number, number] {
-  if (block > 0) return [block * rows, block * rows + rows - 1];
-  if (block < 0) return [block * rows - rows + 1, block * rows];
-  return [-(rows - 1), rows - 1];
+/**
+ * The block of a key, given the blocks' ascending lower bounds (SQL expressions both): 0 below the
+ * first bound, i from the i-th bound up to the next, found by width_bucket's binary search.
+ */
+export const blockOf = (key: string, bounds: string): string => `width_bucket((${key})::bigint, ${bounds})`;
+
+const [MIN_KEY, MAX_KEY] = ['-9223372036854775808', '9223372036854775807'];
+
+/**
+ * The first and last key of a block as `blockOf` groups them, from the ascending lower bounds (keys
+ * as text: bigints beyond a JavaScript number's exact integers stay exact). The first block has no
+ * lower end and the last no upper end: they run to the ends of bigint.
+ */
+export function blockKeys(block: number, bounds: string[]): [string, string] {
+  if (!Number.isInteger(block) || block < 0 || block > bounds.length) throw new RangeError(`no block ${block} of ${bounds.length + 1}`);
+  return [block === 0 ? MIN_KEY : bounds[block - 1], block === bounds.length ? MAX_KEY : String(BigInt(bounds[block]) - 1n)];
 }
 
 const delay = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
