@@ -94,6 +94,8 @@ const targetSchema = z
     service: serviceSchema.optional(),
     host: hostSchema.default({ kind: 'local' }),
     redis: redisSchema.optional(),
+    /** Where physical backups of its PostgreSQL go (the RAM upgrade's), on its host: a directory per run inside it. */
+    backupDir: z.string().regex(/^\//, 'an absolute path').optional(),
     /** The webhook told when a run on this target opens a gate or waits for a decision: a name from `webhooks`, or one of its own. */
     notify: z.union([nameSchema, webhookSchema]).optional(),
   })

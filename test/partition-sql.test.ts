@@ -7,12 +7,15 @@ import {
   finalCheckSql,
   names,
   plan,
+  repointViewSql,
   setStateSql,
   shadowDdl,
   shadowIndex,
+  shadowStatistics,
   swap,
   syncFunction,
   syncTriggerSql,
+  triggerOn,
   type MigrationSpec,
   type TableFacts,
 } from '../src/activities/partition-migration/sql';
@@ -54,7 +57,9 @@ describe('shadowDdl', () => {
   const ddl = shadowDdl(spec, facts);
 
   test('the partitioned table first, then one partition per remainder, zero-padded to sort', () => {
-    expect(ddl[0]).toBe('CREATE TABLE "files_fermata_new" (LIKE "files" INCLUDING ALL EXCLUDING INDEXES) PARTITION BY HASH ("id")');
+    expect(ddl[0]).toBe(
+      'CREATE TABLE "files_fermata_new" (LIKE "files" INCLUDING ALL EXCLUDING INDEXES EXCLUDING STATISTICS) PARTITION BY HASH ("id")',
+    );
     const partitions = ddl.filter((s) => s.includes('PARTITION OF'));
     expect(partitions).toHaveLength(16);
     expect(partitions[0]).toBe('CREATE TABLE "files_p00" PARTITION OF "files_fermata_new" FOR VALUES WITH (MODULUS 16, REMAINDER 0)');
@@ -76,8 +81,127 @@ describe('shadowDdl', () => {
       { ...spec, table: 'we"ird', partitionKey: 'Key', partitions: 2 },
       { ...facts, primaryKey: ['Key'], indexes: [], ownForeignKeys: [], grants: [] },
     );
-    expect(odd[0]).toBe('CREATE TABLE "we""ird_fermata_new" (LIKE "we""ird" INCLUDING ALL EXCLUDING INDEXES) PARTITION BY HASH ("Key")');
+    expect(odd[0]).toBe(
+      'CREATE TABLE "we""ird_fermata_new" (LIKE "we""ird" INCLUDING ALL EXCLUDING INDEXES EXCLUDING STATISTICS) PARTITION BY HASH ("Key")',
+    );
     expect(odd[3]).toBe('ALTER TABLE "we""ird_fermata_new" ADD CONSTRAINT "we""ird_fermata_new_pkey" PRIMARY KEY ("Key")');
+  });
+});
+
+describe('what LIKE does not copy', () => {
+  const withAll: TableFacts = {
+    ...facts,
+    grants: [
+      { grantee: 'reader', privilege: 'SELECT', grantable: true },
+      { grantee: 'PUBLIC', privilege: 'SELECT (filename)' },
+    ],
+    statistics: [
+      { name: 'files_stats', definition: 'CREATE STATISTICS public.files_stats (dependencies) ON filename, content_hash FROM files' },
+    ],
+    settings: {
+      owner: 'app_owner',
+      comment: "the library's files",
+      options: ['fillfactor=90', 'autovacuum_enabled=false'],
+      replicaIdentity: 'd',
+      statisticsTargets: [{ column: 'filename', target: 500 }],
+      indexComments: [
+        { index: 'files_pkey', comment: 'by id' },
+        { index: 'idx_files_hash', comment: 'dedup' },
+      ],
+    },
+  };
+  const ddl = shadowDdl({ ...spec, partitions: 2 }, withAll);
+
+  test('storage parameters on every partition; grants with their grant option and on columns; statistics, targets, comments, owner', () => {
+    expect(ddl[1]).toBe(
+      'CREATE TABLE "files_p0" PARTITION OF "files_fermata_new" FOR VALUES WITH (MODULUS 2, REMAINDER 0) WITH (fillfactor=90, autovacuum_enabled=false)',
+    );
+    expect(ddl.slice(6)).toEqual([
+      'GRANT SELECT ON "files_fermata_new" TO reader WITH GRANT OPTION',
+      'GRANT SELECT (filename) ON "files_fermata_new" TO PUBLIC',
+      'CREATE STATISTICS "files_stats_fm" (dependencies) ON filename, content_hash FROM "files_fermata_new"',
+      'ALTER TABLE "files_fermata_new" ALTER COLUMN "filename" SET STATISTICS 500',
+      `COMMENT ON TABLE "files_fermata_new" IS 'the library''s files'`,
+      `COMMENT ON INDEX "files_fermata_new_pkey" IS 'by id'`,
+      `COMMENT ON INDEX "idx_files_hash_fm" IS 'dedup'`,
+      'ALTER TABLE "files_fermata_new" OWNER TO app_owner',
+      'ALTER TABLE "files_p0" OWNER TO app_owner',
+      'ALTER TABLE "files_p1" OWNER TO app_owner',
+    ]);
+  });
+
+  test('a storage parameter or statistics definition it cannot read is refused, not pasted into SQL', () => {
+    expect(() => shadowDdl(spec, { ...withAll, settings: { ...withAll.settings!, options: ["x='); DROP TABLE y; --"] } })).toThrow(
+      'cannot read option',
+    );
+    expect(() => shadowStatistics({ name: 's', definition: 'CREATE STATISTICS public.s ON a, b FROM tags' }, 'files', 'x')).toThrow(
+      'cannot read statistics definition',
+    );
+  });
+
+  test('swap renames the statistics like the indexes; the application triggers move to the live table and back', () => {
+    const triggers = [
+      {
+        name: 'files_touch',
+        definition: 'CREATE TRIGGER files_touch BEFORE UPDATE ON public.files FOR EACH ROW EXECUTE FUNCTION touch()',
+        enabled: 'O',
+        unsupported: null,
+      },
+      {
+        name: 'files_audit',
+        definition: 'CREATE TRIGGER files_audit AFTER DELETE ON public.files FOR EACH ROW EXECUTE FUNCTION audit()',
+        enabled: 'D',
+        unsupported: null,
+      },
+    ];
+    const forward = swap(spec, { ...withAll, triggers }, 'forward');
+    const back = swap(spec, { ...withAll, triggers }, 'back');
+    expect(forward).toEqual(
+      expect.arrayContaining([
+        'ALTER STATISTICS "files_stats" RENAME TO "files_stats_old"',
+        'ALTER STATISTICS "files_stats_fm" RENAME TO "files_stats"',
+      ]),
+    );
+    const rest = (statements: string[]) => statements.filter((s) => /TRIGGER (IF EXISTS )?"?files_/.test(s));
+    expect(rest(forward)).toEqual([
+      'ALTER TABLE "files_old" DISABLE TRIGGER "files_touch"',
+      'CREATE TRIGGER files_touch BEFORE UPDATE ON "files" FOR EACH ROW EXECUTE FUNCTION touch()',
+      'CREATE TRIGGER files_audit AFTER DELETE ON "files" FOR EACH ROW EXECUTE FUNCTION audit()',
+      'ALTER TABLE "files" DISABLE TRIGGER "files_audit"',
+    ]);
+    expect(rest(back)).toEqual([
+      'DROP TRIGGER IF EXISTS "files_touch" ON "files_fermata_new"',
+      'ALTER TABLE "files" ENABLE TRIGGER "files_touch"',
+      'DROP TRIGGER IF EXISTS "files_audit" ON "files_fermata_new"',
+    ]);
+    expect(back).toEqual(
+      expect.arrayContaining([
+        'ALTER STATISTICS "files_stats" RENAME TO "files_stats_fm"',
+        'ALTER STATISTICS "files_stats_old" RENAME TO "files_stats"',
+      ]),
+    );
+    expect(() =>
+      triggerOn(
+        { ...triggers[0], definition: 'CREATE TRIGGER t BEFORE UPDATE ON public.tags FOR EACH ROW EXECUTE FUNCTION f()' },
+        'files',
+        'x',
+      ),
+    ).toThrow('cannot read trigger definition');
+  });
+
+  test('a view is replaced in place with its query and its options, which the replacement would otherwise reset', () => {
+    expect(
+      repointViewSql({
+        name: 'small_files',
+        definition: ' SELECT files.id\n   FROM files\n  WHERE (files.id < 10);',
+        options: ['security_barrier=true', 'check_option=local'],
+      }),
+    ).toBe(
+      'CREATE OR REPLACE VIEW small_files WITH (security_barrier=true, check_option=local) AS SELECT files.id\n   FROM files\n  WHERE (files.id < 10)',
+    );
+    expect(repointViewSql({ name: '"Odd View"', definition: 'SELECT 1;', options: [] })).toBe(
+      'CREATE OR REPLACE VIEW "Odd View" AS SELECT 1',
+    );
   });
 });
 
@@ -268,5 +392,10 @@ test('the plan shows the statements the run executes, from the same builders', (
   // The batch count is the rows', not the key range's: a sparse table plans as many as a dense one.
   expect(plan(spec, { ...facts, minKey: 1, maxKey: 2 ** 62 }).find((p) => p.step === 'backfill')!.text).toMatch(/^5 blocks of 1000 keys/);
   expect(texts('cutover')).toEqual(swap(spec, facts, 'forward'));
+  expect(
+    plan(spec, { ...facts, views: ['recent_files'] })
+      .filter((p) => p.step === 'cutover')
+      .pop()!.text,
+  ).toMatch(/^CREATE OR REPLACE VIEW … AS <its query, read under the lock> for each view reading files: recent_files/);
   expect(steps.map((p) => p.step)).toEqual(expect.arrayContaining(['verify', 'finalize']));
 });

@@ -103,6 +103,14 @@ async function state(t: TestTarget) {
       : 'none';
     return {
       relations,
+      // Which table each view reads, with its options; and where each statistics object is.
+      views: await rows(
+        `SELECT DISTINCT v.relname, d.refobjid::regclass::text AS reads, coalesce(v.reloptions::text, '') AS options
+           FROM pg_class v JOIN pg_rewrite r ON r.ev_class = v.oid JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
+          WHERE v.relkind = 'v' AND v.relnamespace = 'public'::regnamespace AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> v.oid
+          ORDER BY 1, 2`,
+      ),
+      statistics: await rows(`SELECT stxname, stxrelid::regclass::text AS "on" FROM pg_statistic_ext ORDER BY 1`),
       serial: (await rows(`SELECT pg_get_serial_sequence('files', 'id') AS s`))[0].s,
       triggers: await rows(
         `SELECT tgrelid::regclass::text AS "table", tgname, tgenabled::text AS enabled FROM pg_trigger WHERE NOT tgisinternal ORDER BY 1, 2`,
@@ -223,7 +231,42 @@ const cutover: Step = {
   ],
 };
 
-describe.each([createShadow, capture, cutover])('step $name', (step) => {
+/** Views on the table (one on another, one security_barrier), an updated_at and an audit trigger, a statistics object. */
+const dependentsSql = `
+ALTER TABLE files ADD COLUMN updated_at timestamptz;
+CREATE TABLE file_audit (n bigserial PRIMARY KEY, file_id bigint NOT NULL, op text NOT NULL);
+CREATE FUNCTION files_touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.updated_at := clock_timestamp(); RETURN NEW; END $$;
+CREATE FUNCTION files_audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN INSERT INTO file_audit (file_id, op) VALUES (NEW.id, TG_OP); RETURN NULL; END $$;
+CREATE TRIGGER files_touch BEFORE UPDATE ON files FOR EACH ROW EXECUTE FUNCTION files_touch();
+CREATE TRIGGER files_audit AFTER INSERT OR UPDATE ON files FOR EACH ROW EXECUTE FUNCTION files_audit();
+CREATE VIEW recent_files AS SELECT id, filename FROM files WHERE id > 100;
+CREATE VIEW recent_names AS SELECT filename FROM recent_files;
+CREATE VIEW small_files WITH (security_barrier) AS SELECT id, filename FROM files WHERE file_size_bytes < 1000000 WITH LOCAL CHECK OPTION;
+CREATE STATISTICS files_name_hash (dependencies) ON filename, content_hash FROM files`;
+
+const cutoverWithDependents: Step = {
+  ...cutover,
+  name: 'cutover with views and triggers',
+  setup: async (t) => {
+    await t.query(dependentsSql);
+    return cutover.setup(t);
+  },
+  verify: async (s) => {
+    await cutover.verify(s);
+    const reads = await s.t.query(
+      `SELECT DISTINCT d.refobjid::regclass::text AS reads FROM pg_rewrite r JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
+        WHERE r.ev_class IN ('recent_files'::regclass, 'small_files'::regclass) AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> r.ev_class`,
+    );
+    expect(reads).toEqual([{ reads: 'files' }]);
+    expect([await triggerOn(s.t, 'files', 'files_audit'), await triggerOn(s.t, 'files_old', 'files_audit')]).toEqual(['O', 'D']);
+  },
+  faults: [
+    { label: 'the views re-created (connection killed)', at: /^CREATE OR REPLACE VIEW/, kind: 'kill' },
+    { label: 'a trigger created on the new table (refused)', at: /^CREATE TRIGGER files_audit/, kind: 'error' },
+  ],
+};
+
+describe.each([createShadow, capture, cutover, cutoverWithDependents])('step $name', (step) => {
   test('check → apply → verify → rollback → rollback again → check → apply again → verify', async () => {
     const s = await step.setup(await newTarget(uniqueId(`step-${step.name}`)));
     await step.check(s);

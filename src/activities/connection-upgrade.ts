@@ -208,7 +208,7 @@ export function createConnectionUpgradeActivities() {
       const pending = rows.map((r) => r.name);
       const how = files ? ` (server was down: ${saved!.autoConf} put back from ${saved!.copy} and started)` : '';
       return {
-        summary: `restored ${changes.map((ch) => ch.name).join(', ')}${how}; restart needed for: ${pending.join(', ') || 'none'}`,
+        summary: `restored ${changes.map((ch) => ch.name).join(', ') || 'no setting'}${how}; restart needed for: ${pending.join(', ') || 'none'}`,
         pendingRestart: pending,
         files,
       };
@@ -283,10 +283,11 @@ export function createConnectionUpgradeActivities() {
 }
 
 /**
- * A connection upgrade's leftovers: its entries in postgresql.auto.conf, put back as its rollback
- * does, and a restart when the server already runs the new restart-only values.
+ * The leftovers of a run that changed settings (connection upgrade, RAM upgrade): its entries in
+ * postgresql.auto.conf, put back as its rollback does, and a restart when the server already runs
+ * the new restart-only values (or is down: it is started on its saved configuration).
  */
-export const upgradeLeftovers: Undoer<Extract<LeftoverRecord, { runbook: 'connectionUpgrade' }>> = {
+export const upgradeLeftovers: Undoer<Extract<LeftoverRecord, { changes: SettingChange[] }>> = {
   async inspect(targetName, { changes, autoConf }) {
     const names = changes.map((ch) => ch.name);
     const read = await onTarget(resolveTarget(targetName), async (c) => ({

@@ -6,6 +6,7 @@ import { createLeaseActivities } from './lease';
 import { createLeftoverActivities } from './leftovers';
 import { createNotifyActivities } from './notify';
 import { createPartitionMigrationActivities, partitionLeftovers } from './partition-migration/activities';
+import { createRamUpgradeActivities } from './ram-upgrade';
 import { createRedisActivities, redisLeftovers } from './redis-deployment';
 import { createRestartActivities } from './postgres/restart';
 
@@ -15,12 +16,14 @@ export function createActivities(audit: AuditLog, temporal: TemporalClient) {
     ...createLeaseActivities(audit.endpoint, temporal),
     ...createLeftoverActivities(audit.endpoint, temporal, {
       connectionUpgrade: upgradeLeftovers,
+      ramUpgrade: upgradeLeftovers,
       partitionMigration: partitionLeftovers,
       redisDeployment: redisLeftovers,
     }),
     ...createConnectionUpgradeActivities(),
     ...createPartitionMigrationActivities(),
     ...createRedisActivities(),
+    ...createRamUpgradeActivities(),
     ...createRestartActivities(),
     ...createNotifyActivities(),
   };

@@ -26,7 +26,9 @@ export interface Undoer<R extends LeftoverRecord> {
   undo(target: string, record: R): Promise<Evidence>;
 }
 
-export type Undoers = { [R in LeftoverRecord['runbook']]: Undoer<Extract<LeftoverRecord, { runbook: R }>> };
+export type Undoers = {
+  [R in LeftoverRecord['runbook']]: Undoer<Extract<LeftoverRecord, { runbook: R }> | (LeftoverRecord & { runbook: R })>;
+};
 
 interface Row {
   workflow_id: string;

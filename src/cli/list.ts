@@ -16,6 +16,8 @@ const runbookDescriptions: Record<RunbookName, string> = {
     'move a table into hash partitions online: backfill with write capture, verify, cut over at gate "cutover", drop the old table at gate "finalize"',
   redisDeployment:
     'deploy the Redis cache (process or docker) after gate "deploy": config file, persistence verified, a restart survived, cache keys and monitoring checked',
+  ramUpgrade:
+    'RAM upgrade: benchmark, physical backup, stop at gate "stop", the hardware at gate "hardware", the new RAM verified, settings retuned and restarted, sanity and benchmark checked; rolls back the settings, or restores the backup',
   recover:
     'find what ended (terminated) runs left on a target, say what their owner is, and undo it after gate "recover" (also: fermata recover <target>)',
 };

@@ -22,6 +22,8 @@ export const ErrorType = {
   RestartFailed: 'RestartFailed',
   /** The server refused a statement; details carry its SQLSTATE `code` and `constraint`. Retried: a lock or a serialization failure passes. */
   SqlFailed: 'SqlFailed',
+  /** A check after a change found the target short of what it should be (RAM missing, data differs, slower): a person decides. */
+  VerificationFailed: 'VerificationFailed',
   /** A host command (pg_ctl, systemctl, docker, ssh) exited non-zero. */
   CommandFailed: 'CommandFailed',
   /** A port the runbook needs is held by a program it did not start. Nothing was stopped; retrying looks again. */
@@ -41,6 +43,7 @@ export const nonRetryableTypes: string[] = [
   ErrorType.PrecheckFailed,
   ErrorType.PreflightFailed,
   ErrorType.RestartFailed,
+  ErrorType.VerificationFailed,
   ErrorType.Refused,
 ];
 

@@ -144,6 +144,42 @@ export const redisDeploymentSchema = z
   .strict();
 export type RedisDeploymentInput = z.infer<typeof redisDeploymentSchema>;
 
+/** A size as PostgreSQL writes one in its configuration: "32GB", "512MB", "4096kB". */
+const pgSize = z.string().regex(/^\d+(kB|MB|GB|TB)$/, 'a PostgreSQL size such as "32GB", "512MB" or "4096kB"');
+
+export const ramUpgradeSchema = z
+  .object({
+    ...commonInput,
+    /** The RAM the machine will have once the hardware step is done; verify-ram passes within 5 %. */
+    expectedRamGiB: z.number().positive().max(65_536),
+    /** New memory settings: computed from the verified RAM with pgtune's web/OLTP formulas, or given. */
+    tune: z
+      .union([
+        z.literal('pgtune'),
+        z
+          .object({
+            shared_buffers: pgSize,
+            effective_cache_size: pgSize,
+            work_mem: pgSize,
+            maintenance_work_mem: pgSize,
+            huge_pages: z.enum(['on', 'off', 'try']).optional(),
+          })
+          .strict(),
+      ])
+      .default('pgtune'),
+    /** The read benchmark before and after: three runs of `seconds` with `clients` connections. */
+    benchmark: z
+      .object({ seconds: z.number().min(1).max(600).default(3), clients: z.number().int().min(1).max(64).default(4) })
+      .strict()
+      .default({}),
+    /** Where the physical backup goes (a directory per run inside it); by default the target's `backupDir`. */
+    backupDir: z.string().regex(/^\//, 'an absolute path').optional(),
+    /** Keep the backup after a successful run (it is always kept otherwise). */
+    keepBackup: z.boolean().default(true),
+  })
+  .strict();
+export type RamUpgradeInput = z.infer<typeof ramUpgradeSchema>;
+
 /** The recover runbook: only the common inputs (`recoverLeftovers: true` undoes without asking). */
 export const recoverSchema = z.object(commonInput).strict();
 export type RecoverInput = z.infer<typeof recoverSchema>;
@@ -152,6 +188,7 @@ export const runbookSchemas = {
   connectionUpgrade: connectionUpgradeSchema,
   partitionMigration: partitionMigrationSchema,
   redisDeployment: redisDeploymentSchema,
+  ramUpgrade: ramUpgradeSchema,
   recover: recoverSchema,
 } as const;
 export type RunbookName = keyof typeof runbookSchemas;

@@ -8,7 +8,7 @@ import type { SettingChange } from './settings';
 
 /** Enough to undo a run's changes with its own rollback steps: what it changed, and what was there before. */
 export type LeftoverRecord =
-  | { runbook: 'connectionUpgrade'; changes: SettingChange[]; autoConf: Record<string, string>; saved?: SavedConfig }
+  | { runbook: 'connectionUpgrade' | 'ramUpgrade'; changes: SettingChange[]; autoConf: Record<string, string>; saved?: SavedConfig }
   | { runbook: 'partitionMigration'; spec: MigrationSpec; inventory: Inventory }
   | { runbook: 'redisDeployment'; settings: RedisSettings; state: RedisPrecheck['state']; before: Record<string, string> };
 

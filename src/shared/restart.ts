@@ -19,4 +19,6 @@ export interface RestartRequest {
   /** Restart-only settings and the values the restarted server must run with, as pg_settings shows them. */
   expect: Record<string, string>;
   saved: SavedConfig;
+  /** The RAM the server has: the restart then stops, checks shared_memory_size fits, and starts. */
+  memoryBytes?: number;
 }

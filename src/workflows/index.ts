@@ -3,3 +3,4 @@ export { connectionUpgrade } from './connection-upgrade';
 export { partitionMigration } from './partition-migration';
 export { redisDeployment } from './redis-deployment';
 export { recover } from './recover';
+export { ramUpgrade } from './ram-upgrade';

@@ -11,12 +11,12 @@ import type { LeftoverRecord } from '../../shared/leftovers';
 import type { Evidence } from '../../shared/status';
 import { resolveTarget } from '../../targets';
 import type { Undoer } from '../leftovers';
-import { exists } from '../postgres/catalog';
+import { exists, views as viewsOn } from '../postgres/catalog';
 import { compare, listRanges } from '../postgres/compare';
 import { onTarget, onTargetTwice, value } from '../postgres/connection';
 import { lockRetrying } from '../postgres/locks';
 import { keyBounds, longTransactions } from '../postgres/probes';
-import { precheck } from './precheck';
+import { dependentsSince, precheck } from './precheck';
 import * as sql from './sql';
 import { names, type Inventory, type MigrationSpec } from './sql';
 import { stepFailure } from '../step-context';
@@ -147,6 +147,13 @@ export function createPartitionMigrationActivities() {
             ErrorType.NotConverged,
             `waiting for long transactions to end first: ${long.map((r) => `pid ${r.pid} (${r.seconds} s)`).join(', ')}`,
           );
+        // Nothing bound to the old table is left for finalize to find: what depends on the table is read again.
+        const changed = await dependentsSince(c, spec, inventory);
+        if (changed.length)
+          throw stepFailure(
+            ErrorType.NotConverged,
+            `what depends on ${spec.table} changed since the precheck:\n${changed.map((r) => `- ${r}`).join('\n')}`,
+          );
         const compared = await compare([c, second], spec.partitionKey, spec.table, n.shadow, VERIFY_CHUNK);
         if (compared.ranges.length)
           throw stepFailure(
@@ -171,17 +178,26 @@ export function createPartitionMigrationActivities() {
               ErrorType.NotConverged,
               `final check: highest ${spec.partitionKey} is ${check.source} in ${spec.table}, ${check.shadow} in ${n.shadow}`,
             );
+          // Views follow the renamed table: read under the lock, re-created against the new one after the renames.
+          const views = await viewsOn(c, spec.table);
           for (const statement of sql.swap(spec, inventory, 'forward')) await c.query(statement);
+          // In one round trip: under load every statement sent on its own waits for both processes to be scheduled.
+          if (views.length) await c.query(views.map(sql.repointViewSql).join(';\n'));
           await c.query(sql.setStateSql('cut_over'), [spec.table]);
-          return locked;
+          return { at: locked, views: views.map((v) => v.name) };
         });
-        const writeBlockMs = Date.now() - locked; // until the commit
+        const writeBlockMs = Date.now() - locked.at; // until the commit
         for (const fk of inventory.foreignKeys) await c.query(sql.validateSql(fk));
         await c.query(`ANALYZE ${ident(spec.table)}`);
+        const triggers = (inventory.triggers ?? []).map((t) => t.name);
         return {
-          summary: `cut over: writes blocked for ${writeBlockMs} ms; ${compared.rows} rows equal just before; ${spec.table}_old kept current by a reverse trigger`,
+          summary: `cut over: writes blocked for ${writeBlockMs} ms; ${compared.rows} rows equal just before; ${spec.table}_old kept current by a reverse trigger${
+            locked.views.length ? `; views re-created against the new ${spec.table}: ${locked.views.join(', ')}` : ''
+          }${triggers.length ? `; triggers on the new ${spec.table} (disabled on ${n.old}): ${triggers.join(', ')}` : ''}`,
           writeBlockMs,
           rows: compared.rows,
+          views: locked.views,
+          triggers,
         };
       });
     },
@@ -201,14 +217,22 @@ export function createPartitionMigrationActivities() {
           await c.query(sql.lockTablesSql(spec.table, n.old));
           const locked = Date.now();
           for (const fk of inventory.foreignKeys) await c.query(sql.lockReferencingSql(fk));
+          const views = await viewsOn(c, spec.table); // re-pointed at the original table after the renames
           for (const statement of sql.swap(spec, inventory, 'back')) await c.query(statement);
+          if (views.length) await c.query(views.map(sql.repointViewSql).join(';\n'));
           await c.query(sql.dropFunctionsSql(n.reverseFunction)); // its trigger went with the swap
           await c.query(sql.setStateSql('copying'), [spec.table]);
-          return locked;
+          return { at: locked, views: views.map((v) => v.name) };
         });
-        const writeBlockMs = Date.now() - locked;
+        const writeBlockMs = Date.now() - locked.at;
         for (const fk of inventory.foreignKeys) await c.query(sql.validateSql(fk));
-        return { summary: `swapped back: ${spec.table} is the original table again (writes blocked ${writeBlockMs} ms)`, writeBlockMs };
+        return {
+          summary: `swapped back: ${spec.table} is the original table again (writes blocked ${writeBlockMs} ms)${
+            locked.views.length ? `; views re-created against it: ${locked.views.join(', ')}` : ''
+          }`,
+          writeBlockMs,
+          views: locked.views,
+        };
       });
     },
 
@@ -243,17 +267,42 @@ export function createPartitionMigrationActivities() {
       return onTarget(target, async (c) => {
         // One table at a time: with the trigger gone first, no writer touches the old table any more.
         // DROP TRIGGER alone locks the partitions before the parent, and deadlocked with writers
-        // holding the parent and waiting for a partition; LOCK TABLE takes the parent first.
-        await lockRetrying(c, async () => {
-          await c.query(sql.lockTablesSql(spec.table));
-          await c.query(sql.dropTriggerSql(n.reverseTrigger, spec.table));
-        });
-        await lockRetrying(c, async () => {
-          await c.query(sql.dropTableSql(n.old));
-          await c.query(sql.dropFunctionsSql(n.reverseFunction, n.forwardFunction));
-          await c.query(sql.setStateSql('finalized'), [spec.table]);
-        });
-        return { summary: `${n.old} and the sync triggers dropped` };
+        // holding the parent and waiting for a partition; LOCK TABLE takes the parent first, as
+        // writers do. Every write queues behind the awaited lock: a short lock timeout, retried
+        // often, bounds their wait when a long transaction holds the table (with 2 s, a 3 s report
+        // held writes for 2 s), and the retries run for a minute before the step fails.
+        const patient = { lockTimeoutMs: 150, attempts: 60, maxDelayMs: 1_000 };
+        const started = Date.now();
+        let attempts = 0;
+        const asked = await lockRetrying(
+          c,
+          async () => {
+            attempts++;
+            const asked = Date.now();
+            await c.query(sql.lockTablesSql(spec.table));
+            await c.query(sql.dropTriggerSql(n.reverseTrigger, spec.table));
+            return asked;
+          },
+          patient,
+        );
+        const writeBlockMs = Date.now() - asked; // from asking for the lock to the commit
+        // The old table's own foreign keys lock the tables they reference as it is dropped.
+        await lockRetrying(
+          c,
+          async () => {
+            await c.query(sql.dropTableSql(n.old));
+            await c.query(sql.dropFunctionsSql(n.reverseFunction, n.forwardFunction));
+            await c.query(sql.setStateSql('finalized'), [spec.table]);
+          },
+          patient,
+        );
+        const durationMs = Date.now() - started;
+        return {
+          summary: `${n.old} and the sync triggers dropped in ${durationMs} ms: writes held for ${writeBlockMs} ms (${attempts} ${attempts === 1 ? 'try' : `tries of ≤ ${patient.lockTimeoutMs} ms`})`,
+          writeBlockMs,
+          durationMs,
+          attempts,
+        };
       });
     },
   };

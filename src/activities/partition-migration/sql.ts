@@ -5,7 +5,7 @@ import { escapeIdentifier as ident, escapeLiteral } from 'pg';
 import { q } from '../../shared/errors';
 import type { PartitionMigrationInput } from '../../shared/inputs';
 import type { Evidence, PlannedAction } from '../../shared/status';
-import type { ForeignKey } from '../postgres/catalog';
+import type { ForeignKey, Grant, Statistics, TableSettings, Trigger, View } from '../postgres/catalog';
 import { everyNthKeySql } from '../postgres/compare';
 import { blockLock, blockOf } from '../postgres/locks';
 import type { StepOf } from '../../shared/steps';
@@ -39,7 +39,15 @@ export interface TableFacts {
   /** This table's own foreign keys: the shadow gets them too (constraint names are per table). */
   ownForeignKeys: ForeignKey[];
   sequence: { name: string; identity: boolean } | null;
-  grants: { grantee: string; privilege: string }[];
+  grants: Grant[];
+  /** Owner, comment, storage parameters, per-column statistics targets, index comments (absent: none). */
+  settings?: TableSettings;
+  /** The application's triggers: created on the new table in the cut-over transaction, and back on swap-back. */
+  triggers?: Trigger[];
+  /** Extended statistics objects: created on the shadow as `<name>_fm`, renamed at the cut-over like indexes. */
+  statistics?: Statistics[];
+  /** Views reading the table directly: re-created against the new table in the cut-over transaction. */
+  views?: string[];
   rows: number;
   bytes: number;
   minKey: number;
@@ -103,11 +111,14 @@ export function shadowDdl(spec: MigrationSpec, inventory: TableFacts): string[] 
   const width = String(spec.partitions - 1).length;
   const shadow = ident(n.shadow);
   const statements = [
-    `CREATE TABLE ${shadow} (LIKE ${ident(spec.table)} INCLUDING ALL EXCLUDING INDEXES) PARTITION BY HASH (${ident(spec.partitionKey)})`,
+    `CREATE TABLE ${shadow} (LIKE ${ident(spec.table)} INCLUDING ALL EXCLUDING INDEXES EXCLUDING STATISTICS) PARTITION BY HASH (${ident(spec.partitionKey)})`,
   ];
+  const settings = inventory.settings;
+  // A partitioned table takes no storage parameters: each partition gets the source's.
+  const storage = settings?.options.length ? ` WITH (${settings.options.map(option).join(', ')})` : '';
   for (let i = 0; i < spec.partitions; i++) {
     statements.push(
-      `CREATE TABLE ${ident(n.partition(i, width))} PARTITION OF ${shadow} FOR VALUES WITH (MODULUS ${spec.partitions}, REMAINDER ${i})`,
+      `CREATE TABLE ${ident(n.partition(i, width))} PARTITION OF ${shadow} FOR VALUES WITH (MODULUS ${spec.partitions}, REMAINDER ${i})${storage}`,
     );
   }
   statements.push(
@@ -115,8 +126,63 @@ export function shadowDdl(spec: MigrationSpec, inventory: TableFacts): string[] 
   );
   for (const index of inventory.indexes.filter((i) => !i.primary)) statements.push(shadowIndex(index, spec.table, n.shadow));
   for (const fk of inventory.ownForeignKeys) statements.push(`ALTER TABLE ${shadow} ADD CONSTRAINT ${ident(fk.name)} ${fk.definition}`);
-  for (const g of inventory.grants) statements.push(`GRANT ${g.privilege} ON ${shadow} TO ${g.grantee}`);
+  for (const g of inventory.grants)
+    statements.push(`GRANT ${g.privilege} ON ${shadow} TO ${g.grantee}${g.grantable ? ' WITH GRANT OPTION' : ''}`);
+  for (const st of inventory.statistics ?? []) statements.push(shadowStatistics(st, spec.table, n.shadow));
+  if (settings) {
+    for (const { column, target } of settings.statisticsTargets)
+      statements.push(`ALTER TABLE ${shadow} ALTER COLUMN ${ident(column)} SET STATISTICS ${Number(target)}`);
+    if (settings.comment !== null) statements.push(`COMMENT ON TABLE ${shadow} IS ${escapeLiteral(settings.comment)}`);
+    for (const { index, comment } of settings.indexComments) {
+      const primary = inventory.indexes.find((i) => i.name === index)?.primary;
+      statements.push(`COMMENT ON INDEX ${ident(primary ? `${n.shadow}_pkey` : `${index}_fm`)} IS ${escapeLiteral(comment)}`);
+    }
+    // The role migrating creates the shadow; the table's owner gets it, partitions included.
+    if (settings.owner) {
+      statements.push(`ALTER TABLE ${shadow} OWNER TO ${settings.owner}`);
+      for (let i = 0; i < spec.partitions; i++) statements.push(`ALTER TABLE ${ident(n.partition(i, width))} OWNER TO ${settings.owner}`);
+    }
+  }
   return statements;
+}
+
+/** A storage parameter or view option as reloptions holds it (`fillfactor=70`), checked before it goes into SQL. */
+function option(text: string): string {
+  if (!/^[a-z_.]+=[A-Za-z0-9_.-]+$/.test(text)) throw new Error(`cannot read option ${q(text)}`);
+  return text;
+}
+
+/** The source's statistics object aimed at the shadow, under a name of its own until the cut-over. */
+export function shadowStatistics(st: Statistics, table: string, shadow: string): string {
+  const match = /^CREATE STATISTICS (\S+)( .* FROM )(?:public\.)?(\S+)$/s.exec(st.definition);
+  if (!match || match[3] !== table) throw new Error(`cannot read statistics definition ${q(st.definition)}`);
+  return `CREATE STATISTICS ${ident(`${st.name}_fm`)}${match[2]}${ident(shadow)}`;
+}
+
+/** An application trigger's definition aimed at another table (its name is per table: it stays). */
+export function triggerOn(trigger: Trigger, table: string, on: string): string {
+  const at = [` ON public.${table} `, ` ON public.${ident(table)} `].find((s) => trigger.definition.includes(s));
+  if (!at) throw new Error(`cannot read trigger definition ${q(trigger.definition)}`);
+  return trigger.definition.replace(at, ` ON ${ident(on)} `);
+}
+
+/** The statement that puts a trigger on a table in a state (pg_trigger.tgenabled), by default the one it had. */
+export function triggerState(trigger: Trigger, table: string, enabled = trigger.enabled): string {
+  const verb = ({ O: 'ENABLE', D: 'DISABLE', R: 'ENABLE REPLICA', A: 'ENABLE ALWAYS' } as Record<string, string>)[enabled];
+  if (!verb) throw new Error(`unknown trigger state ${q(enabled)} of ${q(trigger.name)}`);
+  return `ALTER TABLE ${ident(table)} ${verb} TRIGGER ${ident(trigger.name)}`;
+}
+
+/**
+ * A view re-created against the table its query names now: same name, query and options, so it
+ * keeps its identity, owner, grants, comments and the views built on it (CREATE OR REPLACE keeps
+ * the view's OID; only its query is parsed again, which binds the table name to the table now
+ * called so). Options are given again: the replacement's list replaces the view's.
+ */
+export function repointViewSql(view: View): string {
+  const definition = view.definition.trim().replace(/;$/, '');
+  const options = view.options.length ? ` WITH (${view.options.map(option).join(', ')})` : '';
+  return `CREATE OR REPLACE VIEW ${view.name}${options} AS ${definition}`;
 }
 
 /** The source index's definition aimed at the shadow, under a name of its own until the cut-over. */
@@ -233,6 +299,27 @@ export function swap(spec: MigrationSpec, inventory: TableFacts, direction: 'for
     const parkedName = index.primary ? (direction === 'forward' ? `${liveName}_old` : `${n.shadow}_pkey`) : `${index.name}${parkedSuffix}`;
     statements.push(`ALTER INDEX ${id(liveName)} RENAME TO ${id(parkedName)}`, `ALTER INDEX ${id(incomingName)} RENAME TO ${id(liveName)}`);
   }
+  for (const st of inventory.statistics ?? []) {
+    const [, parkedSuffix, incomingSuffix] = indexSuffix;
+    statements.push(
+      `ALTER STATISTICS ${id(st.name)} RENAME TO ${id(`${st.name}${parkedSuffix}`)}`,
+      `ALTER STATISTICS ${id(`${st.name}${incomingSuffix}`)} RENAME TO ${id(st.name)}`,
+    );
+  }
+  // The application's triggers fire on the live table only. Forward: created on the new table, now
+  // (enabled from this commit on), and disabled on the old one, where the reverse trigger's copies
+  // would fire them a second time. Back: dropped from the shadow, as before the cut-over (the capture
+  // trigger's copies would fire them there), and the original table's put back as they were.
+  for (const t of inventory.triggers ?? []) {
+    if (direction === 'forward') {
+      if (t.enabled !== 'D') statements.push(triggerState(t, parked, 'D'));
+      statements.push(triggerOn(t, spec.table, live));
+      if (t.enabled !== 'O') statements.push(triggerState(t, live));
+    } else {
+      statements.push(`DROP TRIGGER IF EXISTS ${id(t.name)} ON ${id(parked)}`);
+      if (t.enabled !== 'D') statements.push(triggerState(t, live));
+    }
+  }
   if (inventory.sequence) {
     const serial = (table: string) => `pg_get_serial_sequence(${escapeLiteral(`public.${table}`)}, ${escapeLiteral(spec.partitionKey)})`;
     statements.push(
@@ -310,6 +397,15 @@ export function plan(spec: MigrationSpec, inventory: TableFacts): Planned[] {
     },
     { step: 'cutover', kind: 'check', text: 'gate "cutover", then the maintenance window' },
     ...swap(spec, inventory, 'forward').map(sql('cutover')),
+    ...(inventory.views?.length
+      ? [
+          {
+            step: 'cutover' as const,
+            kind: 'sql' as const,
+            text: `CREATE OR REPLACE VIEW … AS <its query, read under the lock> for each view reading ${spec.table}: ${inventory.views.join(', ')} (views on them keep following them)`,
+          },
+        ]
+      : []),
     sql('finalize')(`gate "finalize", then DROP TABLE ${n.old} and the sync triggers`),
   ];
 }

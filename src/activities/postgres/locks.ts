@@ -4,15 +4,30 @@ import { heartbeat } from '@temporalio/activity';
 import { escapeLiteral, type Client } from 'pg';
 
 /**
+ * How long a lock is waited for before giving way, how often, and the longest pause between tries.
+ * While an exclusive lock is awaited every writer queues behind it: the lock timeout bounds what
+ * one attempt can cost them.
+ */
+export interface LockRetry {
+  attempts?: number;
+  lockTimeoutMs?: number;
+  maxDelayMs?: number;
+}
+
+/**
  * Run `work` in a transaction with a short lock timeout, retried with backoff on a lock timeout
  * (55P03) or a deadlock (40P01). Writers take the table and its referencing tables in either
  * order (a cascade delete goes parent → child, an FK check child → parent), so a cut-over can
  * deadlock with them: its short deadlock_timeout makes it, not a writer, the one that gives way.
  */
-export async function lockRetrying<T>(c: Client, work: () => Promise<T>, attempts = 10): Promise<T> {
+export async function lockRetrying<T>(
+  c: Client,
+  work: () => Promise<T>,
+  { attempts = 10, lockTimeoutMs = 2_000, maxDelayMs = 5_000 }: LockRetry = {},
+): Promise<T> {
   for (let attempt = 1; ; attempt++) {
     await c.query('BEGIN');
-    await c.query(`SET LOCAL lock_timeout = '2s'`);
+    await c.query(`SET LOCAL lock_timeout = '${Math.round(lockTimeoutMs)}ms'`);
     await c.query('SAVEPOINT deadlock_timeout');
     await c.query(`SET LOCAL deadlock_timeout = '50ms'`).then(
       () => c.query('RELEASE SAVEPOINT deadlock_timeout'),
@@ -26,7 +41,7 @@ export async function lockRetrying<T>(c: Client, work: () => Promise<T>, attempt
       await c.query('ROLLBACK');
       if (!isLockConflict(err) || attempt === attempts) throw err;
       heartbeat();
-      await delay(Math.min(100 * 2 ** attempt, 5_000));
+      await delay(Math.min(100 * 2 ** attempt, maxDelayMs));
     }
   }
 }

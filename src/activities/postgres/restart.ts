@@ -4,6 +4,7 @@
 // restart that does not come back puts the copy back on disk, without a connection, and starts the
 // server on the configuration it had before the run.
 import { activityInfo } from '@temporalio/activity';
+import { ApplicationFailure } from '@temporalio/common';
 import { escapeLiteral } from 'pg';
 import path from 'node:path';
 import { ErrorType, q } from '../../shared/errors';
@@ -26,10 +27,15 @@ const STARTING_MS = 600_000;
  * Run `argv` where the server's files are, as the user that owns them. A stopped container cannot
  * exec, so `offline` runs it in a throwaway container of the same image with the same volumes.
  */
-async function onServerFiles(target: Target, argv: string[], { offline = false } = {}): Promise<CommandResult> {
+export async function onServerFiles(
+  target: Target,
+  argv: string[],
+  { offline = false, input }: { offline?: boolean; input?: string } = {},
+): Promise<CommandResult> {
   const { service } = postgresOf(target);
-  if (service.kind !== 'docker') return run(target.host, argv, { asUser: service.osUser });
-  if (!offline) return run(target.host, ['docker', 'exec', '--user', 'postgres', service.container, ...argv]);
+  if (service.kind !== 'docker') return run(target.host, argv, { asUser: service.osUser, input });
+  if (!offline)
+    return run(target.host, ['docker', 'exec', ...(input ? ['-i'] : []), '--user', 'postgres', service.container, ...argv], { input });
   const image = (await run(target.host, ['docker', 'inspect', '--format', '{{.Config.Image}}', service.container])).stdout.trim();
   const [entrypoint, ...args] = argv;
   return run(target.host, [
@@ -97,8 +103,17 @@ export async function preflight(target: Target, saved: SavedConfig, expect: Reco
       problems.push(`postgres -C ${name} failed: ${(err as Error).message}`);
     }
   }
+  // Memory settings print in their unit ("16384" × 8kB): compare bytes.
+  const units = await onTarget(target, (c) =>
+    c.query<{ name: string; bytes: string }>(
+      `SELECT name, pg_size_bytes(CASE WHEN unit ~ '^[0-9]' THEN unit ELSE '1' || unit END) AS bytes
+         FROM pg_settings WHERE name = ANY($1) AND unit ~ '^[0-9]*(B|kB|MB|GB|TB)$'`,
+      [Object.keys(expect)],
+    ),
+  );
+  const unitBytes = new Map(units.rows.map((r) => [r.name, Number(r.bytes)]));
   for (const [name, want] of Object.entries(expect)) {
-    if (name in onDisk && !sameSetting(name, onDisk[name], want))
+    if (name in onDisk && !sameSetting(name, onDisk[name], want, unitBytes.get(name)))
       problems.push(`${name} would start as ${q(onDisk[name])}, not ${q(want)}`);
   }
   const libraries = parseList(onDisk.shared_preload_libraries ?? '');
@@ -124,7 +139,7 @@ export async function preflight(target: Target, saved: SavedConfig, expect: Reco
  * Wait until the server answers. It counts as down when nothing answers for DOWN_MS, unless it says
  * it is starting up (57P03), which it may do for STARTING_MS.
  */
-async function comesUp(target: Target): Promise<boolean> {
+export async function comesUp(target: Target): Promise<boolean> {
   const since = Date.now();
   let starting = since;
   for (;;) {
@@ -215,6 +230,31 @@ async function bringBack(target: Target, saved: SavedConfig, reason: string, dow
   );
 }
 
+/** The share of a server's RAM its shared memory may take: the rest is for backends' work_mem and the OS cache. */
+const SHARED_MEMORY_SHARE = 0.8;
+
+/**
+ * The shared memory the files on disk ask for (`postgres -C shared_memory_size`, server stopped) must
+ * fit the RAM the server has; if not, the run's configuration is taken back and the server started on
+ * the old one, and the step fails (PreflightFailed): a size the machine cannot hold is refused, not
+ * found out by a failed start or by swapping.
+ */
+async function fitsMemory(target: Target, saved: SavedConfig, memoryBytes: number, downSince: number): Promise<void> {
+  const asked = await onServerFiles(target, [path.posix.join(saved.binDir, 'postgres'), '-C', 'shared_memory_size', '-D', saved.dataDir], {
+    offline: true,
+  });
+  const mb = Number(asked.stdout.trim());
+  const limit = memoryBytes * SHARED_MEMORY_SHARE;
+  if (mb * 1024 ** 2 <= limit) return;
+  await restoreSavedConfig(target, saved);
+  throw stepFailure(
+    ErrorType.PreflightFailed,
+    `refused before starting: shared_memory_size would be ${mb} MB, more than ${Math.floor(limit / 1024 ** 2)} MB (${SHARED_MEMORY_SHARE * 100} % of the ${Math.floor(memoryBytes / 1024 ** 2)} MB the server has); ${saved.autoConf} put back from before the run and the server started on it after ${Date.now() - downSince} ms down`,
+    { sharedMemoryMb: mb, memoryBytes },
+    'preflight',
+  );
+}
+
 /** What waits for a restart, and when the postmaster started; undefined when the server does not answer. */
 async function restartState(target: Target): Promise<{ pending: string[]; startedAt: Date } | undefined> {
   return onTarget(target, async (c) => ({
@@ -244,9 +284,15 @@ export async function restartServer(request: RestartRequest): Promise<Evidence> 
       const started = Date.now();
       let command: CommandResult;
       try {
-        command = await controlService(target.host, service, 'restart');
+        if (request.memoryBytes) {
+          // shared_memory_size is computed only with the server stopped: stop, ask, then start.
+          await controlService(target.host, service, 'stop');
+          await fitsMemory(target, request.saved, request.memoryBytes, started);
+          command = await controlService(target.host, service, 'start');
+        } else command = await controlService(target.host, service, 'restart');
         if (!(await comesUp(target))) throw new Error(`nothing answers ${DOWN_MS / 1000} s after the restart`);
       } catch (err) {
+        if (err instanceof ApplicationFailure && err.type === ErrorType.PreflightFailed) throw err; // back on the old configuration already
         return bringBack(target, request.saved, 'the server did not come back after the restart', started, err);
       }
       const unavailableMs = Date.now() - started;

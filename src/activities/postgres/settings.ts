@@ -49,7 +49,23 @@ export const formatList = (elements: string[]): string =>
   elements.map((e) => (/^[\w.$/-]+$/.test(e) ? e : `"${e.replace(/"/g, '""')}"`)).join(', ');
 
 /** Whether two values of `name` mean the same: element by element for a list, else as text. */
-export function sameSetting(name: string, a: string, b: string): boolean {
+const SIZE_UNITS: Record<string, number> = { B: 1, kB: 1024, MB: 1024 ** 2, GB: 1024 ** 3, TB: 1024 ** 4 };
+
+/** Bytes of a memory value: "128MB", or a bare number in the setting's unit (`unitBytes`, 8192 for shared_buffers). */
+const sizeBytes = (value: string, unitBytes: number): number | undefined => {
+  const m = /^(\d+)\s*(B|kB|MB|GB|TB)?$/.exec(value.trim());
+  return m ? Number(m[1]) * (m[2] ? SIZE_UNITS[m[2]] : unitBytes) : undefined;
+};
+
+/**
+ * Whether two values of a setting are the same: lists element by element, memory sizes by bytes
+ * when `unitBytes` (the setting's unit) is given — `postgres -C shared_buffers` says "16384" for 128MB.
+ */
+export function sameSetting(name: string, a: string, b: string, unitBytes?: number): boolean {
+  if (unitBytes) {
+    const [x, y] = [sizeBytes(a, unitBytes), sizeBytes(b, unitBytes)];
+    if (x !== undefined && y !== undefined) return x === y;
+  }
   if (!LIST_SETTINGS.has(name)) return a === b;
   const [x, y] = [parseList(a), parseList(b)];
   return x.length === y.length && x.every((e, i) => e === y[i]);

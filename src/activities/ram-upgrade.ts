@@ -1,0 +1,475 @@
+// Activities of the RAM Upgrade runbook: a physical backup before anything stops, the RAM read
+// through the server after the hardware step, memory settings retuned from what was verified, and
+// the data checked against what it was. Restarts go through the kit's restartServer.
+import { activityInfo, heartbeat } from '@temporalio/activity';
+import path from 'node:path';
+import { escapeIdentifier as ident } from 'pg';
+import { ErrorType, q } from '../shared/errors';
+import type { RamUpgradeInput } from '../shared/inputs';
+import type { SavedConfig } from '../shared/restart';
+import type { SettingChange } from '../shared/settings';
+import { formatBytes } from '../shared/size';
+import type { Evidence } from '../shared/status';
+import { password, postgresOf, resolveTarget, type Target } from '../targets';
+import { upgradeLeftovers } from './connection-upgrade';
+import { heartbeating, run } from './host/command';
+import { controlService, serviceCommand } from './host/service';
+import { autoConfEntries } from './postgres/config';
+import { onTarget, value } from './postgres/connection';
+import { serverMemory, type ServerMemory } from './postgres/memory';
+import { comesUp, onServerFiles, restartServer } from './postgres/restart';
+import { alterSystemSql } from './postgres/settings';
+import { planOf, settingsFor, tunedNames, type MemorySettings } from './ram-upgrade-plan';
+import { stepFailure } from './step-context';
+
+/** The library tables whose rows must be the same after the upgrade (those the target has). */
+const LIBRARY_TABLES = ['files', 'tags', 'file_tags', 'musical_metadata'];
+/** verify-ram passes when the RAM the server sees is within this share of the expected size (MemTotal reads ~2 % low). */
+const RAM_TOLERANCE = 0.05;
+/** verify-performance fails below this share of the baseline's median tps. */
+const TPS_FLOOR = 0.95;
+const GIB = 1024 ** 3;
+
+export type RamSettings = Pick<RamUpgradeInput, 'target' | 'expectedRamGiB' | 'tune' | 'backupDir'>;
+
+/** Row counts of the library tables and the highest id of files: what sanity compares. */
+export type Counts = Record<string, number>;
+
+export interface RamPrecheck extends Evidence {
+  memory: ServerMemory;
+  /** The memory settings as the server runs them now. */
+  before: Record<string, string>;
+  /** Their postgresql.auto.conf entries (absent: not set there), for the rollback. */
+  autoConf: Record<string, string>;
+  maxConnections: number;
+  maxWorkerProcesses: number;
+  counts: Counts;
+  checksumFailures: number;
+  backupDir: string;
+  /** What a retune for the expected RAM would write (the dry run's plan shows it). */
+  expectedSettings: MemorySettings;
+  plan: ReturnType<typeof planOf>;
+  summary: string;
+}
+
+const within = (bytes: number, expectedGiB: number): boolean => Math.abs(bytes / GIB - expectedGiB) <= expectedGiB * RAM_TOLERANCE;
+const gib = (bytes: number): string => `${(bytes / GIB).toFixed(2)} GiB`;
+
+async function libraryCounts(target: Target): Promise<Counts> {
+  return onTarget(target, async (c) => {
+    const counts: Counts = {};
+    for (const table of LIBRARY_TABLES) {
+      if (!(await value<boolean>(c, 'SELECT to_regclass($1) IS NOT NULL', [`public.${table}`]))) continue;
+      counts[table] = Number(await value(c, `SELECT count(*) FROM ${ident(table)}`));
+    }
+    if ('files' in counts) counts['max(files.id)'] = Number((await value(c, 'SELECT max(id) FROM files')) ?? 0);
+    return counts;
+  });
+}
+
+const checksumFailures = (target: Target): Promise<number> =>
+  onTarget(target, async (c) => Number(await value(c, 'SELECT coalesce(sum(checksum_failures), 0) FROM pg_stat_database')));
+
+/** The run's own directory inside the backup directory: the workflow id, safe as a file name. */
+const runDir = (backupDir: string): string =>
+  path.posix.join(backupDir, (activityInfo().workflowExecution?.workflowId ?? 'run').replace(/[^\w.-]/g, '_'));
+
+export function createRamUpgradeActivities() {
+  return {
+    /** Read the server and refuse, changing nothing, when it cannot go ahead. */
+    async ramPrecheck(input: RamSettings): Promise<RamPrecheck> {
+      const target = resolveTarget(input.target);
+      const backupDir = input.backupDir ?? target.backupDir;
+      if (!backupDir)
+        throw stepFailure(ErrorType.PrecheckFailed, `no backup directory: set backupDir on target ${q(target.name)} or in the input`);
+      const read = await onTarget(target, async (c) => {
+        if (!(await value<boolean>(c, 'SELECT rolsuper FROM pg_roles WHERE rolname = current_user')))
+          throw stepFailure(
+            ErrorType.PrecheckFailed,
+            'the target role is not a superuser: reading the RAM (pg_read_file) and ALTER SYSTEM need one',
+          );
+        const { rows } = await c.query<{ name: string; value: string }>(
+          'SELECT name, current_setting(name) AS value FROM pg_settings WHERE name = ANY($1) ORDER BY name',
+          [[...tunedNames, 'max_connections', 'max_worker_processes']],
+        );
+        return {
+          memory: await serverMemory(c),
+          settings: Object.fromEntries(rows.map((r) => [r.name, r.value])),
+          autoConf: await autoConfEntries(c, [...tunedNames]),
+          dataBytes: Number(await value(c, 'SELECT sum(pg_database_size(datname)) FROM pg_database')),
+        };
+      });
+      const { memory } = read;
+      if (within(memory.bytes, input.expectedRamGiB))
+        throw stepFailure(
+          ErrorType.PrecheckFailed,
+          `the server already has ${gib(memory.bytes)}, within ${RAM_TOLERANCE * 100} % of the expected ${input.expectedRamGiB} GiB: nothing to upgrade`,
+        );
+      const { service } = postgresOf(target);
+      const free = await run(target.host, ['df', '-B1', '--output=avail', backupDir]).then(
+        (r) => Number(r.stdout.trim().split('\n').pop()),
+        () => undefined,
+      );
+      if (free === undefined)
+        throw stepFailure(ErrorType.PrecheckFailed, `backup directory ${q(backupDir)} does not exist on the target's host`);
+      if (free < read.dataBytes * 1.1)
+        throw stepFailure(
+          ErrorType.PrecheckFailed,
+          `${formatBytes(free)} free in ${backupDir}, but the backup needs ${formatBytes(read.dataBytes * 1.1)} (the databases + 10 %)`,
+        );
+      const maxConnections = Number(read.settings.max_connections);
+      const maxWorkerProcesses = Number(read.settings.max_worker_processes);
+      const expectedSettings = settingsFor(input.tune, input.expectedRamGiB * GIB, maxConnections, maxWorkerProcesses);
+      const counts = await libraryCounts(target);
+      return {
+        memory,
+        before: read.settings,
+        autoConf: read.autoConf,
+        maxConnections,
+        maxWorkerProcesses,
+        counts,
+        checksumFailures: await checksumFailures(target),
+        backupDir,
+        dataBytes: read.dataBytes,
+        freeBytes: free,
+        expectedSettings,
+        plan: planOf({
+          expectedRamGiB: input.expectedRamGiB,
+          settings: expectedSettings,
+          backupDir,
+          stop: serviceCommand(service, 'stop').argv.join(' '),
+          start: serviceCommand(service, 'start').argv.join(' '),
+        }),
+        summary: `RAM ${gib(memory.bytes)}${memory.cgroup ? ` (cgroup limit; MemTotal ${gib(memory.memTotalBytes)})` : ''}, expected ${input.expectedRamGiB} GiB; shared_buffers ${read.settings.shared_buffers}; ${formatBytes(read.dataBytes)} of data; ${Object.entries(
+          counts,
+        )
+          .map(([k, v]) => `${k} ${v}`)
+          .join(', ')}`,
+      };
+    },
+
+    /**
+     * Random primary-key reads of files by `clients` connections, three runs: tps and the cache hit
+     * ratio. Given the baseline's median, a median below 95 % of it fails for a person to decide.
+     */
+    async ramBenchmark(
+      targetName: string,
+      { seconds, clients }: RamUpgradeInput['benchmark'],
+      baselineMedian?: number,
+    ): Promise<Evidence & { median: number }> {
+      const target = resolveTarget(targetName);
+      const stats = () =>
+        onTarget(target, async (c) => {
+          const { rows } = await c.query<{ hit: string; read: string }>(
+            'SELECT blks_hit AS hit, blks_read AS read FROM pg_stat_database WHERE datname = current_database()',
+          );
+          return { hit: Number(rows[0].hit), read: Number(rows[0].read) };
+        });
+      const maxId = Number((await onTarget(target, (c) => value(c, 'SELECT max(id) FROM files'))) ?? 1);
+      const tps: number[] = [];
+      const before = await stats();
+      for (let runNo = 0; runNo < 3; runNo++) {
+        const deadline = Date.now() + seconds * 1000;
+        const counts = await Promise.all(
+          Array.from({ length: clients }, () =>
+            onTarget(target, async (c) => {
+              let n = 0;
+              while (Date.now() < deadline) {
+                await c.query('SELECT * FROM files WHERE id = $1', [1 + Math.floor(Math.random() * maxId)]);
+                n++;
+              }
+              return n;
+            }),
+          ),
+        );
+        tps.push(Math.round(counts.reduce((a, b) => a + b, 0) / seconds));
+        heartbeat(runNo);
+      }
+      const after = await stats();
+      const [hit, read] = [after.hit - before.hit, after.read - before.read];
+      const hitRatio = hit + read ? hit / (hit + read) : 1;
+      const sorted = [...tps].sort((a, b) => a - b);
+      const said = `${sorted[1]} tps median (min ${sorted[0]}, max ${sorted[2]}), cache hit ratio ${(hitRatio * 100).toFixed(1)} %`;
+      const ratio = baselineMedian ? sorted[1] / baselineMedian : undefined;
+      if (ratio !== undefined && ratio < TPS_FLOOR)
+        throw stepFailure(
+          ErrorType.VerificationFailed,
+          `slower than before the upgrade: ${said}, ${(ratio * 100).toFixed(0)} % of the baseline's ${baselineMedian} tps (at least ${TPS_FLOOR * 100} % expected)`,
+          { tps, hitRatio, ratio },
+        );
+      return {
+        summary: ratio === undefined ? said : `${said}: ${(ratio * 100).toFixed(0)} % of the baseline's ${baselineMedian} tps`,
+        ratio,
+        tps,
+        min: sorted[0],
+        median: sorted[1],
+        max: sorted[2],
+        hitRatio,
+      };
+    },
+
+    /**
+     * pg_basebackup into the run's own directory, then pg_verifybackup. A retry finds a verified
+     * backup and keeps it, or removes its own partial one and starts again. The password reaches
+     * pg_basebackup in a passfile only the server's OS user can read, never in an argument.
+     */
+    async ramBackup(targetName: string, backupDir: string): Promise<Evidence & { path: string }> {
+      const target = resolveTarget(targetName);
+      const { postgres } = postgresOf(target);
+      const binDir = await onTarget(target, (c) => value<string>(c, `SELECT setting FROM pg_config WHERE name = 'BINDIR'`));
+      const dir = runDir(backupDir);
+      const verify = () => onServerFiles(target, [path.posix.join(binDir, 'pg_verifybackup'), '-q', dir]);
+      return heartbeating(
+        (async () => {
+          const started = Date.now();
+          const kept = await verify().then(
+            () => true,
+            () => false,
+          );
+          if (!kept) {
+            await onServerFiles(target, ['rm', '-rf', dir]);
+            const passfile = `${dir}.pgpass`;
+            const secret = password(postgres) ?? '';
+            const line = [postgres.host, postgres.port, '*', postgres.user, secret]
+              .map((f) => String(f).replace(/([:\\])/g, '\\$1'))
+              .join(':');
+            await onServerFiles(target, ['sh', '-c', `umask 077 && cat > "$0"`, passfile], { input: `${line}\n` });
+            try {
+              const conninfo = `host=${postgres.host} port=${postgres.port} user=${postgres.user} dbname=${postgres.database} passfile=${passfile}`;
+              await onServerFiles(target, [
+                path.posix.join(binDir, 'pg_basebackup'),
+                '-d',
+                conninfo,
+                '-D',
+                dir,
+                '-X',
+                'stream',
+                '-c',
+                'fast',
+                '--label',
+                `fermata ${path.posix.basename(dir)}`,
+              ]);
+            } finally {
+              await onServerFiles(target, ['rm', '-f', passfile]).catch(() => undefined);
+            }
+          }
+          const backupMs = Date.now() - started;
+          const verifyStarted = Date.now();
+          await verify();
+          const verifyMs = Date.now() - verifyStarted;
+          const bytes = Number((await onServerFiles(target, ['du', '-sb', dir])).stdout.split(/\s/)[0]);
+          const manifest = JSON.parse((await onServerFiles(target, ['cat', path.posix.join(dir, 'backup_manifest')])).stdout) as {
+            'WAL-Ranges'?: { 'Start-LSN': string; 'End-LSN': string }[];
+          };
+          const wal = manifest['WAL-Ranges']?.[0];
+          return {
+            summary: `${formatBytes(bytes)} in ${dir}${kept ? ' (kept from an earlier attempt)' : ''}: backup ${backupMs} ms, pg_verifybackup ${verifyMs} ms, WAL ${wal?.['Start-LSN']}…${wal?.['End-LSN']}`,
+            path: dir,
+            bytes,
+            backupMs,
+            verifyMs,
+            walStart: wal?.['Start-LSN'],
+            walEnd: wal?.['End-LSN'],
+          };
+        })(),
+      );
+    },
+
+    /** Stop PostgreSQL cleanly; pg_controldata must then say "shut down". */
+    async ramStop(targetName: string, saved: SavedConfig): Promise<Evidence> {
+      const target = resolveTarget(targetName);
+      const started = Date.now();
+      const up = await onTarget(target, (c) => c.query('SELECT 1')).then(
+        () => true,
+        () => false,
+      );
+      if (up) await controlService(target.host, postgresOf(target).service, 'stop');
+      const control = await onServerFiles(target, [path.posix.join(saved.binDir, 'pg_controldata'), '-D', saved.dataDir], {
+        offline: true,
+      });
+      const state = /^Database cluster state:\s+(.*)$/m.exec(control.stdout)?.[1];
+      if (state !== 'shut down')
+        throw stepFailure(ErrorType.VerificationFailed, `pg_controldata says the cluster is ${q(state ?? '?')}, not "shut down"`);
+      return {
+        summary: `stopped${up ? '' : ' (was already)'}; pg_controldata: ${state}`,
+        clusterState: state,
+        stopMs: Date.now() - started,
+      };
+    },
+
+    /** Start PostgreSQL (the stop's rollback, and the start after the hardware step); returns once it answers. */
+    async ramStart(targetName: string): Promise<Evidence> {
+      const target = resolveTarget(targetName);
+      const started = Date.now();
+      const up = await onTarget(target, (c) => c.query('SELECT 1')).then(
+        () => true,
+        () => false,
+      );
+      if (!up) await controlService(target.host, postgresOf(target).service, 'start');
+      if (!(await comesUp(target))) throw stepFailure(ErrorType.CommandFailed, 'PostgreSQL does not answer after its start');
+      return { summary: up ? 'already running' : `started in ${Date.now() - started} ms`, startMs: Date.now() - started };
+    },
+
+    /** Start on the old settings and read the RAM the server sees: within 5 % of the expected size, or fail for a person to decide. */
+    async ramVerifyRam(targetName: string, expectedRamGiB: number): Promise<Evidence & { memory: ServerMemory; startMs: number }> {
+      const target = resolveTarget(targetName);
+      const started = Date.now();
+      await controlService(target.host, postgresOf(target).service, 'start').catch(() => undefined); // already running: fine
+      if (!(await comesUp(target)))
+        throw stepFailure(ErrorType.CommandFailed, 'PostgreSQL does not answer after its start on the old settings');
+      const startMs = Date.now() - started;
+      const memory = await onTarget(target, serverMemory);
+      const seen = `${gib(memory.bytes)}${memory.cgroup ? ` (cgroup ${memory.cgroup.path} limit; MemTotal ${gib(memory.memTotalBytes)})` : ''}`;
+      if (!within(memory.bytes, expectedRamGiB))
+        throw stepFailure(
+          ErrorType.VerificationFailed,
+          `the server sees ${seen}, not ${expectedRamGiB} GiB (±${RAM_TOLERANCE * 100} %): reseat the modules and decide "retry", or "rollback" to the old settings`,
+          { memory },
+        );
+      return { summary: `the server sees ${seen}: expected ${expectedRamGiB} GiB`, memory, startMs };
+    },
+
+    /**
+     * ALTER SYSTEM the new memory settings and restart through restartServer, which stops, checks
+     * that shared_memory_size fits the verified RAM, and starts; then every value is read back.
+     */
+    async ramRetune(request: {
+      target: string;
+      tune: RamUpgradeInput['tune'];
+      memoryBytes: number;
+      maxConnections: number;
+      maxWorkerProcesses: number;
+      saved: SavedConfig;
+    }): Promise<Evidence & { settings: Record<string, string> }> {
+      const target = resolveTarget(request.target);
+      const entries = Object.entries(settingsFor(request.tune, request.memoryBytes, request.maxConnections, request.maxWorkerProcesses));
+      await onTarget(target, async (c) => {
+        for (const [name, to] of entries) await c.query(alterSystemSql(name, to));
+        await c.query('SELECT pg_reload_conf()');
+      });
+      const restart = await restartServer({ target: request.target, expect: {}, saved: request.saved, memoryBytes: request.memoryBytes });
+      const check = await onTarget(target, async (c) => {
+        const { rows } = await c.query<{ name: string; value: string; same: boolean; pending: boolean }>(
+          `SELECT s.name, current_setting(s.name) AS value, s.pending_restart AS pending,
+                  CASE WHEN s.unit IS NULL THEN current_setting(s.name) = w.wanted ELSE pg_size_bytes(current_setting(s.name)) = pg_size_bytes(w.wanted) END AS same
+             FROM pg_settings s JOIN unnest($1::text[], $2::text[]) AS w(name, wanted) ON w.name = s.name`,
+          [entries.map(([n]) => n), entries.map(([, v]) => v)],
+        );
+        return rows;
+      });
+      const wrong = check.filter((r) => !r.same || r.pending);
+      if (wrong.length)
+        throw stepFailure(
+          ErrorType.NotConverged,
+          `after the restart: ${wrong.map((r) => `${r.name} = ${r.value}${r.pending ? ' (pending restart)' : ''}`).join(', ')}`,
+        );
+      return {
+        summary: `${check.map((r) => `${r.name} = ${r.value}`).join(', ')}; ${String(restart.summary)}`,
+        settings: Object.fromEntries(check.map((r) => [r.name, r.value])),
+        restart,
+      };
+    },
+
+    /** The retune's rollback: the postgresql.auto.conf entries from before, and a restart if the server runs the new ones. */
+    async ramRestoreSettings(
+      targetName: string,
+      changes: SettingChange[],
+      autoConf: Record<string, string>,
+      saved: SavedConfig,
+    ): Promise<Evidence> {
+      return upgradeLeftovers.undo(targetName, { runbook: 'connectionUpgrade', changes, autoConf, saved });
+    },
+
+    /** Row counts and max(id) as before, bt_index_check on each library table's primary key, no new checksum failures. */
+    async ramSanity(targetName: string, counts: Counts, failuresBefore: number): Promise<Evidence> {
+      const target = resolveTarget(targetName);
+      const now = await libraryCounts(target);
+      const differ = Object.keys({ ...counts, ...now }).filter((k) => counts[k] !== now[k]);
+      const failures = await checksumFailures(target);
+      const checked = await onTarget(target, async (c) => {
+        const had = await value<boolean>(c, `SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'amcheck')`);
+        if (!had) await c.query('CREATE EXTENSION amcheck');
+        try {
+          const { rows } = await c.query<{ index: string }>(
+            `SELECT i.indexrelid::regclass::text AS index FROM pg_index i
+              WHERE i.indisprimary AND i.indrelid = ANY (SELECT to_regclass(t) FROM unnest($1::text[]) t)`,
+            [LIBRARY_TABLES.map((t) => `public.${t}`)],
+          );
+          for (const { index } of rows) await c.query('SELECT bt_index_check($1::regclass)', [index]);
+          return rows.map((r) => r.index);
+        } finally {
+          if (!had) await c.query('DROP EXTENSION amcheck'); // leave the server as it was
+        }
+      });
+      const problems = [
+        ...differ.map((k) => `${k}: ${now[k] ?? 'missing'}, was ${counts[k] ?? 'missing'}`),
+        ...(failures > failuresBefore ? [`${failures - failuresBefore} new checksum failures`] : []),
+      ];
+      if (problems.length)
+        throw stepFailure(
+          ErrorType.VerificationFailed,
+          `the data is not what it was: ${problems.join('; ')}. Decide "rollback" to restore the backup taken before the stop (the data directory is moved aside, never deleted), or "retry"`,
+          { counts: now, expected: counts },
+        );
+      return {
+        summary: `rows and max(id) as before (${Object.entries(now)
+          .map(([k, v]) => `${k} ${v}`)
+          .join(', ')}); bt_index_check passed on ${checked.join(', ')}; no new checksum failures`,
+        counts: now,
+        indexes: checked,
+      };
+    },
+
+    /**
+     * Restore the backup: stop, move the data directory aside (never deleted), copy the backup in,
+     * fsync, start (it recovers from its backup_label), and count the rows. A retry that finds the
+     * data directory already moved aside copies again into a fresh one.
+     */
+    async ramRestore(targetName: string, backup: string, saved: SavedConfig, counts: Counts): Promise<Evidence> {
+      const target = resolveTarget(targetName);
+      const { service } = postgresOf(target);
+      const aside = `${saved.dataDir}.fermata-before-restore-${path.posix.basename(backup)}`;
+      return heartbeating(
+        (async () => {
+          const started = Date.now();
+          await controlService(target.host, service, 'stop').catch(() => undefined);
+          const moved = await onServerFiles(target, ['test', '-e', aside], { offline: true }).then(
+            () => true,
+            () => false,
+          );
+          if (moved)
+            await onServerFiles(target, ['rm', '-rf', saved.dataDir], { offline: true }); // a partial copy of ours
+          else await onServerFiles(target, ['mv', saved.dataDir, aside], { offline: true });
+          const copyStarted = Date.now();
+          await onServerFiles(target, ['cp', '-a', backup, saved.dataDir], { offline: true });
+          await onServerFiles(target, ['rm', '-f', path.posix.join(saved.dataDir, 'backup_manifest')], { offline: true });
+          await onServerFiles(target, ['sync'], { offline: true });
+          const copyMs = Date.now() - copyStarted;
+          await controlService(target.host, service, 'start');
+          if (!(await comesUp(target)))
+            throw stepFailure(ErrorType.CommandFailed, 'PostgreSQL does not answer after starting on the restored backup');
+          const now = await libraryCounts(target);
+          const differ = Object.keys(counts).filter((k) => counts[k] !== now[k]);
+          if (differ.length)
+            throw stepFailure(
+              ErrorType.VerificationFailed,
+              `restored, but ${differ.map((k) => `${k}: ${now[k]}, expected ${counts[k]}`).join('; ')}`,
+            );
+          return {
+            summary: `restored from ${backup} in ${Date.now() - started} ms (copy + fsync ${copyMs} ms); the old data directory kept in ${aside}; rows as before`,
+            restoreMs: Date.now() - started,
+            copyMs,
+            movedAside: aside,
+            counts: now,
+          };
+        })(),
+      );
+    },
+
+    /** Remove the run's backup (only asked for after a successful run, with keepBackup false). */
+    async ramDropBackup(targetName: string, backup: string): Promise<Evidence> {
+      await onServerFiles(resolveTarget(targetName), ['rm', '-rf', backup]);
+      return { summary: `${backup} removed (keepBackup false)` };
+    },
+  };
+}

@@ -1,0 +1,232 @@
+// The RAM Upgrade runbook on a PostgreSQL that runs inside a memory cgroup (v1) whose limit is the
+// machine's "RAM": the test raises the limit while the run holds at gate "hardware", as a person
+// would install the modules. Where cgroups cannot be written the tests say so and are skipped.
+import type { WorkflowHandle } from '@temporalio/client';
+import execa from 'execa';
+import { chmodSync, existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { OS_USER, pgBinDir } from '../src/stack/postgres';
+import { approveSignal, decideSignal, TASK_QUEUE } from '../src/shared/messages';
+import type { RunbookResult, RunbookStatus } from '../src/shared/status';
+import { runDir } from './harness/paths';
+import { historyText, linesWith } from './harness/records';
+import {
+  closeHarness,
+  env,
+  failureOf,
+  newTarget,
+  startWorker,
+  temporal,
+  uniqueId,
+  waitForStatus,
+  writeTargets,
+  type RunningWorker,
+  type TestTarget,
+} from './harness/stack';
+
+const CGROUPS = '/sys/fs/cgroup/memory';
+const GIB = 1024 ** 3;
+const writable = existsSync(path.join(CGROUPS, 'cgroup.procs')) && process.getuid?.() === 0;
+if (!writable) console.log(`ram upgrade tests skipped: ${CGROUPS} (cgroup v1 memory) is not writable here`);
+const maybe = writable ? test : test.skip;
+
+let worker: RunningWorker;
+const groups: string[] = [];
+const targets: TestTarget[] = [];
+beforeAll(async () => {
+  worker = await startWorker();
+});
+afterAll(async () => {
+  await worker?.stop();
+  await closeHarness();
+  for (const t of targets) await t.stop().catch(() => undefined);
+  for (const g of groups) {
+    try {
+      rmdirSync(g);
+    } catch {
+      // a process still in it; the machine's reboot clears it
+    }
+  }
+});
+
+/**
+ * A target whose PostgreSQL runs in a memory cgroup limited to `ramGiB`: its service's pg_ctl is a
+ * wrapper that joins the cgroup first, so the runbook's starts and restarts stay inside it too.
+ */
+async function inCgroup(name: string, ramGiB: number) {
+  const group = path.join(CGROUPS, uniqueId(`fermata-${name}`));
+  mkdirSync(group);
+  groups.push(group);
+  for (const file of ['cgroup.procs', 'tasks']) await execa('chown', [OS_USER ?? 'root', path.join(group, file)]);
+  const setLimit = (gib: number) => writeFileSync(path.join(group, 'memory.limit_in_bytes'), String(Math.round(gib * GIB)));
+  setLimit(ramGiB);
+  const wrapper = path.join(runDir, 'pg-in-cgroup', path.basename(group));
+  mkdirSync(wrapper, { recursive: true });
+  writeFileSync(path.join(wrapper, 'pg_ctl'), `#!/bin/sh\necho $$ > ${group}/cgroup.procs\nexec ${pgBinDir()}/pg_ctl "$@"\n`);
+  chmodSync(path.join(wrapper, 'pg_ctl'), 0o755);
+  const backups = path.join(runDir, 'backups', path.basename(group));
+  mkdirSync(backups, { recursive: true });
+  await execa('chown', [OS_USER ?? 'root', backups]);
+  const target = await newTarget(uniqueId(name), { binDir: wrapper });
+  targets.push(target);
+  writeTargets((doc) => {
+    (doc.targets[target.name] as Record<string, unknown>).backupDir = backups;
+  });
+  // Into the cgroup: stopped, then started by the wrapper, and the library read inside it.
+  const startInside = () =>
+    execa('runuser', [
+      '-u',
+      OS_USER ?? 'root',
+      '--',
+      path.join(wrapper, 'pg_ctl'),
+      'start',
+      '-D',
+      target.dataDir,
+      '-l',
+      path.join(target.dataDir, 'pg_ctl.log'),
+      '-w',
+    ]);
+  await target.stop();
+  await startInside();
+  await target.query('SELECT count(*) FROM files');
+  const inside = readFileSync(path.join(group, 'cgroup.procs'), 'utf8').trim().split('\n').filter(Boolean).length;
+  expect(inside).toBeGreaterThan(3); // the postmaster and its helpers
+  return { target, setLimit, backups, startInside };
+}
+
+async function start(input: Record<string, unknown>): Promise<WorkflowHandle> {
+  return (await temporal()).workflow.start('ramUpgrade', { taskQueue: TASK_QUEUE, workflowId: uniqueId('ram'), args: [input] });
+}
+const step = (s: RunbookStatus, name: string) => s.steps.find((st) => st.name === name)!;
+const approve = (h: WorkflowHandle, gate: string) => h.signal(approveSignal, { gate, by: 'ops' });
+const benchmark = { seconds: 1, clients: 2 };
+
+maybe(
+  'happy path: backup, stop, the RAM raised at gate hardware, retuned from what the server sees, sanity and speed checked',
+  async () => {
+    const { target, setLimit } = await inCgroup('ram-happy', 1);
+    const sharedBefore = await target.show('shared_buffers');
+    const handle = await start({ target: target.name, expectedRamGiB: 2, benchmark });
+    const held = await waitForStatus(handle, (s) => s.pendingGate?.name === 'stop', 120_000);
+    expect(step(held, 'precheck').evidence!.summary).toMatch(/^RAM 1\.00 GiB \(cgroup limit; MemTotal [\d.]+ GiB\), expected 2 GiB/);
+    expect(step(held, 'backup').evidence!.summary).toMatch(/pg_verifybackup \d+ ms/);
+    await approve(handle, 'stop');
+    await waitForStatus(handle, (s) => s.pendingGate?.name === 'hardware', 60_000);
+    await expect(target.query('SELECT 1')).rejects.toThrow(); // stopped
+    setLimit(2); // the modules are in
+    await approve(handle, 'hardware');
+    const result: RunbookResult = await handle.result();
+    if (result.outcome !== 'completed') throw new Error(JSON.stringify(result.status, null, 1));
+    // Read back by the test: pgtune for 2 GiB, running, nothing pending.
+    expect(await target.show('shared_buffers')).toBe('512MB');
+    expect(await target.show('effective_cache_size')).toBe('1536MB');
+    expect(await target.show('maintenance_work_mem')).toBe('128MB');
+    expect(await target.query('SELECT name FROM pg_settings WHERE pending_restart')).toEqual([]);
+    expect(sharedBefore).toBe('128MB');
+    expect(step(result.status, 'verify-ram').evidence!.summary).toMatch(/^the server sees 2\.00 GiB \(cgroup/);
+    expect(step(result.status, 'sanity').evidence!.summary).toMatch(/^rows and max\(id\) as before .*bt_index_check passed on files_pkey/);
+    expect(step(result.status, 'report').evidence).toMatchObject({ tps: { before: expect.any(Number) } });
+    expect(linesWith(await historyText(handle), [env.targetPassword, env.auditPassword])).toEqual([]);
+  },
+);
+
+maybe('the RAM is not there after gate hardware: verify-ram fails, a decision rolls back, the old settings run', async () => {
+  const { target } = await inCgroup('ram-missing', 1);
+  const handle = await start({ target: target.name, expectedRamGiB: 2, benchmark });
+  await waitForStatus(handle, (s) => s.pendingGate?.name === 'stop', 120_000);
+  await approve(handle, 'stop');
+  await waitForStatus(handle, (s) => s.pendingGate?.name === 'hardware', 60_000);
+  await approve(handle, 'hardware'); // but the limit stays at 1 GiB
+  const waiting = await waitForStatus(handle, (s) => s.pendingDecision?.step === 'verify-ram', 60_000);
+  expect(waiting.pendingDecision!.error).toMatch(/the server sees 1\.00 GiB .* not 2 GiB/);
+  await handle.signal(decideSignal, { action: 'rollback', by: 'ops' });
+  const result: RunbookResult = await handle.result();
+  expect(result.outcome).toBe('rolled_back');
+  expect(await target.show('shared_buffers')).toBe('128MB');
+});
+
+maybe('terminated at gate hardware, the server stopped: the next run starts it again before its precheck', async () => {
+  const { target } = await inCgroup('ram-terminated', 1);
+  const handle = await start({ target: target.name, expectedRamGiB: 2, benchmark });
+  await waitForStatus(handle, (s) => s.pendingGate?.name === 'stop', 120_000);
+  await approve(handle, 'stop');
+  await waitForStatus(handle, (s) => s.pendingGate?.name === 'hardware', 60_000);
+  await handle.terminate('operator pressed Terminate');
+  await expect(target.query('SELECT 1')).rejects.toThrow();
+  const next = await start({ target: target.name, expectedRamGiB: 2, benchmark, recoverLeftovers: true });
+  const held = await waitForStatus(next, (s) => s.pendingGate?.name === 'stop', 120_000);
+  expect(step(held, 'recover').evidence!.summary).toMatch(
+    new RegExp(`^${handle.workflowId}: restored no setting \\(server was down: .* put back from .* and started\\)`),
+  );
+  expect(step(held, 'precheck').evidence!.summary).toMatch(/^RAM 1\.00 GiB \(cgroup limit/); // started in its cgroup again
+  await next.cancel();
+  await next.result().catch(() => undefined);
+  expect(await target.show('shared_buffers')).toBe('128MB');
+});
+
+maybe(
+  'a shared_buffers the RAM cannot hold is refused by the preflight, before a start; the rollback leaves the old settings running',
+  async () => {
+    const { target, setLimit } = await inCgroup('ram-preflight', 1);
+    const tune = { shared_buffers: '1800MB', effective_cache_size: '1GB', work_mem: '8MB', maintenance_work_mem: '64MB' };
+    const handle = await start({ target: target.name, expectedRamGiB: 2, benchmark, tune });
+    await waitForStatus(handle, (s) => s.pendingGate?.name === 'stop', 120_000);
+    await approve(handle, 'stop');
+    await waitForStatus(handle, (s) => s.pendingGate?.name === 'hardware', 60_000);
+    setLimit(2);
+    await approve(handle, 'hardware');
+    const waiting = await waitForStatus(handle, (s) => s.pendingDecision?.step === 'retune', 60_000);
+    expect(waiting.pendingDecision!.error).toMatch(/refused before starting: shared_memory_size would be \d+ MB, more than 1638 MB/);
+    expect(await target.show('shared_buffers')).toBe('128MB'); // running on the old configuration
+    await handle.signal(decideSignal, { action: 'rollback', by: 'ops' });
+    expect(((await handle.result()) as RunbookResult).outcome).toBe('rolled_back');
+    expect(await target.show('shared_buffers')).toBe('128MB');
+  },
+);
+
+maybe(
+  'the data differs after the hardware step: sanity fails, a decision restores the backup, the rows are those of the precheck',
+  async () => {
+    const { target, setLimit, backups, startInside } = await inCgroup('ram-restore', 1);
+    const [{ rows }] = await target.query<{ rows: string }>('SELECT count(*) AS rows FROM files');
+    const handle = await start({ target: target.name, expectedRamGiB: 2, benchmark });
+    await waitForStatus(handle, (s) => s.pendingGate?.name === 'stop', 120_000);
+    await approve(handle, 'stop');
+    await waitForStatus(handle, (s) => s.pendingGate?.name === 'hardware', 60_000);
+    setLimit(2);
+    // A bad module: the server comes back (in its cgroup) with rows gone.
+    await startInside();
+    await target.query('DELETE FROM file_tags WHERE file_id <= 10; DELETE FROM files WHERE id <= 10');
+    await approve(handle, 'hardware');
+    const waiting = await waitForStatus(handle, (s) => s.pendingDecision?.step === 'sanity', 60_000);
+    expect(waiting.pendingDecision!.error).toMatch(/the data is not what it was: files: \d+, was \d+/);
+    await handle.signal(decideSignal, { action: 'rollback', by: 'ops' });
+    const result: RunbookResult = await handle.result();
+    expect(result.outcome).toBe('rolled_back');
+    expect(step(result.status, 'sanity').evidence!.rollback).toMatchObject({
+      summary: expect.stringMatching(/^restored from .* rows as before$/),
+    });
+    expect(await target.query('SELECT count(*) AS rows FROM files')).toEqual([{ rows }]);
+    expect(await target.show('shared_buffers')).toBe('128MB');
+    expect(existsSync(`${target.dataDir}.fermata-before-restore-${handle.workflowId}`)).toBe(true); // moved aside, never deleted
+    expect(existsSync(path.join(backups, handle.workflowId, 'backup_manifest'))).toBe(true); // the backup is kept
+  },
+);
+
+test('bad input and a server that already has the RAM are refused before anything changes', async () => {
+  const target = await newTarget(uniqueId('ram-bad'));
+  targets.push(target);
+  expect((await failureOf(await start({ target: target.name }))).message).toMatch(/expectedRamGiB: Required/);
+  expect((await failureOf(await start({ target: target.name, expectedRamGiB: 2, tune: { shared_buffers: 'lots' } }))).type).toBe(
+    'InvalidInput',
+  );
+  // No backup directory named anywhere.
+  expect((await failureOf(await start({ target: target.name, expectedRamGiB: 2 }))).message).toMatch(/no backup directory/);
+  const [{ total }] = await target.query<{ total: string }>(
+    `SELECT (regexp_match(pg_read_file('/proc/meminfo'), 'MemTotal:\\s+(\\d+)'))[1] AS total`,
+  );
+  const gib = (Number(total) * 1024) / GIB;
+  const already = await failureOf(await start({ target: target.name, expectedRamGiB: Math.round(gib), backupDir: '/tmp' }));
+  expect(already.type).toBe('PrecheckFailed');
+  expect(already.message).toMatch(/already has [\d.]+ GiB, within 5 % of the expected \d+ GiB: nothing to upgrade/);
+});
