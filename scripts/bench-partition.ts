@@ -12,7 +12,7 @@ import { stringify } from 'yaml';
 import { createPartitionMigrationActivities } from '../src/activities/partition-migration/activities';
 import { blockBoundsSql, blockCount, type MigrationSpec } from '../src/activities/partition-migration/sql';
 import type { Progress } from '../src/shared/progress';
-import { createSchema, generateFiles } from '../src/fixtures/midi-library';
+import { createLibrary } from '../src/fixtures/midi-library';
 import { createReferenceSql, startWriters } from '../src/fixtures/midi-writers';
 import { freePort } from '../src/stack/ports';
 import { clusterService, initCluster, startCluster, stopCluster } from '../src/stack/postgres';
@@ -38,14 +38,7 @@ async function main(): Promise<void> {
   await startCluster(dataDir);
   try {
     const connection = { host: '127.0.0.1', port, user: 'fermata', password, database: 'midi_library' };
-    const admin = new Client({ ...connection, database: 'postgres' });
-    await admin.connect();
-    await admin.query('CREATE DATABASE midi_library');
-    await admin.end();
-    const db = new Client(connection);
-    await db.connect();
-    await createSchema(db);
-    await generateFiles(db, rows);
+    const db = await createLibrary(connection, rows);
     await db.query(createReferenceSql);
     await db.query('CHECKPOINT');
 
@@ -73,15 +66,7 @@ async function main(): Promise<void> {
       throttle: { pauseMs: 0 },
     };
     if (values.sparse) {
-      const sparse = new Client({ ...connection, database: 'midi_sparse' });
-      const admin = new Client({ ...connection, database: 'postgres' });
-      await admin.connect();
-      await admin.query('CREATE DATABASE midi_sparse');
-      await admin.end();
-      await sparse.connect();
-      await createSchema(sparse);
-      await generateFiles(sparse, rows, { sparse: true });
-      await sparse.query('CHECKPOINT');
+      const sparse = await createLibrary({ ...connection, database: 'midi_sparse' }, rows, { sparse: true });
       // On one cluster, each the steps up to a finished backfill, then rolled back: dense, sparse,
       // sparse, dense (so neither side always runs second, after the other's WAL), each after a checkpoint.
       const backfillOf = async (target: string, client: Client) => {

@@ -4,7 +4,6 @@
 // the "RAM", raised between the stop and the start as the hardware step would.
 import { MockActivityEnvironment } from '@temporalio/testing';
 import execa from 'execa';
-import { Client } from 'pg';
 import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, rmdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -13,7 +12,7 @@ import { stringify } from 'yaml';
 import { createRamUpgradeActivities } from '../src/activities/ram-upgrade';
 import { saveConfig } from '../src/activities/postgres/restart';
 import type { SavedConfig } from '../src/shared/restart';
-import { createSchema, generateFiles } from '../src/fixtures/midi-library';
+import { createLibrary } from '../src/fixtures/midi-library';
 import { resolveTarget } from '../src/targets';
 import { freePort } from '../src/stack/ports';
 import { initCluster, OS_USER, pgBinDir, stopCluster } from '../src/stack/postgres';
@@ -61,16 +60,8 @@ async function main(): Promise<void> {
   await pgCtl('start');
   try {
     const connection = { host: '127.0.0.1', port, user: 'fermata', password, database: 'midi_library' };
-    const admin = new Client({ ...connection, database: 'postgres' });
-    await admin.connect();
-    await admin.query('CREATE DATABASE midi_library');
-    await admin.end();
-    const db = new Client(connection);
-    await db.connect();
-    await createSchema(db); // loaded inside the cgroup: its page cache counts against the limit
-    await generateFiles(db, rows);
-    await db.query('CHECKPOINT');
-    await db.end();
+    // Loaded inside the cgroup: its page cache counts against the limit.
+    await (await createLibrary(connection, rows)).end();
 
     writeFileSync(path.join(dir, 'pw'), password);
     process.env.FERMATA_TARGETS = path.join(dir, 'targets.yaml');
@@ -122,8 +113,7 @@ async function main(): Promise<void> {
 
     // Settings rollback against a plain restart.
     const [, plainRestartMs] = await timed(() => pgCtl('restart', '-m', 'fast'));
-    const changes = Object.keys(pre.expectedSettings).map((name) => ({ name, from: pre.before[name], to: '', needsRestart: true }));
-    const rolledBack = await act(acts.ramRestoreSettings, 'bench', changes, pre.autoConf, saved);
+    const rolledBack = await act(acts.ramRestoreSettings, 'bench', pre.changes, pre.autoConf, saved);
     const rollbackUnavailableMs = Number((rolledBack.restart as { unavailableMs?: number } | undefined)?.unavailableMs ?? 0);
     await act(acts.ramSanity, 'bench', pre.counts, pre.checksumFailures); // throws unless the rows are as before
 

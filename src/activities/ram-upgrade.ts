@@ -19,7 +19,7 @@ import { onTarget, value } from './postgres/connection';
 import { serverMemory, type ServerMemory } from './postgres/memory';
 import { comesUp, onServerFiles, restartServer } from './postgres/restart';
 import { alterSystemSql } from './postgres/settings';
-import { planOf, settingsFor, tunedNames, type MemorySettings } from './ram-upgrade-plan';
+import { planOf, settingsFor, tunedNames } from './ram-upgrade-plan';
 import { stepFailure } from './step-context';
 
 /** The library tables whose rows must be the same after the upgrade (those the target has). */
@@ -29,6 +29,8 @@ const RAM_TOLERANCE = 0.05;
 /** verify-performance fails below this share of the baseline's median tps. */
 const TPS_FLOOR = 0.95;
 const GIB = 1024 ** 3;
+/** Up to 10,000 ids of files, from about 1 % of its pages (at least 10,000 rows' worth): what the benchmark looks up. */
+const SAMPLE_IDS = `SELECT id::text FROM files TABLESAMPLE SYSTEM (least(100, greatest(1, 1e6 / greatest((SELECT reltuples FROM pg_class WHERE oid = 'files'::regclass), 1)))) LIMIT 10000`;
 
 export type RamSettings = Pick<RamUpgradeInput, 'target' | 'expectedRamGiB' | 'tune' | 'backupDir'>;
 
@@ -46,8 +48,8 @@ export interface RamPrecheck extends Evidence {
   counts: Counts;
   checksumFailures: number;
   backupDir: string;
-  /** What a retune for the expected RAM would write (the dry run's plan shows it). */
-  expectedSettings: MemorySettings;
+  /** What a retune for the expected RAM would write (the dry run's plan shows it); the retune recomputes it from the verified RAM. */
+  changes: SettingChange[];
   plan: ReturnType<typeof planOf>;
   summary: string;
 }
@@ -88,13 +90,14 @@ export function createRamUpgradeActivities() {
             ErrorType.PrecheckFailed,
             'the target role is not a superuser: reading the RAM (pg_read_file) and ALTER SYSTEM need one',
           );
-        const { rows } = await c.query<{ name: string; value: string }>(
-          'SELECT name, current_setting(name) AS value FROM pg_settings WHERE name = ANY($1) ORDER BY name',
+        const { rows } = await c.query<{ name: string; value: string; context: string }>(
+          'SELECT name, current_setting(name) AS value, context FROM pg_settings WHERE name = ANY($1) ORDER BY name',
           [[...tunedNames, 'max_connections', 'max_worker_processes']],
         );
         return {
           memory: await serverMemory(c),
           settings: Object.fromEntries(rows.map((r) => [r.name, r.value])),
+          restartOnly: new Set(rows.filter((r) => r.context === 'postmaster').map((r) => r.name)),
           autoConf: await autoConfEntries(c, [...tunedNames]),
           dataBytes: Number(await value(c, 'SELECT sum(pg_database_size(datname)) FROM pg_database')),
         };
@@ -132,7 +135,12 @@ export function createRamUpgradeActivities() {
         backupDir,
         dataBytes: read.dataBytes,
         freeBytes: free,
-        expectedSettings,
+        changes: Object.entries(expectedSettings).map(([name, to]) => ({
+          name,
+          from: read.settings[name],
+          to,
+          needsRestart: read.restartOnly.has(name),
+        })),
         plan: planOf({
           expectedRamGiB: input.expectedRamGiB,
           settings: expectedSettings,
@@ -165,7 +173,9 @@ export function createRamUpgradeActivities() {
           );
           return { hit: Number(rows[0].hit), read: Number(rows[0].read) };
         });
-      const maxId = Number((await onTarget(target, (c) => value(c, 'SELECT max(id) FROM files'))) ?? 1);
+      // Keys that exist, however sparse: a lookup of a missing key would read no row.
+      const ids = await onTarget(target, async (c) => (await c.query<{ id: string }>(SAMPLE_IDS)).rows.map((r) => r.id));
+      if (!ids.length) throw stepFailure(ErrorType.PrecheckFailed, 'files is empty: nothing to benchmark');
       const tps: number[] = [];
       const before = await stats();
       for (let runNo = 0; runNo < 3; runNo++) {
@@ -175,7 +185,7 @@ export function createRamUpgradeActivities() {
             onTarget(target, async (c) => {
               let n = 0;
               while (Date.now() < deadline) {
-                await c.query('SELECT * FROM files WHERE id = $1', [1 + Math.floor(Math.random() * maxId)]);
+                await c.query('SELECT * FROM files WHERE id = $1', [ids[Math.floor(Math.random() * ids.length)]]);
                 n++;
               }
               return n;

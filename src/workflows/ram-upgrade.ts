@@ -3,11 +3,8 @@
 // is a person's (gate "hardware"); the new RAM is read through the server, the memory settings
 // retuned from it, the data and the speed checked. A rollback puts the settings back; when the data
 // is not what it was, a person may choose to restore the backup instead.
-import { proxyActivities } from '@temporalio/workflow';
-import type { Activities } from '../activities';
 import { ramUpgradeSchema } from '../shared/inputs';
 import type { SavedConfig } from '../shared/restart';
-import type { SettingChange } from '../shared/settings';
 import type { RunbookResult } from '../shared/status';
 import { Runbook, runbookInput, stepActivities, stepRetry } from './runbook';
 
@@ -15,7 +12,6 @@ const retry = stepRetry();
 const pg = stepActivities({ startToCloseTimeout: '5m', heartbeatTimeout: '30s', retry });
 // Backups, restores and restarts heartbeat throughout: a dead worker is noticed in seconds.
 const service = stepActivities({ startToCloseTimeout: '6h', heartbeatTimeout: '30s', retry });
-const { saveServerConfig } = proxyActivities<Activities>({ startToCloseTimeout: '1m', retry });
 
 /** Minutes of maintenance window the automated part (stop, start, retune restart, checks) must have left. */
 const DOWNTIME_MINUTES = 15;
@@ -40,7 +36,7 @@ export async function ramUpgrade(raw: unknown): Promise<RunbookResult> {
     await rb.step(
       'stop',
       async () => {
-        saved ??= await saveServerConfig(target);
+        saved ??= await pg.saveServerConfig(target);
         // A run terminated from here on leaves a stopped server: recorded, so the next run starts it again.
         await rb.remember({ runbook: 'ramUpgrade', changes: [], autoConf: pre.autoConf, saved });
         return service.ramStop(target, saved);
@@ -50,17 +46,11 @@ export async function ramUpgrade(raw: unknown): Promise<RunbookResult> {
     await rb.gate('hardware', CHECKLIST);
     const ram = await rb.step('verify-ram', () => service.ramVerifyRam(target, input.expectedRamGiB), { required: true });
 
-    // What the retune changes, recorded before it does: a terminated run's leftovers are these entries.
-    const written: SettingChange[] = Object.keys(pre.expectedSettings).map((name) => ({
-      name,
-      from: pre.before[name],
-      to: pre.expectedSettings[name as keyof typeof pre.expectedSettings]!,
-      needsRestart: !['effective_cache_size', 'work_mem', 'maintenance_work_mem'].includes(name),
-    }));
     const retuned = await rb.step(
       'retune',
       async () => {
-        await rb.remember({ runbook: 'ramUpgrade', changes: written, autoConf: pre.autoConf, saved });
+        // Recorded before it writes: a terminated run's leftovers are these entries.
+        await rb.remember({ runbook: 'ramUpgrade', changes: pre.changes, autoConf: pre.autoConf, saved });
         const { maxConnections, maxWorkerProcesses } = pre;
         return service.ramRetune({
           target,
@@ -71,7 +61,7 @@ export async function ramUpgrade(raw: unknown): Promise<RunbookResult> {
           saved: saved!,
         });
       },
-      { required: true, rollback: () => service.ramRestoreSettings(target, written, pre.autoConf, saved!) },
+      { required: true, rollback: () => service.ramRestoreSettings(target, pre.changes, pre.autoConf, saved!) },
     );
 
     let dataDiffers = false;
