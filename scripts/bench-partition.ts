@@ -139,9 +139,11 @@ async function main(): Promise<void> {
     let progress: Progress = { block: 0, copied: 0, batches: 0, done: false };
     while (!progress.done) progress = await env.run(acts.partitionBackfill, spec, inventory, progress, 3);
     const backfillSeconds = (Date.now() - started) / 1000;
-    await env.run(acts.partitionVerify, spec, 'shadow');
+    const verified = await env.run(acts.partitionVerify, spec, 'shadow');
     const onlineSeconds = (Date.now() - started) / 1000;
+    started = Date.now();
     const cutover = await env.run(acts.partitionCutover, spec, inventory);
+    const cutoverSeconds = (Date.now() - started) / 1000;
     await new Promise((r) => setTimeout(r, 1000)); // writes after the cut-over too
     const stats = await writers.stop();
     const writingSeconds = (Date.now() - writersStarted) / 1000;
@@ -162,6 +164,8 @@ async function main(): Promise<void> {
           online_backfill_seconds: backfillSeconds,
           online_verify_seconds: Number((onlineSeconds - backfillSeconds).toFixed(3)),
           ratio: Number((bulkSeconds / onlineSeconds).toFixed(3)),
+          verify_written_keys: verified.keys,
+          cutover_seconds: cutoverSeconds,
           cutover_write_block_ms: cutover.writeBlockMs,
           writes_attempted: stats.attempted,
           writes_per_second: Math.round(stats.attempted / writingSeconds),

@@ -198,15 +198,16 @@ describe('bad input is refused before anything changes', () => {
     await target.query('CREATE TABLE no_pk (id bigint, name text); CREATE TABLE keyed (id bigint PRIMARY KEY, code text UNIQUE)');
   });
   afterAll(async () => {
-    // Only the control table stays, recording what happened.
+    // Only the control tables stay, recording what happened, with no written keys.
     expect(
       await target.query(
-        `SELECT relname FROM pg_class WHERE (relname LIKE '%fermata%' AND relname NOT LIKE 'fermata_migrations%') OR relkind = 'p'`,
+        `SELECT relname FROM pg_class WHERE (relname LIKE '%fermata%' AND relname NOT LIKE 'fermata_migration%') OR relkind = 'p'`,
       ),
     ).toEqual([]);
     expect(await target.query(`SELECT table_name, state FROM fermata_migrations`)).toEqual([
       { table_name: 'file_tags', state: 'rolled_back' },
     ]);
+    expect(await target.query(`SELECT * FROM fermata_migration_writes`)).toEqual([]);
   });
 
   test.each([
@@ -500,20 +501,30 @@ test('sparse keys spread over the bigint range: the batches the precheck plans, 
     `SELECT count(*)::int AS n FROM ((TABLE files EXCEPT ALL TABLE files_fermata_new) UNION ALL (TABLE files_fermata_new EXCEPT ALL TABLE files)) d`,
   );
   expect(diff.n).toBe(0);
-  // Verify walks the keys that exist too: eleven ranges of about 3,000 keys, not 2^62 / 3000.
+  // Verify compares the rows of the keys written since their block's copy, and the totals.
   const verifyStarted = Date.now();
   const verified = await act(acts.partitionVerify, spec, 'shadow', 3000);
-  expect(verified).toMatchObject({ ranges: expect.any(Number), rows: expect.any(Number) });
-  expect(verified.ranges).toBeLessThanOrEqual(12);
+  expect(verified).toMatchObject({ keys: expect.any(Number), checkMs: expect.any(Number) });
+  expect(verified.summary).toMatch(/^\d+ rows, key sum \d+ in both, and the rows of the \d+ keys written since their block's copy equal/);
   expect(Date.now() - verifyStarted).toBeLessThan(10_000);
-  // … and still finds a row only one side has, beyond 2^53, in an open-ended last range too.
+  // A written key's row changed in the shadow alone: found by its key.
+  await target.query(`UPDATE files SET filename = 'noted.mid' WHERE id = $1`, [held]);
+  await target.query(`UPDATE files_fermata_new SET filename = 'drifted.mid' WHERE id = $1`, [held]);
+  await expect(act(acts.partitionVerify, spec, 'shadow', 3000)).rejects.toThrow(
+    new RegExp(`differ in key ranges \\[(-∞|\\d+), (∞|\\d+)\\): rows written since their block's copy differ at keys ${held}$`),
+  );
+  // A row only one side has, beyond 2^53, written around the trigger: the totals differ, and the
+  // ranges are found by walking the keys that exist (ranges of about 3,000 keys, not 2^62 / 3000).
   await target.query('DELETE FROM files_fermata_new WHERE id = $1', [held]);
   await target.query(
     `INSERT INTO files_fermata_new (id, filename, filepath, content_hash, file_size_bytes) VALUES ($1, 'x', 'x', 'x', 1)`,
     [String(2n ** 62n + 10n ** 6n)],
   );
+  await target.query(`DELETE FROM fermata_migration_writes WHERE key = $1`, [held]);
   await expect(act(acts.partitionVerify, spec, 'shadow', 3000)).rejects.toThrow(
-    new RegExp(`files and files_fermata_new differ in key ranges \\[\\d+, \\d+\\), \\[\\d+, ∞\\)`),
+    new RegExp(
+      `files and files_fermata_new differ in key ranges \\[\\d+, \\d+\\), \\[\\d+, ∞\\): \\d+ rows, key sum \\d+ against \\d+ rows, key sum \\d+$`,
+    ),
   );
   // Rolled back, the control row keeps no blocks.
   await act(acts.partitionRemoveCapture, spec);

@@ -4,6 +4,7 @@ import {
   blockBoundsSql,
   blockCount,
   boundsSql,
+  claimSql,
   finalCheckSql,
   names,
   plan,
@@ -240,12 +241,13 @@ describe('syncFunction', () => {
   test("the capture function takes the shared lock of the written key's block, then upserts by primary key", () => {
     const fn = built(syncFunction('fermata_sync_files', 'files_fermata_new', facts, spec), '{1000,2000}');
     expect(fn).toContain('CREATE OR REPLACE FUNCTION "fermata_sync_files"() RETURNS trigger LANGUAGE plpgsql');
-    expect(fn).toContain(
-      `IF TG_OP <> 'INSERT' THEN PERFORM pg_advisory_xact_lock_shared(hashtext('fermata files'), ((width_bucket((OLD."id")::bigint, '{1000,2000}'::bigint[])) % 2147483647)::int); END IF;`,
-    );
-    expect(fn).toContain(
-      `IF TG_OP <> 'DELETE' THEN PERFORM pg_advisory_xact_lock_shared(hashtext('fermata files'), ((width_bucket((NEW."id")::bigint, '{1000,2000}'::bigint[])) % 2147483647)::int); END IF;`,
-    );
+    const lockAndNote = (row: 'OLD' | 'NEW') =>
+      `PERFORM pg_advisory_xact_lock_shared(hashtext('fermata files'), ((width_bucket((${row}."id")::bigint, '{1000,2000}'::bigint[])) % 2147483647)::int);
+    IF NOT EXISTS (SELECT FROM fermata_migration_writes WHERE table_name = 'files' AND key = ${row}."id") THEN
+      INSERT INTO fermata_migration_writes (table_name, key) VALUES ('files', ${row}."id");
+    END IF;`;
+    expect(fn).toContain(`IF TG_OP <> 'INSERT' THEN\n    ${lockAndNote('OLD')}\n  END IF;`);
+    expect(fn).toContain(`IF TG_OP <> 'DELETE' THEN\n    ${lockAndNote('NEW')}\n  END IF;`);
     expect(fn).toContain('DELETE FROM "files_fermata_new" WHERE "id" = OLD."id";');
     expect(fn).toContain(
       'INSERT INTO "files_fermata_new" ("id", "filename", "content_hash") VALUES (NEW."id", NEW."filename", NEW."content_hash")',
@@ -321,7 +323,8 @@ describe('swap', () => {
 test('backfill batch, key blocks, final check and control-state statements', () => {
   expect(backfillSql(spec, facts)).toEqual({
     lock: `SELECT pg_advisory_xact_lock(hashtext('fermata files'), (($1::bigint) % 2147483647)::int)`,
-    clear: 'DELETE FROM "files_fermata_new" WHERE "id" BETWEEN $1::bigint AND $2::bigint',
+    clear: `WITH forget AS (DELETE FROM fermata_migration_writes WHERE table_name = 'files' AND key BETWEEN $1::bigint AND $2::bigint)
+      DELETE FROM "files_fermata_new" WHERE "id" BETWEEN $1::bigint AND $2::bigint`,
     copy: 'INSERT INTO "files_fermata_new" ("id", "filename", "content_hash") SELECT "id", "filename", "content_hash" FROM "files" WHERE "id" BETWEEN $1::bigint AND $2::bigint',
   });
   // Every $2-th key, walked down the key's index one OFFSET at a time; none for a table of one block.
@@ -344,7 +347,13 @@ test('backfill batch, key blocks, final check and control-state statements', () 
   expect(setStateSql('rolled_back')).toBe(
     `UPDATE fermata_migrations SET state = 'rolled_back', bounds = NULL, updated_at = now() WHERE table_name = $1`,
   );
+  expect(setStateSql('cut_over', "o'brien")).toBe(
+    `UPDATE fermata_migrations SET state = 'cut_over', updated_at = now() WHERE table_name = 'o''brien'`,
+  );
   expect(setStateSql('copying')).not.toContain('bounds');
+  expect(claimSql).toMatch(
+    /^WITH forget AS \(DELETE FROM fermata_migration_writes WHERE table_name = \$1\) INSERT INTO fermata_migrations/,
+  );
   expect(syncTriggerSql('t', 'files', 'f')).toBe(
     'CREATE TRIGGER "t" AFTER INSERT OR UPDATE OR DELETE ON "files" FOR EACH ROW EXECUTE FUNCTION "f"()',
   );

@@ -82,7 +82,7 @@ async function state(t: TestTarget) {
               coalesce((SELECT p.relname FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent WHERE i.inhrelid = c.oid), '') AS parent
          FROM pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace
          LEFT JOIN pg_index x ON x.indexrelid = c.oid LEFT JOIN pg_class t ON t.oid = x.indrelid
-        WHERE s.nspname = 'public' AND c.relkind IN ('r', 'p', 'i', 'I', 'S') AND c.relname NOT LIKE 'fermata_migrations%'
+        WHERE s.nspname = 'public' AND c.relkind IN ('r', 'p', 'i', 'I', 'S') AND c.relname NOT LIKE 'fermata_migration%'
         ORDER BY 1`,
     );
     const data: Record<string, string> = {};
@@ -226,7 +226,11 @@ const cutover: Step = {
   },
   rollback: (s) => act(acts.partitionSwapBack, s.spec, s.inventory),
   faults: [
-    { label: 'the shadow renamed into place (connection killed)', at: /^ALTER TABLE "files_fermata_new" RENAME TO "files"$/, kind: 'kill' },
+    {
+      label: 'the shadow renamed into place (connection killed)',
+      at: /^ALTER TABLE "files_fermata_new" RENAME TO "files";?$/m,
+      kind: 'kill',
+    },
     { label: 'the second VALIDATE, after the commit (refused)', at: /VALIDATE CONSTRAINT/, nth: 2, kind: 'error' },
   ],
 };
@@ -261,8 +265,8 @@ const cutoverWithDependents: Step = {
     expect([await triggerOn(s.t, 'files', 'files_audit'), await triggerOn(s.t, 'files_old', 'files_audit')]).toEqual(['O', 'D']);
   },
   faults: [
-    { label: 'the views re-created (connection killed)', at: /^CREATE OR REPLACE VIEW/, kind: 'kill' },
-    { label: 'a trigger created on the new table (refused)', at: /^CREATE TRIGGER files_audit/, kind: 'error' },
+    { label: 'the views re-created (connection killed)', at: /^CREATE OR REPLACE VIEW/m, kind: 'kill' },
+    { label: 'a trigger created on the new table (refused)', at: /^CREATE TRIGGER files_audit/m, kind: 'error' },
   ],
 };
 

@@ -11,9 +11,9 @@ import type { LeftoverRecord } from '../../shared/leftovers';
 import type { Evidence } from '../../shared/status';
 import { resolveTarget } from '../../targets';
 import type { Undoer } from '../leftovers';
-import { exists, views as viewsOn } from '../postgres/catalog';
+import { exists, viewsOf, viewsSql } from '../postgres/catalog';
 import { compare, listRanges } from '../postgres/compare';
-import { onTarget, onTargetTwice, value } from '../postgres/connection';
+import { inOneRoundTrip, onTarget, onTargetTwice, value } from '../postgres/connection';
 import { lockRetrying } from '../postgres/locks';
 import { keyBounds, longTransactions } from '../postgres/probes';
 import { dependentsSince, precheck } from './precheck';
@@ -64,7 +64,7 @@ export function createPartitionMigrationActivities() {
         await lockRetrying(c, async () => {
           await c.query(sql.dropTableSql(n.shadow));
           // A create-shadow whose transaction failed on a fresh target left no control table: no claim to release.
-          if (await exists(c, 'fermata_migrations')) await c.query(sql.setStateSql('rolled_back'), [spec.table]);
+          if (await exists(c, 'fermata_migrations')) await ended(c, spec.table, 'rolled_back');
         });
         return { summary: `${n.shadow} dropped; ${spec.table} untouched` };
       });
@@ -106,32 +106,57 @@ export function createPartitionMigrationActivities() {
     partitionBackfill: backfill,
 
     /**
-     * Compare source and shadow per key range, each range in one statement (one snapshot): counts
-     * and a checksum of the rows' text. Exact under load, because the trigger commits with the
-     * write it copies. `against` is the shadow before the cut-over (then ANALYZEd: autovacuum never
-     * analyzes a partitioned parent) and the old table after it.
+     * Before the cut-over (`shadow`): every row is as its block's copy left it, unless its key was
+     * written since, so those rows are compared one by one, with both tables' row counts and key
+     * sums (a write around the trigger changes them): a fraction of a full comparison. After the
+     * cut-over (`old`), and for a capture trigger that notes no keys (installed by a Fermata before
+     * it did), every row is compared per key range, counts and checksums. A difference is located
+     * by key range.
      */
     async partitionVerify(spec: MigrationSpec, against: 'shadow' | 'old', chunk = VERIFY_CHUNK): Promise<Evidence> {
       const target = resolveTarget(spec.target);
       const [left, right] = [spec.table, names(spec.table)[against]];
       return onTargetTwice(target, async (c, second) => {
-        const mismatches = await compare([c, second], spec.partitionKey, left, right, chunk);
-        if (mismatches.ranges.length) {
-          throw stepFailure(ErrorType.NotConverged, `${left} and ${right} differ in key ranges ${listRanges(mismatches.ranges)}`);
-        }
-        if (against === 'shadow') await c.query(`ANALYZE ${ident(right)}`);
-        return {
-          summary: `${mismatches.rows} rows equal in ${mismatches.chunks} key range${mismatches.chunks === 1 ? '' : 's'} (count and ${mismatches.hash} checksum)`,
-          rows: mismatches.rows,
-          ranges: mismatches.chunks,
+        // Located by key range, then said why.
+        const differ = async (why: string) => {
+          const located = await compare([c, second], spec.partitionKey, left, right, chunk);
+          const where = located.ranges.length ? ` in key ranges ${listRanges(located.ranges)}` : '';
+          return stepFailure(ErrorType.NotConverged, `${left} and ${right} differ${where}: ${why}`);
         };
+        let evidence: Evidence;
+        if (against === 'shadow' && (await exists(c, 'fermata_migration_writes'))) {
+          const started = Date.now();
+          const { rows } = await c.query<{ keys: number; differing: string[] | null; source: string; shadow: string }>(
+            sql.writtenCheckSql(spec),
+          );
+          const [check] = rows;
+          if (check.differing)
+            throw await differ(`rows written since their block's copy differ at keys ${check.differing.slice(0, 5).join(', ')}`);
+          if (check.source !== check.shadow) throw await differ(`${check.source} against ${check.shadow}`);
+          const checkMs = Date.now() - started;
+          evidence = {
+            summary: `${check.source} in both, and the rows of the ${check.keys} keys written since their block's copy equal (${checkMs} ms; the cut-over compares every row once more)`,
+            keys: check.keys,
+            checkMs,
+          };
+        } else {
+          const compared = await compare([c, second], spec.partitionKey, left, right, chunk);
+          if (compared.ranges.length)
+            throw stepFailure(ErrorType.NotConverged, `${left} and ${right} differ in key ranges ${listRanges(compared.ranges)}`);
+          evidence = {
+            summary: `${compared.rows} rows equal in ${compared.chunks} key range${compared.chunks === 1 ? '' : 's'} (count and ${compared.hash} checksum)`,
+            rows: compared.rows,
+            ranges: compared.chunks,
+          };
+        }
+        return evidence;
       });
     },
 
     /**
      * The cut-over, one transaction under a lock timeout (a timeout is retried by the activity's
      * retry policy; it never queues behind a long transaction, which would block readers too).
-     * The full comparison runs just before, without a lock (the gate may have waited for days);
+     * The full comparison and ANALYZE run just before, without a lock (the gate may have waited for days);
      * under the lock only checks that take no time with the table's size: the capture trigger is
      * still enabled, so nothing written since has been missed, and the highest keys agree.
      */
@@ -160,35 +185,39 @@ export function createPartitionMigrationActivities() {
             ErrorType.NotConverged,
             `${spec.table} and ${n.shadow} differ in key ranges ${listRanges(compared.ranges)}: changed since verify without the capture trigger (TRUNCATE, or the trigger disabled)?`,
           );
+        // Statistics as of the swap (autovacuum never analyzes a partitioned parent).
+        await c.query(`ANALYZE ${ident(n.shadow)}`);
         await c.query(sql.syncFunction(n.reverseFunction, n.old, inventory));
+        // Writes wait from the lock request to the commit: three round trips (lock and checks,
+        // the swap, the commit), since under load each one waits for both processes to be scheduled.
         const locked = await lockRetrying(c, async () => {
-          await c.query(sql.lockTablesSql(spec.table, n.shadow));
-          const locked = Date.now();
-          for (const fk of inventory.foreignKeys) await c.query(sql.lockReferencingSql(fk));
-          const [check] = (
-            await c.query<{ capturing: boolean; source: string | null; shadow: string | null }>(sql.finalCheckSql(spec), [
-              `public.${spec.table}`,
-              n.forwardTrigger,
+          const at = Date.now();
+          const [check, views] = (
+            await inOneRoundTrip(c, [
+              sql.lockTablesSql(spec.table, n.shadow),
+              ...inventory.foreignKeys.map(sql.lockReferencingSql),
+              sql.finalCheckSql(spec),
+              viewsSql(spec.table), // read under the lock: re-created against the new table after the renames
             ])
-          ).rows;
-          if (!check.capturing)
+          ).slice(-2);
+          const final = check.rows[0] as { capturing: boolean; source: string | null; shadow: string | null };
+          if (!final.capturing)
             throw stepFailure(ErrorType.NotConverged, `final check: trigger ${n.forwardTrigger} on ${spec.table} is missing or disabled`);
-          if (check.source !== check.shadow)
+          if (final.source !== final.shadow)
             throw stepFailure(
               ErrorType.NotConverged,
-              `final check: highest ${spec.partitionKey} is ${check.source} in ${spec.table}, ${check.shadow} in ${n.shadow}`,
+              `final check: highest ${spec.partitionKey} is ${final.source} in ${spec.table}, ${final.shadow} in ${n.shadow}`,
             );
-          // Views follow the renamed table: read under the lock, re-created against the new one after the renames.
-          const views = await viewsOn(c, spec.table);
-          for (const statement of sql.swap(spec, inventory, 'forward')) await c.query(statement);
-          // In one round trip: under load every statement sent on its own waits for both processes to be scheduled.
-          if (views.length) await c.query(views.map(sql.repointViewSql).join(';\n'));
-          await c.query(sql.setStateSql('cut_over'), [spec.table]);
-          return { at: locked, views: views.map((v) => v.name) };
+          const repointed = viewsOf(views.rows);
+          await inOneRoundTrip(c, [
+            ...sql.swap(spec, inventory, 'forward'),
+            ...repointed.map(sql.repointViewSql),
+            sql.setStateSql('cut_over', spec.table),
+          ]);
+          return { at, views: repointed.map((v) => v.name) };
         });
         const writeBlockMs = Date.now() - locked.at; // until the commit
         for (const fk of inventory.foreignKeys) await c.query(sql.validateSql(fk));
-        await c.query(`ANALYZE ${ident(spec.table)}`);
         const triggers = (inventory.triggers ?? []).map((t) => t.name);
         return {
           summary: `cut over: writes blocked for ${writeBlockMs} ms; ${compared.rows} rows equal just before; ${spec.table}_old kept current by a reverse trigger${
@@ -214,15 +243,22 @@ export function createPartitionMigrationActivities() {
           return { summary: 'not cut over: nothing to swap back' };
         }
         const locked = await lockRetrying(c, async () => {
-          await c.query(sql.lockTablesSql(spec.table, n.old));
-          const locked = Date.now();
-          for (const fk of inventory.foreignKeys) await c.query(sql.lockReferencingSql(fk));
-          const views = await viewsOn(c, spec.table); // re-pointed at the original table after the renames
-          for (const statement of sql.swap(spec, inventory, 'back')) await c.query(statement);
-          if (views.length) await c.query(views.map(sql.repointViewSql).join(';\n'));
-          await c.query(sql.dropFunctionsSql(n.reverseFunction)); // its trigger went with the swap
-          await c.query(sql.setStateSql('copying'), [spec.table]);
-          return { at: locked, views: views.map((v) => v.name) };
+          const at = Date.now();
+          const [views] = (
+            await inOneRoundTrip(c, [
+              sql.lockTablesSql(spec.table, n.old),
+              ...inventory.foreignKeys.map(sql.lockReferencingSql),
+              viewsSql(spec.table), // re-pointed at the original table after the renames
+            ])
+          ).slice(-1);
+          const repointed = viewsOf(views.rows);
+          await inOneRoundTrip(c, [
+            ...sql.swap(spec, inventory, 'back'),
+            ...repointed.map(sql.repointViewSql),
+            sql.dropFunctionsSql(n.reverseFunction), // its trigger went with the swap
+            sql.setStateSql('copying', spec.table),
+          ]);
+          return { at, views: repointed.map((v) => v.name) };
         });
         const writeBlockMs = Date.now() - locked.at;
         for (const fk of inventory.foreignKeys) await c.query(sql.validateSql(fk));
@@ -292,7 +328,7 @@ export function createPartitionMigrationActivities() {
           async () => {
             await c.query(sql.dropTableSql(n.old));
             await c.query(sql.dropFunctionsSql(n.reverseFunction, n.forwardFunction));
-            await c.query(sql.setStateSql('finalized'), [spec.table]);
+            await ended(c, spec.table, 'finalized');
           },
           patient,
         );
@@ -360,4 +396,11 @@ async function migrationState(c: Client, spec: MigrationSpec) {
     cutOver,
     finalizing: cutOver && !(await trigger(n.reverseTrigger)),
   };
+}
+
+/** The table's migration ended: its claim released, its key blocks and written keys forgotten. */
+async function ended(c: Client, table: string, state: 'rolled_back' | 'finalized'): Promise<void> {
+  await c.query(sql.setStateSql(state), [table]);
+  // Absent where the control table predates it.
+  if (await exists(c, 'fermata_migration_writes')) await c.query(sql.forgetWritesSql, [table]);
 }

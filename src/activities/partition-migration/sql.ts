@@ -60,6 +60,8 @@ export type Inventory = TableFacts & Evidence & { plan: Planned[]; summary: stri
  * The control table: one row per migrated table, the claim of the workflow migrating it, and the
  * key blocks of its backfill (`bounds`: block i runs from bounds[i] to the key before bounds[i+1];
  * the first block has no lower end, the last no upper end). A table from before `bounds` gets it.
+ * Beside it, the keys the capture trigger wrote since their block was copied: all that verify
+ * compares row by row (every other row is as its block's copy left it).
  */
 export const controlTableSql = `CREATE TABLE IF NOT EXISTS fermata_migrations (
   table_name  text PRIMARY KEY,
@@ -69,10 +71,20 @@ export const controlTableSql = `CREATE TABLE IF NOT EXISTS fermata_migrations (
   bounds      bigint[],
   updated_at  timestamptz NOT NULL DEFAULT now()
 );
-ALTER TABLE fermata_migrations ADD COLUMN IF NOT EXISTS bounds bigint[]`;
+ALTER TABLE fermata_migrations ADD COLUMN IF NOT EXISTS bounds bigint[];
+DO $$ BEGIN
+  -- Not even IF NOT EXISTS once it is there: its lock would queue behind the writers of another migration.
+  IF to_regclass('fermata_migration_writes') IS NULL THEN
+    CREATE TABLE fermata_migration_writes (table_name text NOT NULL, key bigint NOT NULL);
+    CREATE INDEX fermata_migration_writes_key ON fermata_migration_writes (table_name, key);
+  END IF;
+END $$`;
+
+/** The written keys of the table ($1) forgotten: its migration ended, or starts over. */
+export const forgetWritesSql = 'DELETE FROM fermata_migration_writes WHERE table_name = $1';
 
 /** Claim the table for a workflow ($1 table, $2 workflow id), starting over from the first key. */
-export const claimSql = `INSERT INTO fermata_migrations (table_name, workflow_id, state) VALUES ($1, $2, 'copying')
+export const claimSql = `WITH forget AS (${forgetWritesSql}) INSERT INTO fermata_migrations (table_name, workflow_id, state) VALUES ($1, $2, 'copying')
            ON CONFLICT (table_name) DO UPDATE SET workflow_id = EXCLUDED.workflow_id, state = 'copying', last_key = NULL, bounds = NULL, updated_at = now()`;
 
 /** Blocks of `rows` keys, the last one open-ended: what the backfill copies one batch at a time. */
@@ -98,9 +110,11 @@ export const stateSql = 'SELECT state FROM fermata_migrations WHERE table_name =
 
 export type MigrationState = 'copying' | 'cut_over' | 'rolled_back' | 'finalized';
 
-/** A migration that ended (rolled back or finalized) keeps no key blocks. */
-export const setStateSql = (state: MigrationState): string =>
-  `UPDATE fermata_migrations SET state = ${escapeLiteral(state)}${['rolled_back', 'finalized'].includes(state) ? ', bounds = NULL' : ''}, updated_at = now() WHERE table_name = $1`;
+/** The table's ($1, or `table` written in) migration now in `state`. One that ended keeps no key blocks. */
+export function setStateSql(state: MigrationState, table?: string): string {
+  const ended = ['rolled_back', 'finalized'].includes(state);
+  return `UPDATE fermata_migrations SET state = ${escapeLiteral(state)}${ended ? ', bounds = NULL' : ''}, updated_at = now() WHERE table_name = ${table === undefined ? '$1' : escapeLiteral(table)}`;
+}
 
 /** The backfill's position for the table ($1): the last key of the last block copied ($2). */
 export const positionSql = 'UPDATE fermata_migrations SET last_key = $2, updated_at = now() WHERE table_name = $1';
@@ -208,13 +222,26 @@ export function syncFunction(name: string, into: string, inventory: TableFacts, 
   const pk = inventory.primaryKey.map((col) => ident(col));
   const match = (row: string) => pk.map((col) => `${col} = ${row}.${col}`).join(' AND ');
   const updates = cols.filter((col) => !pk.includes(col));
-  const lock = (row: string) => (blocks ? blockLock(blocks.table, blockOf(`${row}.${ident(blocks.partitionKey)}`, BOUNDS), 'shared') : '');
+  // Each key written: its block's lock, then the key noted as written since its block's copy (once).
+  const own = (row: string) => {
+    if (!blocks) return '';
+    const key = `${row}.${ident(blocks.partitionKey)}`;
+    const table = escapeLiteral(blocks.table);
+    return `PERFORM ${blockLock(blocks.table, blockOf(key, BOUNDS), 'shared')};
+    IF NOT EXISTS (SELECT FROM fermata_migration_writes WHERE table_name = ${table} AND key = ${key}) THEN
+      INSERT INTO fermata_migration_writes (table_name, key) VALUES (${table}, ${key});
+    END IF;`;
+  };
   const fn = `CREATE OR REPLACE FUNCTION ${ident(name)}() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN${
     blocks
       ? `
-  IF TG_OP <> 'INSERT' THEN PERFORM ${lock('OLD')}; END IF;
-  IF TG_OP <> 'DELETE' THEN PERFORM ${lock('NEW')}; END IF;`
+  IF TG_OP <> 'INSERT' THEN
+    ${own('OLD')}
+  END IF;
+  IF TG_OP <> 'DELETE' THEN
+    ${own('NEW')}
+  END IF;`
       : ''
   }
   IF TG_OP IN ('DELETE', 'UPDATE') THEN
@@ -268,9 +295,27 @@ export function backfillSql(spec: MigrationSpec, inventory: TableFacts) {
   const key = ident(spec.partitionKey);
   return {
     lock: `SELECT ${blockLock(spec.table, '$1::bigint', 'exclusive')}`,
-    clear: `DELETE FROM ${ident(n.shadow)} WHERE ${key} BETWEEN $1::bigint AND $2::bigint`,
+    // Its keys written so far are in the copy: forgotten by verify.
+    clear: `WITH forget AS (DELETE FROM fermata_migration_writes WHERE table_name = ${escapeLiteral(spec.table)} AND key BETWEEN $1::bigint AND $2::bigint)
+      DELETE FROM ${ident(n.shadow)} WHERE ${key} BETWEEN $1::bigint AND $2::bigint`,
     copy: `INSERT INTO ${ident(n.shadow)} (${columns}) SELECT ${columns} FROM ${ident(spec.table)} WHERE ${key} BETWEEN $1::bigint AND $2::bigint`,
   };
+}
+
+/**
+ * Verify's check, in one statement (one snapshot: exact under load, since the trigger commits with
+ * the write it copies): the rows of every key written since its block's copy compared as text,
+ * and both tables' row count and key sum, which a write that bypassed the trigger would change.
+ */
+export function writtenCheckSql(spec: MigrationSpec): string {
+  const n = names(spec.table);
+  const key = ident(spec.partitionKey);
+  const row = (table: string) => `(SELECT t::text FROM ${ident(table)} t WHERE t.${key} = w.key)`;
+  const totals = (table: string) => `(SELECT count(*) || ' rows, key sum ' || coalesce(sum(${key}::numeric), 0) FROM ${ident(table)})`;
+  return `WITH written AS (SELECT DISTINCT key FROM fermata_migration_writes WHERE table_name = ${escapeLiteral(spec.table)})
+    SELECT (SELECT count(*)::int FROM written) AS keys,
+           (SELECT array_agg(w.key::text ORDER BY w.key) FROM written w WHERE ${row(spec.table)} IS DISTINCT FROM ${row(n.shadow)}) AS differing,
+           ${totals(spec.table)} AS source, ${totals(n.shadow)} AS shadow`;
 }
 
 /**
@@ -340,13 +385,13 @@ export function swap(spec: MigrationSpec, inventory: TableFacts, direction: 'for
 }
 
 /**
- * The cut-over's last check, under its lock ($1 the table as public.table, $2 the capture trigger):
- * is the capture trigger enabled, and the highest key of source and shadow.
+ * The cut-over's last check, under its lock: is the capture trigger enabled, and the highest key of
+ * source and shadow.
  */
 export function finalCheckSql(spec: MigrationSpec): string {
   const n = names(spec.table);
   const key = ident(spec.partitionKey);
-  return `SELECT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = to_regclass($1) AND tgname = $2 AND tgenabled IN ('O', 'A')) AS capturing,
+  return `SELECT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = to_regclass(${escapeLiteral(`public.${spec.table}`)}) AND tgname = ${escapeLiteral(n.forwardTrigger)} AND tgenabled IN ('O', 'A')) AS capturing,
                       (SELECT max(${key}) FROM ${ident(spec.table)})::text AS source, (SELECT max(${key}) FROM ${ident(n.shadow)})::text AS shadow`;
 }
 
@@ -393,7 +438,7 @@ export function plan(spec: MigrationSpec, inventory: TableFacts): Planned[] {
     {
       step: 'verify',
       kind: 'check',
-      text: `count(*) and sum(hash_record_extended(row, 0)) per key range of ${spec.table} and ${n.shadow}, on two connections; ANALYZE ${n.shadow}`,
+      text: `in one snapshot: the rows of the keys written since their block's copy (fermata_migration_writes), and count(*) and sum(${spec.partitionKey}) of ${spec.table} and ${n.shadow}`,
     },
     { step: 'cutover', kind: 'check', text: 'gate "cutover", then the maintenance window' },
     ...swap(spec, inventory, 'forward').map(sql('cutover')),

@@ -1,5 +1,5 @@
 // Catalog reads: what a table is made of, in schema public. Each reads, none changes anything.
-import type { Client } from 'pg';
+import { escapeLiteral, type Client } from 'pg';
 import { value } from './connection';
 
 export interface Relation {
@@ -261,14 +261,16 @@ export interface View {
 }
 
 /** The views reading the table (by name, in schema public) directly, the ones created first first. */
+export const viewsSql = (table: string): string =>
+  `SELECT DISTINCT v.oid::regclass::text AS name, pg_get_viewdef(v.oid) AS definition, coalesce(v.reloptions, '{}') AS options, v.oid
+     FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid JOIN pg_class v ON v.oid = r.ev_class
+    WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass AND d.refobjid = to_regclass(${escapeLiteral(`public.${table}`)})
+      AND v.relkind = 'v' AND v.oid <> d.refobjid
+    ORDER BY v.oid`;
+
 export async function views(c: Client, table: string): Promise<View[]> {
-  const { rows } = await c.query<View>(
-    `SELECT DISTINCT v.oid::regclass::text AS name, pg_get_viewdef(v.oid) AS definition, coalesce(v.reloptions, '{}') AS options, v.oid
-       FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid JOIN pg_class v ON v.oid = r.ev_class
-      WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass AND d.refobjid = to_regclass($1)
-        AND v.relkind = 'v' AND v.oid <> d.refobjid
-      ORDER BY v.oid`,
-    [`public.${table}`],
-  );
-  return rows.map(({ name, definition, options }) => ({ name, definition, options }));
+  return viewsOf((await c.query<View>(viewsSql(table))).rows);
 }
+
+/** A views query's rows as views. */
+export const viewsOf = (rows: View[]): View[] => rows.map(({ name, definition, options }) => ({ name, definition, options }));

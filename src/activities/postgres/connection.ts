@@ -1,6 +1,6 @@
 // Connections to a target's PostgreSQL. Credentials are resolved here, in the worker, and scrubbed
 // from anything that could travel back into workflow history.
-import { Client, Pool } from 'pg';
+import { Client, Pool, type QueryResult } from 'pg';
 import { password, postgresOf, type PostgresEndpoint, type Target } from '../../targets';
 
 export interface Connect {
@@ -64,4 +64,13 @@ export function scrub(err: unknown, secret?: string): unknown {
 export async function value<T = string>(client: Client, sql: string, params: unknown[] = []): Promise<T> {
   const { rows } = await client.query(sql, params);
   return Object.values(rows[0] ?? {})[0] as T;
+}
+
+/**
+ * Statements without parameters sent in one round trip (one simple query), their results in order:
+ * under load every statement sent on its own waits for both processes to be scheduled again.
+ */
+export async function inOneRoundTrip(client: Client, statements: string[]): Promise<QueryResult[]> {
+  const results = (await client.query(statements.join(';\n'))) as QueryResult | QueryResult[];
+  return Array.isArray(results) ? results : [results];
 }
