@@ -167,6 +167,7 @@ async function main(): Promise<void> {
           verify_written_keys: verified.keys,
           cutover_seconds: cutoverSeconds,
           cutover_write_block_ms: cutover.writeBlockMs,
+          foreign_key_moves_ms: (cutover.foreignKeyMoves as { writeBlockMs: number }[]).map((m) => m.writeBlockMs),
           writes_attempted: stats.attempted,
           writes_per_second: Math.round(stats.attempted / writingSeconds),
           writes_failed: stats.failed,

@@ -6,6 +6,7 @@ import {
   boundsSql,
   claimSql,
   finalCheckSql,
+  moveForeignKeySql,
   names,
   plan,
   repointViewSql,
@@ -248,6 +249,8 @@ describe('syncFunction', () => {
     END IF;`;
     expect(fn).toContain(`IF TG_OP <> 'INSERT' THEN\n    ${lockAndNote('OLD')}\n  END IF;`);
     expect(fn).toContain(`IF TG_OP <> 'DELETE' THEN\n    ${lockAndNote('NEW')}\n  END IF;`);
+    // Deleted only when the key goes: an update keeping it is an upsert (a delete would fire the actions of foreign keys on the table).
+    expect(fn).toContain(`IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND ROW(OLD."id") IS DISTINCT FROM ROW(NEW."id")) THEN`);
     expect(fn).toContain('DELETE FROM "files_fermata_new" WHERE "id" = OLD."id";');
     expect(fn).toContain(
       'INSERT INTO "files_fermata_new" ("id", "filename", "content_hash") VALUES (NEW."id", NEW."filename", NEW."content_hash")',
@@ -271,9 +274,8 @@ describe('swap', () => {
   const forward = swap(spec, facts, 'forward');
   const back = swap(spec, facts, 'back');
 
-  test('forward: foreign keys off, tables and indexes renamed, sequence moved, reverse trigger, foreign keys back NOT VALID', () => {
+  test('forward: tables and indexes renamed, sequence moved, reverse trigger; foreign keys moved after it, one at a time', () => {
     expect(forward).toEqual([
-      'ALTER TABLE file_tags DROP CONSTRAINT "file_tags_file_id_fkey"',
       'DROP TRIGGER IF EXISTS "fermata_sync_to_shadow" ON "files"',
       'ALTER TABLE "files" RENAME TO "files_old"',
       'ALTER TABLE "files_fermata_new" RENAME TO "files"',
@@ -283,8 +285,14 @@ describe('swap', () => {
       'ALTER INDEX "idx_files_hash_fm" RENAME TO "idx_files_hash"',
       'ALTER SEQUENCE files_id_seq OWNED BY "files"."id"',
       'CREATE TRIGGER "fermata_sync_to_old" AFTER INSERT OR UPDATE OR DELETE ON "files" FOR EACH ROW EXECUTE FUNCTION "fermata_sync_back_files"()',
+    ]);
+    expect(moveForeignKeySql(facts.foreignKeys[0])).toEqual([
+      'ALTER TABLE file_tags DROP CONSTRAINT "file_tags_file_id_fkey"',
       'ALTER TABLE file_tags ADD CONSTRAINT "file_tags_file_id_fkey" FOREIGN KEY (file_id) REFERENCES files(id) ON DELETE CASCADE NOT VALID',
     ]);
+    // A swap back moves back those moved already: off before the renames, on again after them.
+    const moved = swap(spec, facts, 'back', facts.foreignKeys);
+    expect([moved[0], moved[moved.length - 1]]).toEqual(moveForeignKeySql(facts.foreignKeys[0]));
   });
 
   test('back undoes forward: every rename returns, and the capture trigger is back on the original', () => {
@@ -400,11 +408,11 @@ test('the plan shows the statements the run executes, from the same builders', (
   );
   // The batch count is the rows', not the key range's: a sparse table plans as many as a dense one.
   expect(plan(spec, { ...facts, minKey: 1, maxKey: 2 ** 62 }).find((p) => p.step === 'backfill')!.text).toMatch(/^5 blocks of 1000 keys/);
-  expect(texts('cutover')).toEqual(swap(spec, facts, 'forward'));
+  expect(texts('cutover')).toEqual([...swap(spec, facts, 'forward'), ...moveForeignKeySql(facts.foreignKeys[0])]);
   expect(
     plan(spec, { ...facts, views: ['recent_files'] })
       .filter((p) => p.step === 'cutover')
-      .pop()!.text,
+      .find((p) => p.text.includes('VIEW'))!.text,
   ).toMatch(/^CREATE OR REPLACE VIEW … AS <its query, read under the lock> for each view reading files: recent_files/);
   expect(steps.map((p) => p.step)).toEqual(expect.arrayContaining(['verify', 'finalize']));
 });

@@ -6,6 +6,7 @@
 import { activityInfo } from '@temporalio/activity';
 import { escapeIdentifier as ident } from 'pg';
 import type { Client } from 'pg';
+import type { ForeignKey } from '../postgres/catalog';
 import { ErrorType } from '../../shared/errors';
 import type { LeftoverRecord } from '../../shared/leftovers';
 import type { Evidence } from '../../shared/status';
@@ -165,7 +166,10 @@ export function createPartitionMigrationActivities() {
       const n = names(spec.table);
       return onTargetTwice(target, async (c, second) => {
         const state = await value<string | null>(c, sql.stateSql, [spec.table]);
-        if (state === 'cut_over') return { summary: 'already cut over', writeBlockMs: 0 };
+        if (state === 'cut_over') {
+          const keys = await carryForeignKeys(c, spec, inventory);
+          return { summary: `already cut over${keys.summary}`, writeBlockMs: 0, foreignKeyMoves: keys.moves };
+        }
         const long = await longTransactions(c, 30);
         if (long.length)
           throw stepFailure(
@@ -195,7 +199,6 @@ export function createPartitionMigrationActivities() {
           const [check, views] = (
             await inOneRoundTrip(c, [
               sql.lockTablesSql(spec.table, n.shadow),
-              ...inventory.foreignKeys.map(sql.lockReferencingSql),
               sql.finalCheckSql(spec),
               viewsSql(spec.table), // read under the lock: re-created against the new table after the renames
             ])
@@ -217,13 +220,14 @@ export function createPartitionMigrationActivities() {
           return { at, views: repointed.map((v) => v.name) };
         });
         const writeBlockMs = Date.now() - locked.at; // until the commit
-        for (const fk of inventory.foreignKeys) await c.query(sql.validateSql(fk));
+        const keys = await carryForeignKeys(c, spec, inventory);
         const triggers = (inventory.triggers ?? []).map((t) => t.name);
         return {
           summary: `cut over: writes blocked for ${writeBlockMs} ms; ${compared.rows} rows equal just before; ${spec.table}_old kept current by a reverse trigger${
             locked.views.length ? `; views re-created against the new ${spec.table}: ${locked.views.join(', ')}` : ''
-          }${triggers.length ? `; triggers on the new ${spec.table} (disabled on ${n.old}): ${triggers.join(', ')}` : ''}`,
+          }${triggers.length ? `; triggers on the new ${spec.table} (disabled on ${n.old}): ${triggers.join(', ')}` : ''}${keys.summary}`,
           writeBlockMs,
+          foreignKeyMoves: keys.moves,
           rows: compared.rows,
           views: locked.views,
           triggers,
@@ -252,8 +256,10 @@ export function createPartitionMigrationActivities() {
             ])
           ).slice(-1);
           const repointed = viewsOf(views.rows);
+          // Those moved to the new table already go back to the original; the others point at it still.
+          const moved = await foreignKeysOn(c, inventory, spec.table);
           await inOneRoundTrip(c, [
-            ...sql.swap(spec, inventory, 'back'),
+            ...sql.swap(spec, inventory, 'back', moved),
             ...repointed.map(sql.repointViewSql),
             sql.dropFunctionsSql(n.reverseFunction), // its trigger went with the swap
             sql.setStateSql('copying', spec.table),
@@ -403,4 +409,32 @@ async function ended(c: Client, table: string, state: 'rolled_back' | 'finalized
   await c.query(sql.setStateSql(state), [table]);
   // Absent where the control table predates it.
   if (await exists(c, 'fermata_migration_writes')) await c.query(sql.forgetWritesSql, [table]);
+}
+
+/** The inventory's referencing foreign keys that point at `table` now. */
+async function foreignKeysOn(c: Client, inventory: Pick<Inventory, 'foreignKeys'>, table: string): Promise<ForeignKey[]> {
+  const { rows } = await c.query<{ name: string }>(sql.foreignKeysOnSql, [inventory.foreignKeys.map((fk) => fk.name), `public.${table}`]);
+  return inventory.foreignKeys.filter((fk) => rows.some((r) => r.name === fk.name));
+}
+
+/**
+ * After the cut-over: each referencing foreign key still on the old table moved to the new one, in
+ * a short transaction of its own (writes to both tables wait for it), then all of them validated
+ * (no write lock). Idempotent: a retry moves what is left.
+ */
+async function carryForeignKeys(c: Client, spec: MigrationSpec, inventory: Pick<Inventory, 'foreignKeys'>) {
+  const moves: { table: string; name: string; writeBlockMs: number }[] = [];
+  for (const fk of await foreignKeysOn(c, inventory, names(spec.table).old)) {
+    const asked = await lockRetrying(c, async () => {
+      const asked = Date.now();
+      await inOneRoundTrip(c, sql.moveForeignKeySql(fk));
+      return asked;
+    });
+    moves.push({ table: fk.table, name: fk.name, writeBlockMs: Date.now() - asked });
+  }
+  for (const fk of inventory.foreignKeys) await c.query(sql.validateSql(fk));
+  const summary = moves.length
+    ? `; foreign keys moved to the new ${spec.table} one at a time (writes blocked ${moves.map((m) => `${m.writeBlockMs} ms for ${m.table}`).join(', ')}) and validated`
+    : '';
+  return { moves, summary };
 }
