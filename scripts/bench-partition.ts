@@ -133,16 +133,21 @@ async function main(): Promise<void> {
     // The runbook's online path, with writers running throughout.
     const writers = startWriters(connection, WRITERS, rows, WRITER_PAUSE_MS);
     const writersStarted = Date.now();
+    const phases: [string, number][] = [['create-shadow', writersStarted]];
     await env.run(acts.partitionCreateShadow, spec, inventory);
     started = Date.now();
+    phases.push(['capture and backfill', started]);
     await env.run(acts.partitionInstallCapture, spec, inventory);
     let progress: Progress = { block: 0, copied: 0, batches: 0, done: false };
     while (!progress.done) progress = await env.run(acts.partitionBackfill, spec, inventory, progress, 3);
     const backfillSeconds = (Date.now() - started) / 1000;
+    phases.push(['verify', Date.now()]);
     const verified = await env.run(acts.partitionVerify, spec, 'shadow');
     const onlineSeconds = (Date.now() - started) / 1000;
     started = Date.now();
+    phases.push(['cut-over', started]);
     const cutover = await env.run(acts.partitionCutover, spec, inventory);
+    phases.push(['after the cut-over', Date.now()]);
     const cutoverSeconds = (Date.now() - started) / 1000;
     await new Promise((r) => setTimeout(r, 1000)); // writes after the cut-over too
     const stats = await writers.stop();
@@ -172,6 +177,11 @@ async function main(): Promise<void> {
           writes_per_second: Math.round(stats.attempted / writingSeconds),
           writes_failed: stats.failed,
           write_max_latency_ms: stats.maxLatencyMs,
+          // The step it ended in, and its kind: what it waited for.
+          slowest_write: stats.slowest && {
+            kind: stats.slowest.kind,
+            during: phases.filter(([, at]) => at <= stats.slowest!.endedAt).pop()?.[0],
+          },
           checksum_equal: equal.equal,
         },
         null,
