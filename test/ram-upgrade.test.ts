@@ -1,105 +1,34 @@
 // The RAM Upgrade runbook on a PostgreSQL that runs inside a memory cgroup (v1) whose limit is the
-// machine's "RAM": the test raises the limit while the run holds at gate "hardware", as a person
-// would install the modules. Where cgroups cannot be written the tests say so and are skipped.
-import type { WorkflowHandle } from '@temporalio/client';
-import execa from 'execa';
-import { chmodSync, existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
+// machine's "RAM" (test/harness/ram-cgroup.ts): the test raises the limit while the run holds at gate
+// "hardware", as a person would install the modules.
+import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { OS_USER, pgBinDir } from '../src/stack/postgres';
-import { approveSignal, decideSignal, TASK_QUEUE } from '../src/shared/messages';
-import type { RunbookResult, RunbookStatus } from '../src/shared/status';
-import { runDir } from './harness/paths';
-import { historyText, linesWith } from './harness/records';
+import { decideSignal } from '../src/shared/messages';
+import type { RunbookResult } from '../src/shared/status';
 import {
-  closeHarness,
-  env,
-  failureOf,
-  newTarget,
-  startWorker,
-  temporal,
-  uniqueId,
-  waitForStatus,
-  writeTargets,
-  type RunningWorker,
-  type TestTarget,
-} from './harness/stack';
-
-const CGROUPS = '/sys/fs/cgroup/memory';
-const GIB = 1024 ** 3;
-const writable = existsSync(path.join(CGROUPS, 'cgroup.procs')) && process.getuid?.() === 0;
-if (!writable) console.log(`ram upgrade tests skipped: ${CGROUPS} (cgroup v1 memory) is not writable here`);
-const maybe = writable ? test : test.skip;
+  approve,
+  benchmark,
+  cgroupTest as maybe,
+  GIB,
+  inCgroup,
+  plainTarget,
+  removeCgroupTargets,
+  resultPastSlowness,
+  startRamUpgrade as start,
+  stepOf as step,
+} from './harness/ram-cgroup';
+import { historyText, linesWith } from './harness/records';
+import { closeHarness, env, failureOf, startWorker, waitForStatus, type RunningWorker } from './harness/stack';
 
 let worker: RunningWorker;
-const groups: string[] = [];
-const targets: TestTarget[] = [];
 beforeAll(async () => {
   worker = await startWorker();
 });
 afterAll(async () => {
   await worker?.stop();
   await closeHarness();
-  for (const t of targets) await t.stop().catch(() => undefined);
-  for (const g of groups) {
-    try {
-      rmdirSync(g);
-    } catch {
-      // a process still in it; the machine's reboot clears it
-    }
-  }
+  await removeCgroupTargets();
 });
-
-/**
- * A target whose PostgreSQL runs in a memory cgroup limited to `ramGiB`: its service's pg_ctl is a
- * wrapper that joins the cgroup first, so the runbook's starts and restarts stay inside it too.
- */
-async function inCgroup(name: string, ramGiB: number) {
-  const group = path.join(CGROUPS, uniqueId(`fermata-${name}`));
-  mkdirSync(group);
-  groups.push(group);
-  for (const file of ['cgroup.procs', 'tasks']) await execa('chown', [OS_USER ?? 'root', path.join(group, file)]);
-  const setLimit = (gib: number) => writeFileSync(path.join(group, 'memory.limit_in_bytes'), String(Math.round(gib * GIB)));
-  setLimit(ramGiB);
-  const wrapper = path.join(runDir, 'pg-in-cgroup', path.basename(group));
-  mkdirSync(wrapper, { recursive: true });
-  writeFileSync(path.join(wrapper, 'pg_ctl'), `#!/bin/sh\necho $$ > ${group}/cgroup.procs\nexec ${pgBinDir()}/pg_ctl "$@"\n`);
-  chmodSync(path.join(wrapper, 'pg_ctl'), 0o755);
-  const backups = path.join(runDir, 'backups', path.basename(group));
-  mkdirSync(backups, { recursive: true });
-  await execa('chown', [OS_USER ?? 'root', backups]);
-  const target = await newTarget(uniqueId(name), { binDir: wrapper });
-  targets.push(target);
-  writeTargets((doc) => {
-    (doc.targets[target.name] as Record<string, unknown>).backupDir = backups;
-  });
-  // Into the cgroup: stopped, then started by the wrapper, and the library read inside it.
-  const startInside = () =>
-    execa('runuser', [
-      '-u',
-      OS_USER ?? 'root',
-      '--',
-      path.join(wrapper, 'pg_ctl'),
-      'start',
-      '-D',
-      target.dataDir,
-      '-l',
-      path.join(target.dataDir, 'pg_ctl.log'),
-      '-w',
-    ]);
-  await target.stop();
-  await startInside();
-  await target.query('SELECT count(*) FROM files');
-  const inside = readFileSync(path.join(group, 'cgroup.procs'), 'utf8').trim().split('\n').filter(Boolean).length;
-  expect(inside).toBeGreaterThan(3); // the postmaster and its helpers
-  return { target, setLimit, backups, startInside };
-}
-
-async function start(input: Record<string, unknown>): Promise<WorkflowHandle> {
-  return (await temporal()).workflow.start('ramUpgrade', { taskQueue: TASK_QUEUE, workflowId: uniqueId('ram'), args: [input] });
-}
-const step = (s: RunbookStatus, name: string) => s.steps.find((st) => st.name === name)!;
-const approve = (h: WorkflowHandle, gate: string) => h.signal(approveSignal, { gate, by: 'ops' });
-const benchmark = { seconds: 1, clients: 2 };
 
 maybe(
   'happy path: backup, stop, the RAM raised at gate hardware, retuned from what the server sees, sanity and speed checked',
@@ -115,7 +44,7 @@ maybe(
     await expect(target.query('SELECT 1')).rejects.toThrow(); // stopped
     setLimit(2); // the modules are in
     await approve(handle, 'hardware');
-    const result: RunbookResult = await handle.result();
+    const result = await resultPastSlowness(handle);
     if (result.outcome !== 'completed') throw new Error(JSON.stringify(result.status, null, 1));
     // Read back by the test: pgtune for 2 GiB, running, nothing pending.
     expect(await target.show('shared_buffers')).toBe('512MB');
@@ -214,8 +143,7 @@ maybe(
 );
 
 test('bad input and a server that already has the RAM are refused before anything changes', async () => {
-  const target = await newTarget(uniqueId('ram-bad'));
-  targets.push(target);
+  const target = await plainTarget('ram-bad');
   expect((await failureOf(await start({ target: target.name }))).message).toMatch(/expectedRamGiB: Required/);
   expect((await failureOf(await start({ target: target.name, expectedRamGiB: 2, tune: { shared_buffers: 'lots' } }))).type).toBe(
     'InvalidInput',

@@ -64,7 +64,7 @@ export function planOf(f: PlanFacts): Planned[] {
     {
       step: 'retune',
       kind: 'command',
-      text: 'postgres -C shared_memory_size with the server stopped: must fit the verified RAM; then start',
+      text: 'postgres -C shared_memory_size with the server stopped: must fit the verified RAM (with huge_pages on, the free huge pages too); then start',
     },
     {
       step: 'sanity',

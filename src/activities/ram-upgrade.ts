@@ -48,7 +48,11 @@ export interface RamPrecheck extends Evidence {
   counts: Counts;
   checksumFailures: number;
   backupDir: string;
-  /** What a retune for the expected RAM would write (the dry run's plan shows it); the retune recomputes it from the verified RAM. */
+  /**
+   * What a retune for the expected RAM would write (the dry run's plan shows it), and any setting it
+   * may add for a verified RAM up to 5 % more: what the rollback puts back. The retune recomputes
+   * the values from the verified RAM.
+   */
   changes: SettingChange[];
   plan: ReturnType<typeof planOf>;
   summary: string;
@@ -123,6 +127,12 @@ export function createRamUpgradeActivities() {
       const maxConnections = Number(read.settings.max_connections);
       const maxWorkerProcesses = Number(read.settings.max_worker_processes);
       const expectedSettings = settingsFor(input.tune, input.expectedRamGiB * GIB, maxConnections, maxWorkerProcesses);
+      // The retune computes from the verified RAM, up to RAM_TOLERANCE above the expected: at the top
+      // of that range pgtune may write more (huge_pages), and the rollback must put that back too.
+      const mayWrite = {
+        ...settingsFor(input.tune, input.expectedRamGiB * GIB * (1 + RAM_TOLERANCE), maxConnections, maxWorkerProcesses),
+        ...expectedSettings,
+      };
       const counts = await libraryCounts(target);
       return {
         memory,
@@ -135,7 +145,7 @@ export function createRamUpgradeActivities() {
         backupDir,
         dataBytes: read.dataBytes,
         freeBytes: free,
-        changes: Object.entries(expectedSettings).map(([name, to]) => ({
+        changes: Object.entries(mayWrite).map(([name, to]) => ({
           name,
           from: read.settings[name],
           to,
@@ -219,9 +229,12 @@ export function createRamUpgradeActivities() {
     },
 
     /**
-     * pg_basebackup into the run's own directory, then pg_verifybackup. A retry finds a verified
-     * backup and keeps it, or removes its own partial one and starts again. The password reaches
-     * pg_basebackup in a passfile only the server's OS user can read, never in an argument.
+     * pg_basebackup into a staging directory of this attempt's, renamed to the run's own directory
+     * once complete, then pg_verifybackup. A retry finds a verified backup and keeps it, or removes
+     * the run's directory and every staging one of its earlier attempts and starts again: an attempt
+     * whose worker died may leave its pg_basebackup running, and it writes only into its own staging
+     * directory. The password reaches pg_basebackup in a passfile only the server's OS user can
+     * read, never in an argument.
      */
     async ramBackup(targetName: string, backupDir: string): Promise<Evidence & { path: string }> {
       const target = resolveTarget(targetName);
@@ -237,7 +250,8 @@ export function createRamUpgradeActivities() {
             () => false,
           );
           if (!kept) {
-            await onServerFiles(target, ['rm', '-rf', dir]);
+            await onServerFiles(target, ['sh', '-c', 'rm -rf "$0" "$0".partial-*', dir]);
+            const staging = `${dir}.partial-${Date.now()}`;
             const passfile = `${dir}.pgpass`;
             const secret = password(postgres) ?? '';
             const line = [postgres.host, postgres.port, '*', postgres.user, secret]
@@ -251,7 +265,7 @@ export function createRamUpgradeActivities() {
                 '-d',
                 conninfo,
                 '-D',
-                dir,
+                staging,
                 '-X',
                 'stream',
                 '-c',
@@ -262,6 +276,7 @@ export function createRamUpgradeActivities() {
             } finally {
               await onServerFiles(target, ['rm', '-f', passfile]).catch(() => undefined);
             }
+            await onServerFiles(target, ['mv', staging, dir]);
           }
           const backupMs = Date.now() - started;
           const verifyStarted = Date.now();
@@ -431,9 +446,11 @@ export function createRamUpgradeActivities() {
     },
 
     /**
-     * Restore the backup: stop, move the data directory aside (never deleted), copy the backup in,
-     * fsync, start (it recovers from its backup_label), and count the rows. A retry that finds the
-     * data directory already moved aside copies again into a fresh one.
+     * Restore the backup: stop, move the data directory aside (never deleted), copy the backup into
+     * a staging directory of this attempt's, rename it into place, fsync, start (it recovers from its
+     * backup_label), and count the rows. A retry that finds the data directory already moved aside
+     * removes what earlier attempts copied and copies again: an attempt whose worker died may leave
+     * its cp running, and it writes only into its own staging directory, never into the data directory.
      */
     async ramRestore(targetName: string, backup: string, saved: SavedConfig, counts: Counts): Promise<Evidence> {
       const target = resolveTarget(targetName);
@@ -447,12 +464,14 @@ export function createRamUpgradeActivities() {
             () => true,
             () => false,
           );
-          if (moved)
-            await onServerFiles(target, ['rm', '-rf', saved.dataDir], { offline: true }); // a partial copy of ours
-          else await onServerFiles(target, ['mv', saved.dataDir, aside], { offline: true });
+          // Moved aside already: a data directory there now is an earlier attempt's restored copy.
+          if (!moved) await onServerFiles(target, ['mv', saved.dataDir, aside], { offline: true });
+          await onServerFiles(target, ['sh', '-c', 'rm -rf "$0" "$0".fermata-restoring-*', saved.dataDir], { offline: true });
           const copyStarted = Date.now();
-          await onServerFiles(target, ['cp', '-a', backup, saved.dataDir], { offline: true });
-          await onServerFiles(target, ['rm', '-f', path.posix.join(saved.dataDir, 'backup_manifest')], { offline: true });
+          const staging = `${saved.dataDir}.fermata-restoring-${Date.now()}`;
+          await onServerFiles(target, ['cp', '-a', backup, staging], { offline: true });
+          await onServerFiles(target, ['rm', '-f', path.posix.join(staging, 'backup_manifest')], { offline: true });
+          await onServerFiles(target, ['mv', staging, saved.dataDir], { offline: true });
           await onServerFiles(target, ['sync'], { offline: true });
           const copyMs = Date.now() - copyStarted;
           await controlService(target.host, service, 'start');

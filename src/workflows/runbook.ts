@@ -5,6 +5,7 @@ import {
   ActivityFailure,
   ApplicationFailure,
   CancellationScope,
+  CancelledFailure,
   condition,
   isCancellation,
   patched,
@@ -54,6 +55,9 @@ const LEASE_PATCH = 'fermata-target-lease';
 
 /** Runs that started before leftovers were recorded replay without recording or looking for them. */
 const LEFTOVERS_PATCH = 'fermata-leftovers';
+
+/** Runs that carried on after a cancellation requested during a step replay doing so. */
+const CANCEL_AFTER_STEP_PATCH = 'fermata-cancel-after-step';
 
 /** Minutes of maintenance window an undo of leftovers that restarts PostgreSQL must have left. */
 export const RECOVER_MINUTES = 5;
@@ -341,11 +345,17 @@ export class Runbook<R extends RunbookType> {
         step.evidence = options.evidence ? options.evidence(result) : (result as Evidence);
         this.end(step, 'done');
         this.journal.audit('step_done', { step: name, detail: { evidence: step.evidence } });
+        // A cancellation asked for while an activity finished its work anyway is honoured here, or
+        // a run whose last steps call nothing cancellable would complete instead of rolling back.
+        if (!this.noReturn && CancellationScope.current().consideredCancelled && patched(CANCEL_AFTER_STEP_PATCH))
+          throw new CancelledFailure('cancellation requested while the step ran');
         return result;
       } catch (err) {
         if (isCancellation(err)) {
-          step.error = 'cancelled while running';
-          this.end(step, 'failed');
+          if (step.state !== 'done') {
+            step.error = 'cancelled while running';
+            this.end(step, 'failed');
+          }
           throw err;
         }
         step.error = message(err);

@@ -235,22 +235,40 @@ const SHARED_MEMORY_SHARE = 0.8;
 
 /**
  * The shared memory the files on disk ask for (`postgres -C shared_memory_size`, server stopped) must
- * fit the RAM the server has; if not, the run's configuration is taken back and the server started on
- * the old one, and the step fails (PreflightFailed): a size the machine cannot hold is refused, not
- * found out by a failed start or by swapping.
+ * fit the RAM the server has, and with huge_pages = on the host must have that many huge pages free
+ * (such a server does not start otherwise, and says only "could not map anonymous shared memory");
+ * if not, the run's configuration is taken back and the server started on the old one, and the step
+ * fails (PreflightFailed): a size the machine cannot hold is refused, not found out by a failed start
+ * or by swapping.
  */
 async function fitsMemory(target: Target, saved: SavedConfig, memoryBytes: number, downSince: number): Promise<void> {
-  const asked = await onServerFiles(target, [path.posix.join(saved.binDir, 'postgres'), '-C', 'shared_memory_size', '-D', saved.dataDir], {
-    offline: true,
-  });
-  const mb = Number(asked.stdout.trim());
+  const ask = async (name: string): Promise<string> =>
+    (
+      await onServerFiles(target, [path.posix.join(saved.binDir, 'postgres'), '-C', name, '-D', saved.dataDir], { offline: true })
+    ).stdout.trim();
+  const mb = Number(await ask('shared_memory_size'));
   const limit = memoryBytes * SHARED_MEMORY_SHARE;
-  if (mb * 1024 ** 2 <= limit) return;
+  const problems: string[] = [];
+  if (mb * 1024 ** 2 > limit)
+    problems.push(
+      `shared_memory_size would be ${mb} MB, more than ${Math.floor(limit / 1024 ** 2)} MB (${SHARED_MEMORY_SHARE * 100} % of the ${Math.floor(memoryBytes / 1024 ** 2)} MB the server has)`,
+    );
+  let hugePages: { needed: number; free: number } | undefined;
+  if ((await ask('huge_pages')) === 'on') {
+    const meminfo = (await onServerFiles(target, ['cat', '/proc/meminfo'], { offline: true })).stdout;
+    const pages = (field: string) => Number(new RegExp(`^${field}:\\s+(\\d+)`, 'm').exec(meminfo)?.[1] ?? 0);
+    hugePages = { needed: Number(await ask('shared_memory_size_in_huge_pages')), free: pages('HugePages_Free') - pages('HugePages_Rsvd') };
+    if (hugePages.needed > hugePages.free)
+      problems.push(
+        `huge_pages = on needs ${hugePages.needed} huge pages, the host has ${hugePages.free} free (reserve them with vm.nr_hugepages, or use huge_pages = try)`,
+      );
+  }
+  if (!problems.length) return;
   await restoreSavedConfig(target, saved);
   throw stepFailure(
     ErrorType.PreflightFailed,
-    `refused before starting: shared_memory_size would be ${mb} MB, more than ${Math.floor(limit / 1024 ** 2)} MB (${SHARED_MEMORY_SHARE * 100} % of the ${Math.floor(memoryBytes / 1024 ** 2)} MB the server has); ${saved.autoConf} put back from before the run and the server started on it after ${Date.now() - downSince} ms down`,
-    { sharedMemoryMb: mb, memoryBytes },
+    `refused before starting: ${problems.join('; ')}; ${saved.autoConf} put back from before the run and the server started on it after ${Date.now() - downSince} ms down`,
+    { sharedMemoryMb: mb, memoryBytes, hugePages },
     'preflight',
   );
 }
