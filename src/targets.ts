@@ -76,6 +76,16 @@ const redisSchema = z
   })
   .strict();
 
+/** The role replicas connect as (REPLICATION LOGIN); its password from the environment or a file, never inline. */
+const replicationSchema = z
+  .object({
+    user: z.string().min(1),
+    passwordEnv: z.string().min(1).optional(),
+    passwordFile: z.string().min(1).optional(),
+    password: z.never({ invalid_type_error: 'inline passwords are not allowed: use passwordEnv or passwordFile' }).optional(),
+  })
+  .strict();
+
 /** Where a webhook's URL is: inline, in an environment variable, or in a file (relative: to this file). */
 const webhookSchema = z
   .object({
@@ -96,6 +106,10 @@ const targetSchema = z
     redis: redisSchema.optional(),
     /** Where physical backups of its PostgreSQL go (the RAM upgrade's), on its host: a directory per run inside it. */
     backupDir: z.string().regex(/^\//, 'an absolute path').optional(),
+    /** Targets that become this primary's streaming replicas (the cluster migration's); their service's dataDir is created by it. */
+    replicas: z.array(nameSchema).optional(),
+    /** The replication role of this primary (the cluster migration's base backups and streaming). */
+    replication: replicationSchema.optional(),
     /** The webhook told when a run on this target opens a gate or waits for a decision: a name from `webhooks`, or one of its own. */
     notify: z.union([nameSchema, webhookSchema]).optional(),
   })
@@ -121,6 +135,15 @@ const fileSchema = z
           path: ['targets', name, 'service'],
           message: 'required with postgres: how to restart its server',
         });
+      }
+      for (const replica of target.replicas ?? []) {
+        if (replica === name || !Object.hasOwn(file.targets, replica) || !file.targets[replica].postgres) {
+          ctx.addIssue({
+            code: z.ZodIssueCode.custom,
+            path: ['targets', name, 'replicas'],
+            message: `${q(replica)} is not another target with a postgres section`,
+          });
+        }
       }
       if (typeof target.notify === 'string' && !Object.hasOwn(file.webhooks ?? {}, target.notify)) {
         ctx.addIssue({
@@ -173,6 +196,7 @@ export function loadTargets(file = targetsPath()): TargetsFile {
         {
           ...t,
           ...(t.postgres ? { postgres: absolute(t.postgres) } : {}),
+          ...(t.replication ? { replication: absolute(t.replication) } : {}),
           ...(t.redis ? { redis: absolute({ ...t.redis, dataRoot: resolve(t.redis.dataRoot) }) } : {}),
           ...(t.notify && typeof t.notify !== 'string' ? { notify: hook(t.notify) } : {}),
         },

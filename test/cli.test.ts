@@ -83,7 +83,7 @@ test('start refuses bad calls before anything starts, one line each', async () =
   expectFailure(
     runbook,
     1,
-    /unknown runbook "connectionUpgrad" \(known: "connectionUpgrade", "partitionMigration", "redisDeployment", "ramUpgrade", "recover"\)/,
+    /unknown runbook "connectionUpgrad" \(known: "connectionUpgrade", "partitionMigration", "redisDeployment", "ramUpgrade", "clusterMigration", "recover"\)/,
   );
   expectFailure(unknownTarget, 1, new RegExp(`unknown target "nowhere" in .* \\(known: .*"${target.name}"`));
   expectFailure(json, 1, new RegExp(`input file "${badJson}" is not valid JSON: .*position`));

@@ -14,6 +14,7 @@ import type { SavedConfig } from '../shared/restart';
 import type { SettingChange } from '../shared/settings';
 import { restartServer, restoreSavedConfig, saveConfig } from './postgres/restart';
 import { alterSystemResetSql, alterSystemSql, formatList, parseList, sameSetting } from './postgres/settings';
+import { findStandbys, HOT_STANDBY_SENSITIVE, replayState, verifyReplaying, type StandbyPlan } from './postgres/standbys';
 import { stepFailure } from './step-context';
 import { planOf, STATEMENTS, type Planned } from './connection-upgrade-plan';
 
@@ -27,6 +28,8 @@ export interface Precheck extends Evidence {
   autoConf: Record<string, string>;
   needsRestart: boolean;
   statementsInstalled: boolean;
+  /** Standbys streaming from the target, each with what it must change before or after the target restarts. */
+  standbys: StandbyPlan[];
   plan: Planned[];
   summary: string;
 }
@@ -106,6 +109,14 @@ export function createConnectionUpgradeActivities() {
         const autoConf = await autoConfEntries(c, managed);
         const statementsInstalled = await hasStatements(c);
         const needsRestart = changes.some((ch) => ch.needsRestart && !sameSetting(ch.name, ch.from, ch.to));
+        const sensitive = managed.filter((name) => HOT_STANDBY_SENSITIVE.includes(name));
+        const topology = await findStandbys(
+          target,
+          c,
+          Object.fromEntries(sensitive.map((name) => [name, wanted[name]])),
+          changes.filter((ch) => sensitive.includes(ch.name) && Number(ch.to) < Number(ch.from)).map((ch) => ch.name),
+          changes.some((ch) => sensitive.includes(ch.name) && !sameSetting(ch.name, ch.from, ch.to)),
+        );
         const restart = serviceCommand(postgresOf(target).service, 'restart').argv.join(' ');
         const plan = planOf({
           serverVersion,
@@ -115,18 +126,22 @@ export function createConnectionUpgradeActivities() {
           needsRestart,
           restart,
           statements: input.enablePgStatStatements,
+          standbys: topology.standbys,
         });
+        const summary = changes.length
+          ? `${changes.length} setting(s) to change${needsRestart ? ', restart needed' : ''}: ` +
+            changes.map((ch) => `${ch.name} ${ch.from}→${ch.to}`).join(', ')
+          : 'every setting already as requested';
         return {
           serverVersion,
           changes,
           autoConf,
           needsRestart,
           statementsInstalled,
+          standbys: topology.standbys,
+          standbysFound: topology.found,
           plan,
-          summary: changes.length
-            ? `${changes.length} setting(s) to change${needsRestart ? ', restart needed' : ''}: ` +
-              changes.map((ch) => `${ch.name} ${ch.from}→${ch.to}`).join(', ')
-            : 'every setting already as requested',
+          summary: topology.summary ? `${summary}; standbys: ${topology.summary}` : summary,
         };
       });
     },
@@ -275,6 +290,37 @@ export function createConnectionUpgradeActivities() {
       });
     },
 
+    /** A standby after its restart, read back from a fresh connection: the new values, nothing pending, still in recovery. */
+    async upgradeStandbyReadBack(standby: string, changes: SettingChange[]): Promise<Evidence> {
+      return onTarget(resolveTarget(standby), async (c) => {
+        const live = await settingRows(
+          c,
+          changes.map((ch) => ch.name),
+        );
+        const state = await replayState(c);
+        const problems = [
+          ...changes
+            .filter((ch) => !sameSetting(ch.name, live.get(ch.name)?.setting ?? '', ch.to) || live.get(ch.name)?.pending_restart)
+            .map(
+              (ch) =>
+                `${ch.name} is ${live.get(ch.name)?.setting}${live.get(ch.name)?.pending_restart ? ' (pending restart)' : ''}, expected ${ch.to}`,
+            ),
+          ...(state.inRecovery ? [] : ['it is not in recovery']),
+        ];
+        if (problems.length) throw stepFailure(ErrorType.NotConverged, `standby ${standby}: ${problems.join('; ')}`);
+        return {
+          summary: `${standby}: ${changes.map((ch) => `${ch.name}=${live.get(ch.name)!.setting}`).join(', ')}${state.paused ? ' (replay paused)' : ''}`,
+          settings: Object.fromEntries(changes.map((ch) => [ch.name, live.get(ch.name)!.setting])),
+          paused: state.paused,
+        };
+      });
+    },
+
+    /** Each standby replays: not paused, sensitive settings at least the primary's, a probe row read back. */
+    async upgradeVerifyStandbys(targetName: string, standbys: string[]): Promise<Evidence> {
+      return verifyReplaying(resolveTarget(targetName), standbys);
+    },
+
     /** The seed's baseline report, as evidence. */
     async upgradeBaseline(targetName: string): Promise<Evidence> {
       return onTarget(resolveTarget(targetName), baseline);
@@ -282,37 +328,80 @@ export function createConnectionUpgradeActivities() {
   };
 }
 
+type UpgradeRecord = Extract<LeftoverRecord, { runbook: 'connectionUpgrade' | 'ramUpgrade' }>;
+type NodeRecord = Pick<UpgradeRecord, 'changes' | 'autoConf' | 'saved'>;
+
+async function inspectNode(targetName: string, { changes, autoConf }: NodeRecord): Promise<{ objects: string[]; restart: boolean }> {
+  const names = changes.map((ch) => ch.name);
+  const read = await onTarget(resolveTarget(targetName), async (c) => ({
+    file: await autoConfEntries(c, names),
+    live: await settingRows(c, names),
+  })).catch(() => undefined);
+  if (!read) return { objects: ['the server does not answer: its saved postgresql.auto.conf put back, and started'], restart: true };
+  const objects = changes
+    .filter(({ name }) => read.file[name] !== autoConf[name] && !sameSetting(name, read.file[name] ?? '', autoConf[name] ?? ''))
+    .map(({ name }) => {
+      const was = autoConf[name];
+      return `${name} = ${q(read.file[name] ?? '(absent)')} in postgresql.auto.conf ${was === undefined ? 'removed' : `put back to ${q(was)}`}`;
+    });
+  const restarted = changes.filter((ch) => ch.needsRestart && !sameSetting(ch.name, read.live.get(ch.name)?.setting ?? '', ch.from));
+  if (restarted.length) objects.push(`PostgreSQL restarted to run ${restarted.map((ch) => `${ch.name} = ${ch.from}`).join(', ')} again`);
+  return { objects, restart: restarted.length > 0 };
+}
+
+async function undoNode(targetName: string, { changes, autoConf, saved }: NodeRecord): Promise<Evidence> {
+  const restored = await createConnectionUpgradeActivities().upgradeRestore(targetName, changes, autoConf, saved);
+  if (!restored.pendingRestart.length) return restored;
+  const expect = Object.fromEntries(
+    changes.filter((ch) => restored.pendingRestart.includes(ch.name)).map((ch) => [ch.name, autoConf[ch.name] ?? ch.from]),
+  );
+  const restart = await restartServer({ target: targetName, expect, saved: saved ?? (await saveConfig(resolveTarget(targetName))) });
+  return { ...restored, summary: `${restored.summary as string}; restarted`, restart };
+}
+
 /**
  * The leftovers of a run that changed settings (connection upgrade, RAM upgrade): its entries in
  * postgresql.auto.conf, put back as its rollback does, and a restart when the server already runs
- * the new restart-only values (or is down: it is started on its saved configuration).
+ * the new restart-only values (or is down: it is started on its saved configuration). Its
+ * standbys' entries too: a value going back up is put back on them before the primary, one going
+ * down after it, so that no standby runs below its primary and pauses.
  */
-export const upgradeLeftovers: Undoer<Extract<LeftoverRecord, { changes: SettingChange[] }>> = {
-  async inspect(targetName, { changes, autoConf }) {
-    const names = changes.map((ch) => ch.name);
-    const read = await onTarget(resolveTarget(targetName), async (c) => ({
-      file: await autoConfEntries(c, names),
-      live: await settingRows(c, names),
-    })).catch(() => undefined);
-    if (!read) return { objects: ['the server does not answer: its saved postgresql.auto.conf put back, and started'], restart: true };
-    const objects = changes
-      .filter(({ name }) => read.file[name] !== autoConf[name] && !sameSetting(name, read.file[name] ?? '', autoConf[name] ?? ''))
-      .map(({ name }) => {
-        const was = autoConf[name];
-        return `${name} = ${q(read.file[name] ?? '(absent)')} in postgresql.auto.conf ${was === undefined ? 'removed' : `put back to ${q(was)}`}`;
-      });
-    const restarted = changes.filter((ch) => ch.needsRestart && !sameSetting(ch.name, read.live.get(ch.name)?.setting ?? '', ch.from));
-    if (restarted.length) objects.push(`PostgreSQL restarted to run ${restarted.map((ch) => `${ch.name} = ${ch.from}`).join(', ')} again`);
-    return { objects, restart: restarted.length > 0 };
+export const upgradeLeftovers: Undoer<UpgradeRecord> = {
+  async inspect(targetName, record) {
+    const found = await inspectNode(targetName, record);
+    for (const s of record.standbys ?? []) {
+      const theirs = await inspectNode(s.name, s);
+      found.objects.push(...theirs.objects.map((o) => `on standby ${s.name}: ${o}`));
+      found.restart ||= theirs.restart;
+    }
+    return found;
   },
 
-  async undo(targetName, { changes, autoConf, saved }) {
-    const restored = await createConnectionUpgradeActivities().upgradeRestore(targetName, changes, autoConf, saved);
-    if (!restored.pendingRestart.length) return restored;
-    const expect = Object.fromEntries(
-      changes.filter((ch) => restored.pendingRestart.includes(ch.name)).map((ch) => [ch.name, autoConf[ch.name] ?? ch.from]),
-    );
-    const restart = await restartServer({ target: targetName, expect, saved: saved ?? (await saveConfig(resolveTarget(targetName))) });
-    return { ...restored, summary: `${restored.summary as string}; restarted`, restart };
+  async undo(targetName, record) {
+    const standbys = record.standbys ?? [];
+    const rising = new Map<string, SettingChange[]>();
+    for (const s of standbys) {
+      const live = await onTarget(resolveTarget(s.name), (c) =>
+        settingRows(
+          c,
+          s.changes.map((ch) => ch.name),
+        ),
+      ).catch(() => undefined);
+      rising.set(
+        s.name,
+        s.changes.filter((ch) => live && Number(s.autoConf[ch.name] ?? ch.from) > Number(live.get(ch.name)?.setting)),
+      );
+    }
+    const undone: Record<string, Evidence> = {};
+    for (const s of standbys)
+      if (rising.get(s.name)!.length) undone[`${s.name} (first)`] = await undoNode(s.name, { ...s, changes: rising.get(s.name)! });
+    const primary = await undoNode(targetName, record);
+    for (const s of standbys) {
+      const rest = s.changes.filter((ch) => !rising.get(s.name)!.includes(ch));
+      if (rest.length) undone[s.name] = await undoNode(s.name, { ...s, changes: rest });
+    }
+    if (!standbys.length) return primary;
+    const lines = Object.entries(undone).map(([name, e]) => `${name}: ${String(e.summary)}`);
+    return { ...primary, summary: `${String(primary.summary)}; standbys: ${lines.join('; ') || 'nothing to put back'}`, standbys: undone };
   },
 };

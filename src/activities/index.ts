@@ -1,6 +1,7 @@
 // Every activity the worker registers, built once from the worker's dependencies.
 import type { Client as TemporalClient } from '@temporalio/client';
 import type { AuditLog } from './audit';
+import { clusterLeftovers, createClusterMigrationActivities } from './cluster-migration';
 import { createConnectionUpgradeActivities, upgradeLeftovers } from './connection-upgrade';
 import { createLeaseActivities } from './lease';
 import { createLeftoverActivities } from './leftovers';
@@ -19,11 +20,13 @@ export function createActivities(audit: AuditLog, temporal: TemporalClient) {
       ramUpgrade: upgradeLeftovers,
       partitionMigration: partitionLeftovers,
       redisDeployment: redisLeftovers,
+      clusterMigration: clusterLeftovers,
     }),
     ...createConnectionUpgradeActivities(),
     ...createPartitionMigrationActivities(),
     ...createRedisActivities(),
     ...createRamUpgradeActivities(),
+    ...createClusterMigrationActivities(),
     ...createRestartActivities(),
     ...createNotifyActivities(),
   };

@@ -18,6 +18,8 @@ const runbookDescriptions: Record<RunbookName, string> = {
     'deploy the Redis cache (process or docker) after gate "deploy": config file, persistence verified, a restart survived, cache keys and monitoring checked',
   ramUpgrade:
     'RAM upgrade: benchmark, physical backup, stop at gate "stop", the hardware at gate "hardware", the new RAM verified, settings retuned and restarted, sanity and benchmark checked; rolls back the settings, or restores the backup',
+  clusterMigration:
+    'single node to primary + 2 streaming replicas: base backups with slots, replication verified, a failover test at gate "failover-test", the old primary rejoined (pg_rewind) and switched back; rolls back to the single node',
   recover:
     'find what ended (terminated) runs left on a target, say what their owner is, and undo it after gate "recover" (also: fermata recover <target>)',
 };

@@ -180,6 +180,32 @@ export const ramUpgradeSchema = z
   .strict();
 export type RamUpgradeInput = z.infer<typeof ramUpgradeSchema>;
 
+export const clusterMigrationSchema = z
+  .object({
+    ...commonInput,
+    /** The targets that become streaming replicas; by default the primary target's `replicas`. */
+    replicas: z.array(nameSchema).min(1).max(2).optional(),
+    /** `switchover`: clean stop, nothing committed is lost; `crash`: immediate stop, the evidence counts lost probe rows. */
+    failoverTest: z.enum(['switchover', 'crash']).default('switchover'),
+    /** End with the first replica as primary instead of switching back to the original node. */
+    stayOnReplica: z.boolean().default(false),
+    /** Append a pg_hba.conf line for the replication role when none admits it (else the precheck refuses). */
+    addHbaEntry: z.boolean().default(false),
+    /** Turn wal_log_hints on (a restart; WAL of about a table's size at its first read) when the cluster has no data checksums. */
+    enableWalLogHints: z.boolean().default(false),
+    /** max_slot_wal_keep_size set when it is unlimited: WAL an abandoned slot may hold back. */
+    slotWalKeepSize: z
+      .string()
+      .regex(/^\d+(MB|GB|TB)$/, 'a PostgreSQL size such as "10GB" or "512MB"')
+      .default('10GB'),
+    /** Probe rows written on the primary and read back on each replica in verify-replication. */
+    probes: z.number().int().min(1).max(1000).default(20),
+  })
+  .strict()
+  .refine((i) => !i.replicas || new Set(i.replicas).size === i.replicas.length, { path: ['replicas'], message: 'names a target twice' })
+  .refine((i) => !i.replicas?.includes(i.target), { path: ['replicas'], message: 'must not name the primary target' });
+export type ClusterMigrationInput = z.infer<typeof clusterMigrationSchema>;
+
 /** The recover runbook: only the common inputs (`recoverLeftovers: true` undoes without asking). */
 export const recoverSchema = z.object(commonInput).strict();
 export type RecoverInput = z.infer<typeof recoverSchema>;
@@ -189,6 +215,7 @@ export const runbookSchemas = {
   partitionMigration: partitionMigrationSchema,
   redisDeployment: redisDeploymentSchema,
   ramUpgrade: ramUpgradeSchema,
+  clusterMigration: clusterMigrationSchema,
   recover: recoverSchema,
 } as const;
 export type RunbookName = keyof typeof runbookSchemas;

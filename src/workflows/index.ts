@@ -4,3 +4,4 @@ export { partitionMigration } from './partition-migration';
 export { redisDeployment } from './redis-deployment';
 export { recover } from './recover';
 export { ramUpgrade } from './ram-upgrade';
+export { clusterMigration } from './cluster-migration';

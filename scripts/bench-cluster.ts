@@ -1,0 +1,239 @@
+// `npm run bench:cluster -- --rows N`: the Cluster Migration's steps on three PostgreSQL clusters of
+// one machine, against plain pg_basebackup runs of the same data, with a writer running throughout.
+// Prints JSON; see runbooks/cluster-migration.md.
+import { MockActivityEnvironment } from '@temporalio/testing';
+import { Client } from 'pg';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { stringify } from 'yaml';
+import { createClusterMigrationActivities } from '../src/activities/cluster-migration';
+import { run } from '../src/activities/host/command';
+import type { Evidence } from '../src/shared/status';
+import { createLibrary } from '../src/fixtures/midi-library';
+import { freePort } from '../src/stack/ports';
+import { clusterService, initCluster, OS_USER, pgBinDir, runningPort, startCluster, stopCluster } from '../src/stack/postgres';
+
+const { values } = parseArgs({ options: { rows: { type: 'string', default: '1720000' } } });
+const rows = Number(values.rows);
+const local = { kind: 'local' } as const;
+
+/**
+ * Inserts numbered rows into whichever node takes them (one connection per node, the next node on
+ * an error), remembering each commit's number and time: a phase's outage is its longest gap.
+ */
+function writer(ports: number[], password: string) {
+  const commits: { n: number; at: number }[] = [];
+  let stop = false;
+  const done = (async () => {
+    const clients = new Map<number, Client>();
+    let [n, at] = [0, 0];
+    while (!stop) {
+      const port = ports[at];
+      try {
+        let client = clients.get(port);
+        if (!client) {
+          client = new Client({ host: '127.0.0.1', port, user: 'fermata', password, database: 'midi_library' });
+          client.on('error', () => undefined);
+          clients.set(port, client);
+          await client.connect();
+        }
+        await client.query('INSERT INTO writer_rows (n) VALUES ($1)', [++n]);
+        commits.push({ n, at: Date.now() });
+      } catch {
+        await clients
+          .get(port)
+          ?.end()
+          .catch(() => undefined);
+        clients.delete(port);
+        at = (at + 1) % ports.length; // read-only or down: the next node
+        await new Promise((r) => setTimeout(r, 2));
+      }
+    }
+    for (const c of clients.values()) await c.end().catch(() => undefined);
+  })();
+  return {
+    commits,
+    /** The longest time between two commits from `from` to `to` (ms). */
+    outage: (from: number, to: number) => {
+      const inside = commits.filter((c) => c.at >= from && c.at <= to).map((c) => c.at);
+      return inside.slice(1).reduce((gap, t, i) => Math.max(gap, t - inside[i]), 0);
+    },
+    stop: async () => {
+      stop = true;
+      await done;
+    },
+  };
+}
+
+async function main(): Promise<void> {
+  const dir = path.resolve(__dirname, '..', '.test-data', `bench-cluster-${process.pid}`);
+  mkdirSync(dir, { recursive: true });
+  const password = randomBytes(12).toString('hex');
+  const replicationPassword = randomBytes(12).toString('hex');
+  const [port, r1Port, r2Port] = [await freePort(), await freePort(), await freePort()];
+  const dataDirs = ['p', 'r1', 'r2'].map((n) => path.join(dir, n));
+  const [dataDir, r1Dir, r2Dir] = dataDirs;
+  await initCluster({ dataDir, port, user: 'fermata', password });
+  await startCluster(dataDir);
+  try {
+    const connection = { host: '127.0.0.1', port, user: 'fermata', password, database: 'midi_library' };
+    const db = await createLibrary(connection, rows);
+    // What the precheck would otherwise ask for (wal_log_hints: a restart), set up before measuring.
+    await db.query(`CREATE ROLE replicator LOGIN REPLICATION PASSWORD '${replicationPassword}'`);
+    await db.query(`ALTER SYSTEM SET wal_log_hints = on`);
+    await db.query(`ALTER SYSTEM SET max_slot_wal_keep_size = '10GB'`);
+    await db.query('CREATE TABLE writer_rows (n int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())');
+    await db.end();
+    await stopCluster(dataDir);
+    await startCluster(dataDir);
+
+    writeFileSync(path.join(dir, 'pw'), password);
+    writeFileSync(path.join(dir, 'replication.pw'), replicationPassword);
+    process.env.FERMATA_TARGETS = path.join(dir, 'targets.yaml');
+    const postgres = (p: number) => ({ host: '127.0.0.1', port: p, user: 'fermata', database: 'midi_library', passwordFile: 'pw' });
+    writeFileSync(
+      process.env.FERMATA_TARGETS,
+      stringify({
+        targets: {
+          bench: {
+            postgres: postgres(port),
+            service: clusterService(dataDir),
+            replicas: ['bench_r1', 'bench_r2'],
+            replication: { user: 'replicator', passwordFile: 'replication.pw' },
+          },
+          bench_r1: { postgres: postgres(r1Port), service: clusterService(r1Dir) },
+          bench_r2: { postgres: postgres(r2Port), service: clusterService(r2Dir) },
+        },
+      }),
+    );
+    const acts = createClusterMigrationActivities();
+    const mock = new MockActivityEnvironment();
+    const act = <A extends unknown[], R>(fn: (...args: A) => Promise<R>, ...args: A): Promise<R> =>
+      mock.run(fn as never, ...args) as Promise<R>;
+    const timed = async <T>(work: () => Promise<T>): Promise<[T, number]> => {
+      const started = Date.now();
+      const result = await work();
+      return [result, (Date.now() - started) / 1000];
+    };
+
+    const pre = await act(acts.clusterPrecheck, {
+      target: 'bench',
+      failoverTest: 'switchover',
+      stayOnReplica: false,
+      addHbaEntry: false,
+      enableWalLogHints: false,
+      slotWalKeepSize: '10GB',
+    });
+    if (pre.changes.length) throw new Error(`the bench's primary should need no change: ${pre.summary}`);
+    const { topology } = pre;
+
+    // A plain copy of the same data before each replica, each the same as a re-clone would be.
+    const plainDir = path.join(dir, 'plain');
+    writeFileSync(path.join(dir, 'pgpass'), `127.0.0.1:${port}:*:replicator:${replicationPassword}\n`, { mode: 0o600 });
+    if (OS_USER) await run(local, ['chown', OS_USER, path.join(dir, 'pgpass')]);
+    const plain = async () => {
+      const [, seconds] = await timed(() =>
+        run(
+          local,
+          [
+            'env',
+            `PGPASSFILE=${path.join(dir, 'pgpass')}`,
+            path.join(pgBinDir(), 'pg_basebackup'),
+            '-h',
+            '127.0.0.1',
+            '-p',
+            String(port),
+          ].concat(['-U', 'replicator', '-D', plainDir, '-X', 'stream', '-c', 'fast']),
+          { asUser: OS_USER },
+        ),
+      );
+      rmSync(plainDir, { recursive: true, force: true });
+      return seconds;
+    };
+    const plainSeconds = [await plain()];
+    const replicas: Evidence[] = [await act(acts.clusterCreateReplica, topology, 0, pre.dataBytes)];
+    plainSeconds.push(await plain());
+    replicas.push(await act(acts.clusterCreateReplica, topology, 1, pre.dataBytes));
+    const verified = await act(acts.clusterVerifyReplication, topology, 'bench', 50);
+    const readBack = Object.values(verified.readBackMs as Record<string, { p50: number; max: number }>);
+
+    // Switchover and back, the writer running throughout: no committed row may be lost.
+    const writes = writer([port, r1Port, r2Port], password);
+    await new Promise((r) => setTimeout(r, 1000));
+    let from = Date.now();
+    const switchover = await act(acts.clusterFailover, topology, 'switchover');
+    const switchoverOutageMs = writes.outage(from, Date.now() + 2000);
+    const [rejoined, rejoinSwitchoverSeconds] = await timed(() => act(acts.clusterRejoin, topology, 'bench', 'bench_r1'));
+    from = Date.now();
+    const back = await act(acts.clusterSwitchback, topology);
+    await new Promise((r) => setTimeout(r, 1000));
+    const switchbackOutageMs = writes.outage(from, Date.now());
+    await writes.stop();
+    const check = new Client(connection);
+    await check.connect();
+    const committed = writes.commits.map((c) => c.n);
+    const present = Number((await check.query('SELECT count(*) FROM writer_rows WHERE n = ANY($1)', [committed])).rows[0].count);
+    await check.end();
+
+    // A crash of the primary, the old primary rewound, and back.
+    const crash = await act(acts.clusterFailover, topology, 'crash');
+    const [rewound, rejoinCrashSeconds] = await timed(() => act(acts.clusterRejoin, topology, 'bench', 'bench_r1'));
+    await act(acts.clusterSwitchback, topology);
+    const finalized = await act(acts.clusterFinalize, topology, 'bench');
+
+    // The rollback's part per replica: stopped, its slot dropped, its directory removed.
+    const [, rollbackSeconds] = await timed(async () => {
+      await act(acts.clusterRemoveReplica, topology, 1);
+      await act(acts.clusterRemoveReplica, topology, 0);
+    });
+    const after = new Client(connection);
+    await after.connect();
+    const slotsLeft = Number((await after.query('SELECT count(*) FROM pg_replication_slots')).rows[0].count);
+    await after.end();
+
+    const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+    const replicaSeconds = replicas.map((r) => Number(r.seconds));
+    const round = (x: number, digits = 3) => Number(x.toFixed(digits));
+    console.log(
+      JSON.stringify(
+        {
+          rows,
+          data_bytes: pre.dataBytes,
+          replica_seconds: replicaSeconds,
+          plain_basebackup_seconds: plainSeconds,
+          replica_ratio: round(mean(replicaSeconds) / mean(plainSeconds)),
+          readback_p50_ms: Math.max(...readBack.map((r) => r.p50)),
+          readback_max_ms: Math.max(...readBack.map((r) => r.max)),
+          switchover_first_write_ms: switchover.firstWriteMs,
+          switchover_outage_ms: switchoverOutageMs,
+          switchback_outage_ms: switchbackOutageMs,
+          failover_ms: crash.firstWriteMs,
+          crash_probe_rows_lost: crash.probeRowsLost,
+          rejoin_after_switchover: { method: rejoined.method, seconds: rejoinSwitchoverSeconds, output: rejoined.output },
+          rejoin_seconds: rejoinCrashSeconds,
+          rejoin_method: rewound.method,
+          rewind_ms: rewound.rewindMs,
+          reclone_seconds: round(mean(plainSeconds)),
+          writes_committed: committed.length,
+          writes_lost: committed.length - present,
+          rollback_seconds_per_replica: round(rollbackSeconds / 2),
+          slots_left: slotsLeft,
+          switchback: String(back.summary).slice(0, 200),
+          finalize: finalized.summary,
+        },
+        null,
+        2,
+      ),
+    );
+  } finally {
+    for (const d of dataDirs) if (runningPort(d) !== undefined) await stopCluster(d).catch(() => undefined);
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+main().catch((err) => {
+  console.error(`bench:cluster: ${err instanceof Error ? err.message : err}`);
+  process.exit(1);
+});

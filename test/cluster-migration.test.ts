@@ -1,0 +1,452 @@
+// The Cluster Migration runbook on three real PostgreSQL clusters on loopback ports: a copy of the
+// MIDI library as the primary, two targets whose data directories the runbook creates. Effects are
+// read back through the test's own connections; a writer runs through the failover test and checks
+// that every row it saw committed is on the primary at the end.
+import type { WorkflowHandle } from '@temporalio/client';
+import { Client } from 'pg';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { approveSignal, statusQuery, TASK_QUEUE } from '../src/shared/messages';
+import type { RunbookResult, RunbookStatus } from '../src/shared/status';
+import { freePort } from '../src/stack/ports';
+import { clusterService, OS_USER, runningPort, stopCluster } from '../src/stack/postgres';
+import { runDir } from './harness/paths';
+import { historyText, linesWith } from './harness/records';
+import {
+  closeHarness,
+  env,
+  failureOf,
+  newTarget,
+  spawnWorker,
+  startWorker,
+  temporal,
+  uniqueId,
+  waitForStatus,
+  writeTargets,
+  type RunningWorker,
+  type TestTarget,
+} from './harness/stack';
+import execa from 'execa';
+
+const REPLICATION_PASSWORD = `repl-${Math.random().toString(36).slice(2)}`;
+writeFileSync(path.join(runDir, 'secrets', 'replication.pw'), REPLICATION_PASSWORD, { mode: 0o600 });
+
+let worker: RunningWorker;
+const dataDirs: string[] = [];
+beforeAll(async () => {
+  worker = await startWorker();
+});
+afterAll(async () => {
+  await worker?.stop();
+  await closeHarness();
+  for (const dir of dataDirs) if (runningPort(dir) !== undefined) await stopCluster(dir).catch(() => undefined);
+});
+
+interface Node {
+  name: string;
+  port: number;
+  dataDir: string;
+  query<T = Record<string, unknown>>(sql: string, params?: unknown[]): Promise<T[]>;
+}
+
+const nodeQuery =
+  (port: number): Node['query'] =>
+  async <T>(sql: string, params: unknown[] = []) => {
+    const client = new Client({ host: '127.0.0.1', port, user: 'fermata', password: env.targetPassword, database: 'midi_library' });
+    await client.connect();
+    try {
+      return (await client.query(sql, params)).rows as T[];
+    } finally {
+      await client.end();
+    }
+  };
+
+/** A primary (a copy of the library, with the replication role unless `role` is false) and two replica targets with no directory yet. */
+async function cluster(prefix: string, { role = true, walLogHints = false } = {}) {
+  const primary: TestTarget = await newTarget(uniqueId(`${prefix}-p`));
+  dataDirs.push(primary.dataDir);
+  if (role) await primary.query(`CREATE ROLE replicator LOGIN REPLICATION PASSWORD '${REPLICATION_PASSWORD}'`);
+  if (walLogHints) {
+    await primary.query('ALTER SYSTEM SET wal_log_hints = on');
+    await primary.stop();
+    await primary.start();
+  }
+  const replicas: Node[] = [];
+  for (const suffix of ['r1', 'r2']) {
+    const name = uniqueId(`${prefix}-${suffix}`);
+    const port = await freePort();
+    const dataDir = path.join(runDir, 'pg', name);
+    dataDirs.push(dataDir);
+    replicas.push({ name, port, dataDir, query: nodeQuery(port) });
+  }
+  writeTargets((doc) => {
+    for (const r of replicas) {
+      doc.targets[r.name] = {
+        postgres: { host: '127.0.0.1', port: r.port, database: 'midi_library', user: 'fermata', passwordFile: 'secrets/target.pw' },
+        service: clusterService(r.dataDir),
+      };
+    }
+    Object.assign(doc.targets[primary.name] as Record<string, unknown>, {
+      replicas: replicas.map((r) => r.name),
+      replication: { user: 'replicator', passwordFile: 'secrets/replication.pw' },
+    });
+  });
+  return { primary, replicas, nodes: [{ ...primary, query: primary.query } as Node, ...replicas] };
+}
+
+async function start(input: Record<string, unknown>): Promise<WorkflowHandle> {
+  return (await temporal()).workflow.start('clusterMigration', { taskQueue: TASK_QUEUE, workflowId: uniqueId('cluster'), args: [input] });
+}
+const step = (s: RunbookStatus, name: string) => s.steps.find((st) => st.name === name)!;
+const approve = (h: WorkflowHandle, gate: string) => h.signal(approveSignal, { gate, by: 'ops' });
+
+/**
+ * Writes numbered rows to whichever node takes them, and remembers each number whose commit it
+ * saw; the longest pause between two commits is the write outage.
+ */
+function writer(nodes: Node[]) {
+  const committed: number[] = [];
+  let stop = false;
+  let longestGapMs = 0;
+  const clients = new Map<number, Client>();
+  const done = (async () => {
+    let n = 0;
+    let last = Date.now();
+    let at = 0;
+    while (!stop) {
+      const node = nodes[at];
+      try {
+        let client = clients.get(node.port);
+        if (!client) {
+          client = new Client({
+            host: '127.0.0.1',
+            port: node.port,
+            user: 'fermata',
+            password: env.targetPassword,
+            database: 'midi_library',
+          });
+          client.on('error', () => undefined);
+          clients.set(node.port, client);
+          await client.connect();
+        }
+        await client.query('INSERT INTO writer_rows (n) VALUES ($1)', [++n]);
+        committed.push(n);
+        const now = Date.now();
+        longestGapMs = Math.max(longestGapMs, now - last);
+        last = now;
+      } catch {
+        await clients
+          .get(node.port)
+          ?.end()
+          .catch(() => undefined);
+        clients.delete(node.port);
+        at = (at + 1) % nodes.length; // read-only, or down: try the next node
+        await new Promise((r) => setTimeout(r, 5));
+      }
+    }
+    for (const c of clients.values()) await c.end().catch(() => undefined);
+  })();
+  return {
+    committed,
+    stop: async () => {
+      stop = true;
+      await done;
+      return { longestGapMs };
+    },
+  };
+}
+
+test('switchover path: two streaming replicas, probes read back, switchover and switchback lose no committed row', async () => {
+  const { primary, replicas, nodes } = await cluster('cm-happy');
+  const [r1] = replicas;
+  await primary.query('CREATE TABLE writer_rows (n int PRIMARY KEY)');
+  const handle = await start({ target: primary.name, enableWalLogHints: true });
+  const restart = await waitForStatus(handle, (s) => s.pendingGate?.name === 'restart', 60_000);
+  expect(restart.pendingGate!.does).toMatch(/set wal_log_hints on .* and restart it/);
+  await approve(handle, 'restart');
+  const held = await waitForStatus(handle, (s) => s.pendingGate?.name === 'failover-test', 180_000);
+  expect(step(held, 'replica-1').evidence!.summary).toMatch(new RegExp(`^${r1.name} streaming from ${primary.name} through slot fermata_`));
+  expect(step(held, 'verify-replication').evidence!.summary).toMatch(/20 probe rows read back: .* row counts equal \(files 60000/);
+  // Read back by the test: two standbys streaming through active slots.
+  const streaming = await primary.query<{ application_name: string; state: string }>(
+    'SELECT application_name, state FROM pg_stat_replication ORDER BY application_name',
+  );
+  expect(streaming).toEqual(
+    replicas
+      .map((r) => ({ application_name: r.name, state: 'streaming' }))
+      .sort((a, b) => a.application_name.localeCompare(b.application_name)),
+  );
+  expect(await r1.query('SELECT pg_is_in_recovery() AS standby, current_setting($1) AS port', ['port'])).toEqual([
+    { standby: true, port: String(r1.port) },
+  ]);
+  expect(await primary.show('wal_log_hints')).toBe('on');
+
+  const writes = writer(nodes);
+  await new Promise((r) => setTimeout(r, 500));
+  await approve(handle, 'failover-test');
+  const result: RunbookResult = await handle.result();
+  await new Promise((r) => setTimeout(r, 300));
+  const { longestGapMs } = await writes.stop();
+  if (result.outcome !== 'completed') throw new Error(JSON.stringify(result.status, null, 1));
+
+  // The original node is primary again, both replicas stream from it, slots only for them and active.
+  expect(await primary.query('SELECT pg_is_in_recovery() AS standby')).toEqual([{ standby: false }]);
+  const after = await primary.query<{ application_name: string; state: string }>(
+    'SELECT application_name, state FROM pg_stat_replication ORDER BY application_name',
+  );
+  expect(after.map((r) => r.state)).toEqual(['streaming', 'streaming']);
+  expect(await primary.query('SELECT slot_name, active FROM pg_replication_slots ORDER BY slot_name')).toEqual(
+    replicas
+      .map((r) => ({ slot_name: `fermata_${r.name.replace(/-/g, '_')}`, active: true }))
+      .sort((a, b) => a.slot_name.localeCompare(b.slot_name)),
+  );
+  for (const r of replicas) {
+    expect(await r.query('SELECT pg_is_in_recovery() AS standby')).toEqual([{ standby: true }]);
+    expect(await r.query('SELECT count(*)::int AS slots FROM pg_replication_slots')).toEqual([{ slots: 0 }]);
+  }
+  // No committed row lost across two switchovers.
+  const have = new Set((await primary.query<{ n: number }>('SELECT n FROM writer_rows')).map((r) => r.n));
+  const lost = writes.committed.filter((n) => !have.has(n));
+  expect(writes.committed.length).toBeGreaterThan(100);
+  expect(lost).toEqual([]);
+  expect(await primary.query(`SELECT to_regclass('fermata_cluster_probe') AS probe`)).toEqual([{ probe: null }]);
+  const failover = step(result.status, 'failover').evidence!;
+  expect(failover).toMatchObject({ mode: 'switchover', probeRowsLost: 0, timeline: 2 });
+  expect(step(result.status, 'rejoin').evidence).toMatchObject({ method: 'pg_rewind' });
+  expect(step(result.status, 'finalize').evidence).toMatchObject({ primary: primary.name, timeline: 3 });
+  expect(linesWith(await historyText(handle), [env.targetPassword, REPLICATION_PASSWORD])).toEqual([]);
+  const figures = Object.fromEntries(
+    ['replica-1', 'replica-2', 'verify-replication', 'failover', 'rejoin', 'switchback', 'finalize'].map((s) => [
+      s,
+      step(result.status, s).evidence,
+    ]),
+  );
+  console.log(JSON.stringify({ writes: writes.committed.length, lost: lost.length, longestGapMs, ...figures }, null, 1));
+});
+
+test('rejected at gate failover-test: rolled back to the single node, no slots, replicas stopped and their directories gone', async () => {
+  const { primary, replicas } = await cluster('cm-rollback', { walLogHints: true });
+  const settingsBefore = await primary.query('SELECT name, setting FROM pg_settings WHERE name = ANY($1) ORDER BY name', [
+    ['full_page_writes', 'max_slot_wal_keep_size'],
+  ]);
+  const planned: RunbookResult = await (await start({ target: primary.name, dryRun: true })).result();
+  expect(planned.outcome).toBe('planned');
+  expect(planned.status.plan!.map((a) => a.text).join('\n')).toMatch(/pg_basebackup .* -R -C -S fermata_/);
+  const handle = await start({ target: primary.name });
+  await waitForStatus(handle, (s) => s.pendingGate?.name === 'failover-test', 180_000);
+  for (const r of replicas) expect(runningPort(r.dataDir)).toBe(r.port);
+  const started = Date.now();
+  await handle.signal('reject', { gate: 'failover-test', by: 'ops', reason: 'test the way back' });
+  const result: RunbookResult = await handle.result();
+  const rollbackMs = Date.now() - started;
+  expect(result.outcome).toBe('rejected');
+  expect(await primary.query('SELECT pg_is_in_recovery() AS standby')).toEqual([{ standby: false }]);
+  expect(await primary.query('SELECT slot_name FROM pg_replication_slots')).toEqual([]);
+  expect(await primary.query('SELECT count(*)::int AS n FROM pg_stat_replication')).toEqual([{ n: 0 }]);
+  expect(await primary.query(`SELECT to_regclass('fermata_cluster_probe') AS probe`)).toEqual([{ probe: null }]);
+  expect(
+    await primary.query('SELECT name, setting FROM pg_settings WHERE name = ANY($1) ORDER BY name', [
+      ['full_page_writes', 'max_slot_wal_keep_size'],
+    ]),
+  ).toEqual(settingsBefore);
+  for (const r of replicas) {
+    expect(runningPort(r.dataDir)).toBeUndefined();
+    expect(existsSync(r.dataDir)).toBe(false);
+    expect(existsSync(`${r.dataDir}.fermata`)).toBe(false);
+  }
+  const rolledBack = result.status.steps.filter((s) => s.state === 'rolled_back').map((s) => s.name);
+  expect(rolledBack).toEqual(['prepare-primary', 'replica-1', 'replica-2', 'verify-replication']);
+  console.log(JSON.stringify({ rollbackMs, replica: step(result.status, 'replica-1').evidence!.rollback }, null, 1));
+});
+
+test('cancelled after the failover: the rollback switches back to the original node first, then removes the replicas; no committed row lost', async () => {
+  const { primary, replicas, nodes } = await cluster('cm-after', { walLogHints: true });
+  await primary.query('CREATE TABLE writer_rows (n int PRIMARY KEY)');
+  const handle = await start({ target: primary.name });
+  await waitForStatus(handle, (s) => s.pendingGate?.name === 'failover-test', 180_000);
+  const writes = writer(nodes);
+  await approve(handle, 'failover-test');
+  await waitForStatus(handle, (s) => step(s, 'failover').state === 'done', 60_000);
+  await handle.cancel();
+  await expect(handle.result()).rejects.toThrow(/cancelled/);
+  const status = await handle.query(statusQuery);
+  await new Promise((r) => setTimeout(r, 300));
+  await writes.stop();
+  expect(status.state).toBe('cancelled');
+  expect(JSON.stringify(step(status, 'failover').evidence!.rollback)).toMatch(/switched back to /);
+  expect(await primary.query('SELECT pg_is_in_recovery() AS standby')).toEqual([{ standby: false }]);
+  expect(await primary.query('SELECT slot_name FROM pg_replication_slots')).toEqual([]);
+  for (const r of replicas) {
+    expect(runningPort(r.dataDir)).toBeUndefined();
+    expect(existsSync(r.dataDir)).toBe(false);
+  }
+  const have = new Set((await primary.query<{ n: number }>('SELECT n FROM writer_rows')).map((r) => r.n));
+  expect(writes.committed.filter((n) => !have.has(n))).toEqual([]);
+  console.log(
+    JSON.stringify(
+      {
+        rolledBack: status.steps.filter((st) => st.state === 'rolled_back').map((st) => st.name),
+        failover: step(status, 'failover').evidence!.rollback,
+      },
+      null,
+      1,
+    ),
+  );
+});
+
+test('precheck refuses, naming each reason, and changes nothing: no replication role, no wal_log_hints nor checksums, a replica directory not empty', async () => {
+  const { primary, replicas } = await cluster('cm-refuse', { role: false });
+  const [r1] = replicas;
+  mkdirSync(r1.dataDir, { recursive: true });
+  writeFileSync(path.join(r1.dataDir, 'someone-elses'), 'x');
+  if (OS_USER) await execa('chown', ['-R', OS_USER, r1.dataDir]);
+  const failure = await failureOf(await start({ target: primary.name }));
+  expect(failure.type).toBe('PrecheckFailed');
+  expect(failure.message).toMatch(/the replication role "replicator" does not exist/);
+  expect(failure.message).toMatch(/wal_log_hints is off and the cluster has no data checksums/);
+  expect(failure.message).toMatch(new RegExp(`replica "${r1.name}"'s data directory .* exists and is not empty`));
+  expect(failure.message).toMatch(/Nothing was changed$/);
+  expect(existsSync(path.join(r1.dataDir, 'someone-elses'))).toBe(true);
+  expect(existsSync(replicas[1].dataDir)).toBe(false);
+  expect(await primary.query('SELECT slot_name FROM pg_replication_slots')).toEqual([]);
+  expect(await primary.show('wal_log_hints')).toBe('off');
+  // Bad input is refused before anything is read.
+  const bad = await failureOf(await start({ target: primary.name, replicas: [primary.name] }));
+  expect(bad.type).toBe('InvalidInput');
+  expect(bad.message).toMatch(/replicas: must not name the primary target/);
+});
+
+test('no pg_hba.conf line admits the replication role: refused, or with addHbaEntry appended, and removed by the rollback', async () => {
+  const { primary } = await cluster('cm-hba', { walLogHints: true });
+  const hba = path.join(primary.dataDir, 'pg_hba.conf');
+  const original = readFileSync(hba, 'utf8');
+  writeFileSync(hba, original.replace(/^\s*(host|local)\s+replication\b.*$/gm, ''));
+  await primary.query('SELECT pg_reload_conf()');
+  const refused = await failureOf(await start({ target: primary.name }));
+  expect(refused.message).toMatch(
+    /pg_hba\.conf on .* admits no replication connection of "replicator" from 127\.0\.0\.1: add "host replication replicator 127\.0\.0\.1\/32 scram-sha-256" or start with "addHbaEntry": true\. Nothing was changed$/,
+  );
+  const handle = await start({ target: primary.name, addHbaEntry: true });
+  const held = await waitForStatus(handle, (s) => s.pendingGate?.name === 'failover-test', 180_000);
+  expect(step(held, 'prepare-primary').evidence!.summary).toMatch(
+    /appended to .*pg_hba\.conf: host replication replicator 127\.0\.0\.1\/32/,
+  );
+  expect(readFileSync(hba, 'utf8')).toMatch(/^host replication replicator 127\.0\.0\.1\/32 scram-sha-256$/m);
+  await handle.signal('reject', { gate: 'failover-test', by: 'ops', reason: 'hba test' });
+  expect(((await handle.result()) as RunbookResult).outcome).toBe('rejected');
+  expect(readFileSync(hba, 'utf8')).not.toMatch(/host replication replicator/);
+});
+
+test('stayOnReplica: the first replica stays primary, the original node and the second replica stream from it', async () => {
+  const { primary, replicas } = await cluster('cm-stay', { walLogHints: true });
+  const [r1, r2] = replicas;
+  const handle = await start({ target: primary.name, stayOnReplica: true });
+  await waitForStatus(handle, (s) => s.pendingGate?.name === 'failover-test', 180_000);
+  await approve(handle, 'failover-test');
+  const result: RunbookResult = await handle.result();
+  if (result.outcome !== 'completed') throw new Error(JSON.stringify(result.status, null, 1));
+  expect(step(result.status, 'switchback')).toMatchObject({
+    state: 'skipped',
+    evidence: { summary: expect.stringMatching(/^stayOnReplica: /) },
+  });
+  expect(step(result.status, 'finalize').evidence).toMatchObject({ primary: r1.name, timeline: 2 });
+  expect(await r1.query('SELECT pg_is_in_recovery() AS standby')).toEqual([{ standby: false }]);
+  expect(await r1.query('SELECT application_name, state FROM pg_stat_replication ORDER BY application_name')).toEqual(
+    [primary.name, r2.name].sort().map((name) => ({ application_name: name, state: 'streaming' })),
+  );
+  expect(await r1.query('SELECT count(*)::int AS n FROM pg_replication_slots WHERE active')).toEqual([{ n: 2 }]);
+  expect(await primary.query('SELECT pg_is_in_recovery() AS standby, (SELECT count(*)::int FROM pg_replication_slots) AS slots')).toEqual([
+    { standby: true, slots: 0 },
+  ]);
+});
+
+test('crash failover: the primary stopped immediately, the replica promoted, the old primary rewound (pg_rewind) and switched back to', async () => {
+  const { primary, replicas, nodes } = await cluster('cm-crash', { walLogHints: true });
+  await primary.query('CREATE TABLE writer_rows (n int PRIMARY KEY)');
+  const handle = await start({ target: primary.name, failoverTest: 'crash' });
+  const held = await waitForStatus(handle, (s) => s.pendingGate?.name === 'failover-test', 180_000);
+  expect(held.pendingGate!.does).toMatch(/^crash .* \(immediate stop: commits in flight may be lost/);
+  const writes = writer(nodes);
+  await new Promise((r) => setTimeout(r, 300));
+  await approve(handle, 'failover-test');
+  const result: RunbookResult = await handle.result();
+  const { longestGapMs } = await writes.stop();
+  if (result.outcome !== 'completed') throw new Error(JSON.stringify(result.status, null, 1));
+  const failover = step(result.status, 'failover').evidence!;
+  expect(failover).toMatchObject({ mode: 'crash', timeline: 2, probeRowsWritten: 50, probeRowsLost: expect.any(Number) });
+  expect(failover.replayWaitMs).toBeUndefined(); // a crashed primary has no shutdown checkpoint to wait for
+  const rejoin = step(result.status, 'rejoin').evidence!;
+  expect(rejoin).toMatchObject({ method: 'pg_rewind' });
+  expect(String(rejoin.output)).toMatch(/servers diverged at WAL location/);
+  expect(await primary.query('SELECT pg_is_in_recovery() AS standby')).toEqual([{ standby: false }]);
+  expect(await primary.query('SELECT count(*)::int AS n FROM pg_replication_slots WHERE active')).toEqual([{ n: 2 }]);
+  for (const r of replicas) expect(await r.query('SELECT pg_is_in_recovery() AS standby')).toEqual([{ standby: true }]);
+  const have = new Set((await primary.query<{ n: number }>('SELECT n FROM writer_rows')).map((r) => r.n));
+  console.log(
+    JSON.stringify(
+      {
+        writes: writes.committed.length,
+        writerRowsLost: writes.committed.filter((n) => !have.has(n)).length,
+        longestGapMs,
+        failover,
+        rejoin,
+      },
+      null,
+      1,
+    ),
+  );
+});
+
+test('terminated after its replicas: the recover runbook finds its slots, replicas and directories and undoes them', async () => {
+  const { primary, replicas } = await cluster('cm-left', { walLogHints: true });
+  const fpwBefore = await primary.show('full_page_writes');
+  const handle = await start({ target: primary.name });
+  await waitForStatus(handle, (s) => s.pendingGate?.name === 'failover-test', 180_000);
+  await handle.terminate('operator pressed Terminate');
+  expect(await primary.query('SELECT count(*)::int AS n FROM pg_replication_slots')).toEqual([{ n: 2 }]);
+  const recover = await (
+    await temporal()
+  ).workflow.start('recover', {
+    taskQueue: TASK_QUEUE,
+    workflowId: uniqueId('recover'),
+    args: [{ target: primary.name, recoverLeftovers: true }],
+  });
+  const result: RunbookResult = await recover.result();
+  expect(result.outcome).toBe('completed');
+  expect(step(result.status, 'recover').evidence!.summary).toMatch(new RegExp(`^${handle.workflowId}: ${primary.name} is the primary; `));
+  expect(await primary.query('SELECT slot_name FROM pg_replication_slots')).toEqual([]);
+  expect(await primary.query(`SELECT to_regclass('fermata_cluster_probe') AS probe`)).toEqual([{ probe: null }]);
+  expect(await primary.show('full_page_writes')).toBe(fpwBefore);
+  for (const r of replicas) {
+    expect(runningPort(r.dataDir)).toBeUndefined();
+    expect(existsSync(r.dataDir)).toBe(false);
+  }
+});
+
+test('worker killed during a base backup: the next worker clears its partial copy, re-creates the slot and carries on', async () => {
+  await worker.stop(); // only the process below polls, so the kill hits the activity
+  const { primary, replicas } = await cluster('cm-kill', { walLogHints: true });
+  const [r1] = replicas;
+  const first = spawnWorker();
+  const handle = await start({ target: primary.name });
+  const deadline = Date.now() + 120_000;
+  while (!existsSync(path.join(r1.dataDir, 'global')) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  first.kill('SIGKILL');
+  await first.catch(() => undefined);
+  const second = spawnWorker();
+  try {
+    const held = await waitForStatus(handle, (s) => s.pendingGate?.name === 'failover-test', 240_000);
+    expect(step(held, 'replica-1').evidence).toMatchObject({ retried: true });
+    expect(step(held, 'replica-1').evidence!.summary).toMatch(/an earlier attempt cleared first/);
+    expect(await primary.query('SELECT count(*)::int AS n FROM pg_replication_slots WHERE active')).toEqual([{ n: 2 }]);
+    expect(await r1.query('SELECT pg_is_in_recovery() AS standby')).toEqual([{ standby: true }]);
+    await handle.signal('reject', { gate: 'failover-test', by: 'ops', reason: 'done' });
+    expect(((await handle.result()) as RunbookResult).outcome).toBe('rejected');
+    expect(await primary.query('SELECT slot_name FROM pg_replication_slots')).toEqual([]);
+    for (const r of replicas) expect(existsSync(r.dataDir)).toBe(false);
+  } finally {
+    second.kill('SIGKILL');
+    await second.catch(() => undefined);
+    worker = await startWorker();
+  }
+});
