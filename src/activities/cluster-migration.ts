@@ -13,6 +13,7 @@ import type { ClusterMigrationInput } from '../shared/inputs';
 import type { LeftoverRecord } from '../shared/leftovers';
 import type { SavedConfig } from '../shared/restart';
 import type { SettingChange } from '../shared/settings';
+import { alterSystemResetSql, alterSystemSql } from './postgres/settings';
 import { formatBytes } from '../shared/size';
 import type { Evidence } from '../shared/status';
 import { password, postgresOf, resolveTarget, type PostgresEndpoint, type ServiceControl, type Target } from '../targets';
@@ -365,8 +366,8 @@ async function moveWriter(
       await startNode(o);
     } else {
       await onTarget(o.target, async (c) => {
-        await c.query(`ALTER SYSTEM SET primary_conninfo = ${confValue(upstreamConninfo(o, to, topology))}`);
-        await c.query(`ALTER SYSTEM SET primary_slot_name = ${confValue(o.ref.slot)}`);
+        await c.query(alterSystemSql('primary_conninfo', upstreamConninfo(o, to, topology)));
+        await c.query(alterSystemSql('primary_slot_name', o.ref.slot));
       });
       await reload(o.target);
     }
@@ -466,7 +467,7 @@ async function rejoin(topology: Topology, nodeName: string, upstreamName: string
 /** The original node is primary again: its standby settings reset, its passfile removed. */
 async function primaryAgain(p: Node): Promise<void> {
   await onTarget(p.target, async (c) => {
-    for (const name of ['primary_conninfo', 'primary_slot_name']) await c.query(`ALTER SYSTEM RESET ${ident(name)}`);
+    for (const name of ['primary_conninfo', 'primary_slot_name']) await c.query(alterSystemResetSql(name));
   });
   await reload(p.target);
   await sh(p, ['rm', '-rf', nodeDir(p.ref.dataDir)]);

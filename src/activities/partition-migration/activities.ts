@@ -124,7 +124,6 @@ export function createPartitionMigrationActivities() {
           const where = located.ranges.length ? ` in key ranges ${listRanges(located.ranges)}` : '';
           return stepFailure(ErrorType.NotConverged, `${left} and ${right} differ${where}: ${why}`);
         };
-        let evidence: Evidence;
         if (against === 'shadow' && (await exists(c, 'fermata_migration_writes'))) {
           const started = Date.now();
           const { rows } = await c.query<{ keys: number; differing: string[] | null; source: string; shadow: string }>(
@@ -135,22 +134,20 @@ export function createPartitionMigrationActivities() {
             throw await differ(`rows written since their block's copy differ at keys ${check.differing.slice(0, 5).join(', ')}`);
           if (check.source !== check.shadow) throw await differ(`${check.source} against ${check.shadow}`);
           const checkMs = Date.now() - started;
-          evidence = {
+          return {
             summary: `${check.source} in both, and the rows of the ${check.keys} keys written since their block's copy equal (${checkMs} ms; the cut-over compares every row once more)`,
             keys: check.keys,
             checkMs,
           };
-        } else {
-          const compared = await compare([c, second], spec.partitionKey, left, right, chunk);
-          if (compared.ranges.length)
-            throw stepFailure(ErrorType.NotConverged, `${left} and ${right} differ in key ranges ${listRanges(compared.ranges)}`);
-          evidence = {
-            summary: `${compared.rows} rows equal in ${compared.chunks} key range${compared.chunks === 1 ? '' : 's'} (count and ${compared.hash} checksum)`,
-            rows: compared.rows,
-            ranges: compared.chunks,
-          };
         }
-        return evidence;
+        const compared = await compare([c, second], spec.partitionKey, left, right, chunk);
+        if (compared.ranges.length)
+          throw stepFailure(ErrorType.NotConverged, `${left} and ${right} differ in key ranges ${listRanges(compared.ranges)}`);
+        return {
+          summary: `${compared.rows} rows equal in ${compared.chunks} key range${compared.chunks === 1 ? '' : 's'} (count and ${compared.hash} checksum)`,
+          rows: compared.rows,
+          ranges: compared.chunks,
+        };
       });
     },
 

@@ -334,7 +334,7 @@ export function swap(spec: MigrationSpec, inventory: TableFacts, direction: 'for
   const id = (name: string) => ident(name);
   const indexSuffix = { forward: ['', '_old', '_fm'], back: ['', '_fm', '_old'] }[direction];
   const statements = [
-    ...moved.map((fk) => `ALTER TABLE ${fk.table} DROP CONSTRAINT ${id(fk.name)}`),
+    ...moved.map(dropForeignKeySql),
     `DROP TRIGGER IF EXISTS ${id(direction === 'forward' ? n.forwardTrigger : n.reverseTrigger)} ON ${id(live)}`,
     `ALTER TABLE ${id(live)} RENAME TO ${id(parked)}`,
     `ALTER TABLE ${id(incoming)} RENAME TO ${id(live)}`,
@@ -393,11 +393,10 @@ export function swap(spec: MigrationSpec, inventory: TableFacts, direction: 'for
 /** A referencing foreign key (its definition as the precheck read it: REFERENCES the table's name) added NOT VALID, validated after. */
 const addForeignKeySql = (fk: ForeignKey): string => `ALTER TABLE ${fk.table} ADD CONSTRAINT ${ident(fk.name)} ${fk.definition} NOT VALID`;
 
+const dropForeignKeySql = (fk: ForeignKey): string => `ALTER TABLE ${fk.table} DROP CONSTRAINT ${ident(fk.name)}`;
+
 /** One foreign key moved to the table now called by the table's name, in one transaction. */
-export const moveForeignKeySql = (fk: ForeignKey): string[] => [
-  `ALTER TABLE ${fk.table} DROP CONSTRAINT ${ident(fk.name)}`,
-  addForeignKeySql(fk),
-];
+export const moveForeignKeySql = (fk: ForeignKey): string[] => [dropForeignKeySql(fk), addForeignKeySql(fk)];
 
 /** The referencing foreign keys ($1 their names) that point at the table ($2, as public.table) now. */
 export const foreignKeysOnSql = `SELECT conname AS name FROM pg_constraint WHERE contype = 'f' AND conname = ANY($1) AND confrelid = to_regclass($2)`;

@@ -244,7 +244,7 @@ const SHARED_MEMORY_SHARE = 0.8;
 async function fitsMemory(target: Target, saved: SavedConfig, memoryBytes: number, downSince: number): Promise<void> {
   const ask = async (name: string): Promise<string> =>
     (
-      await onServerFiles(target, [path.posix.join(saved.binDir, 'postgres'), '-C', name, '-D', saved.dataDir], { offline: true })
+      await onServerFiles(target, [path.posix.join(saved.binDir, 'postgres'), '-C', name, '-D', saved.configDir], { offline: true })
     ).stdout.trim();
   const mb = Number(await ask('shared_memory_size'));
   const limit = memoryBytes * SHARED_MEMORY_SHARE;
