@@ -4,14 +4,15 @@
 // that every row it saw committed is on the primary at the end.
 import type { WorkflowHandle } from '@temporalio/client';
 import { Client } from 'pg';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { approveSignal, statusQuery, TASK_QUEUE } from '../src/shared/messages';
 import type { RunbookResult, RunbookStatus } from '../src/shared/status';
 import { freePort } from '../src/stack/ports';
 import { clusterService, OS_USER, runningPort, stopCluster } from '../src/stack/postgres';
 import { runDir } from './harness/paths';
-import { queryOn } from './harness/standbys';
+import { lastAttempt } from './harness/attempts';
+import { eventually, queryOn } from './harness/standbys';
 import { historyText, linesWith } from './harness/records';
 import {
   closeHarness,
@@ -204,13 +205,41 @@ test('switchover path: two streaming replicas, probes read back, switchover and 
   expect(step(result.status, 'rejoin').evidence).toMatchObject({ method: 'pg_rewind' });
   expect(step(result.status, 'finalize').evidence).toMatchObject({ primary: primary.name, timeline: 3 });
   expect(linesWith(await historyText(handle), [env.targetPassword, REPLICATION_PASSWORD])).toEqual([]);
+
+  // The connection upgrade on the cluster this run built (not one made with pg_basebackup -R): its
+  // precheck finds both replicas through the targets file and pg_stat_replication, raises and
+  // restarts them before the primary, and each must still replay afterwards.
+  const upgrade = await (
+    await temporal()
+  ).workflow.start('connectionUpgrade', { taskQueue: TASK_QUEUE, workflowId: uniqueId('cm-cu'), args: [{ target: primary.name }] });
+  const gate = await waitForStatus(upgrade, (s) => s.pendingGate?.name === 'restart', 60_000);
+  expect(gate.pendingGate!.does).toContain(`restart the standbys ${replicas.map((r) => r.name).join(', ')}`);
+  await approve(upgrade, 'restart');
+  const upgraded: RunbookResult = await upgrade.result();
+  if (upgraded.outcome !== 'completed') throw new Error(JSON.stringify(upgraded.status, null, 1));
+  for (const n of nodes) expect(await n.query('SHOW max_connections')).toEqual([{ max_connections: '256' }]);
+  await primary.query('INSERT INTO writer_rows (n) VALUES (-1)');
+  for (const r of replicas) {
+    expect(await r.query('SELECT pg_is_in_recovery() AS standby, pg_is_wal_replay_paused() AS paused')).toEqual([
+      { standby: true, paused: false },
+    ]);
+    await eventually(`row -1 on ${r.name}`, async () => (await r.query('SELECT 1 FROM writer_rows WHERE n = -1')).length === 1, 10_000);
+  }
+  expect(await primary.query('SELECT slot_name, active FROM pg_replication_slots ORDER BY slot_name')).toEqual(
+    replicas
+      .map((r) => ({ slot_name: `fermata_${r.name.replace(/-/g, '_')}`, active: true }))
+      .sort((a, b) => a.slot_name.localeCompare(b.slot_name)),
+  );
   const figures = Object.fromEntries(
     ['replica-1', 'replica-2', 'verify-replication', 'failover', 'rejoin', 'switchback', 'finalize'].map((s) => [
       s,
       step(result.status, s).evidence,
     ]),
   );
-  console.log(JSON.stringify({ writes: writes.committed.length, lost: lost.length, longestGapMs, ...figures }, null, 1));
+  const connectionUpgrade = Object.fromEntries(
+    ['standbys-first', 'restart', 'verify-standbys'].map((s) => [s, upgraded.status.steps.find((st) => st.name === s)!.evidence!.summary]),
+  );
+  console.log(JSON.stringify({ writes: writes.committed.length, lost: lost.length, longestGapMs, ...figures, connectionUpgrade }, null, 1));
 });
 
 test('rejected at gate failover-test: rolled back to the single node, no slots, replicas stopped and their directories gone', async () => {
@@ -415,30 +444,88 @@ test('terminated after its replicas: the recover runbook finds its slots, replic
   }
 });
 
-test('worker killed during a base backup: the next worker clears its partial copy, re-creates the slot and carries on', async () => {
-  await worker.stop(); // only the process below polls, so the kill hits the activity
+/** Resolves once a pg_rewind into `dataDir` runs: the rejoin's activity is then in flight. */
+async function rewinding(dataDir: string, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    for (const pid of readdirSync('/proc')) {
+      if (!/^\d+$/.test(pid)) continue;
+      let argv: string[];
+      try {
+        argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+      } catch {
+        continue; // gone meanwhile
+      }
+      if (argv.some((a) => a.endsWith('/pg_rewind')) && argv.includes(dataDir)) return;
+    }
+    if (Date.now() > deadline) throw new Error(`no pg_rewind into ${dataDir} after ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 2));
+  }
+}
+
+const slotOf = (name: string) => `fermata_${name.replace(/-/g, '_')}`;
+
+test('worker killed during a base backup, then during the rejoin: each activity retried on the next worker, the run ends correct', async () => {
+  await worker.stop(); // only the processes below poll, so each kill hits the activity
   const { primary, replicas } = await cluster('cm-kill', { walLogHints: true });
-  const [r1] = replicas;
-  const first = spawnWorker();
-  const handle = await start({ target: primary.name });
+  const [r1, r2] = replicas;
+  let running = spawnWorker();
+  // A crash failover, staying on the replica: the rejoin's pg_rewind (its crash recovery first) runs
+  // for a second or more, long enough to be seen in /proc, and nothing after the rejoin moves the roles.
+  const handle = await start({ target: primary.name, failoverTest: 'crash', stayOnReplica: true });
   const deadline = Date.now() + 120_000;
   while (!existsSync(path.join(r1.dataDir, 'global')) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-  first.kill('SIGKILL');
-  await first.catch(() => undefined);
-  const second = spawnWorker();
+  running.kill('SIGKILL');
+  await running.catch(() => undefined);
+  running = spawnWorker();
   try {
     const held = await waitForStatus(handle, (s) => s.pendingGate?.name === 'failover-test', 240_000);
     expect(step(held, 'replica-1').evidence).toMatchObject({ retried: true });
     expect(step(held, 'replica-1').evidence!.summary).toMatch(/an earlier attempt cleared first/);
     expect(await primary.query('SELECT count(*)::int AS n FROM pg_replication_slots WHERE active')).toEqual([{ n: 2 }]);
     expect(await r1.query('SELECT pg_is_in_recovery() AS standby')).toEqual([{ standby: true }]);
-    await handle.signal('reject', { gate: 'failover-test', by: 'ops', reason: 'done' });
-    expect(((await handle.result()) as RunbookResult).outcome).toBe('rejected');
-    expect(await primary.query('SELECT slot_name FROM pg_replication_slots')).toEqual([]);
-    for (const r of replicas) expect(existsSync(r.dataDir)).toBe(false);
+    const [{ files }] = await primary.query<{ files: number }>('SELECT count(*)::int AS files FROM files');
+
+    // Killed again while the old primary is being rewound to follow the promoted replica.
+    await approve(handle, 'failover-test');
+    await rewinding(primary.dataDir, 120_000);
+    running.kill('SIGKILL');
+    await running.catch(() => undefined);
+    running = spawnWorker();
+    const result: RunbookResult = await handle.result();
+    if (result.outcome !== 'completed') throw new Error(JSON.stringify(result.status, null, 1));
+    expect(await lastAttempt(handle, 'clusterRejoin')).toBeGreaterThanOrEqual(2);
+    expect(step(result.status, 'finalize').evidence).toMatchObject({ primary: r1.name });
+    // The old primary and the second replica stream from the promoted one; its two slots, active, are the only ones anywhere.
+    expect(await r1.query('SELECT pg_is_in_recovery() AS standby')).toEqual([{ standby: false }]);
+    expect(await r1.query('SELECT application_name, state FROM pg_stat_replication ORDER BY application_name')).toEqual(
+      [primary.name, r2.name].sort().map((name) => ({ application_name: name, state: 'streaming' })),
+    );
+    expect(await r1.query('SELECT slot_name, active FROM pg_replication_slots ORDER BY slot_name')).toEqual(
+      [primary.name, r2.name].map((n) => ({ slot_name: slotOf(n), active: true })).sort((a, b) => a.slot_name.localeCompare(b.slot_name)),
+    );
+    for (const n of [primary, r2])
+      expect(await n.query('SELECT pg_is_in_recovery() AS standby, (SELECT count(*)::int FROM pg_replication_slots) AS slots')).toEqual([
+        { standby: true, slots: 0 },
+      ]);
+    // Rows intact: the library on every node as before, and a row written on the new primary replayed on the old one.
+    await r1.query('CREATE TABLE after_rejoin AS SELECT 1 AS n');
+    await eventually(
+      "the new primary's row on the old primary",
+      async () => (await primary.query('SELECT n FROM after_rejoin')).length === 1,
+      10_000,
+    );
+    for (const n of [primary, r1, r2]) expect(await n.query('SELECT count(*)::int AS files FROM files')).toEqual([{ files }]);
+    console.log(
+      JSON.stringify(
+        { rejoinAttempts: await lastAttempt(handle, 'clusterRejoin'), rejoin: step(result.status, 'rejoin').evidence },
+        null,
+        1,
+      ),
+    );
   } finally {
-    second.kill('SIGKILL');
-    await second.catch(() => undefined);
+    running.kill('SIGKILL');
+    await running.catch(() => undefined);
     worker = await startWorker();
   }
 });

@@ -2,12 +2,13 @@
 // into postgresql.auto.conf and postgresql.conf, a preloaded library, a view and a trigger on files,
 // sparse ids; new settings the machine cannot start; and workers that die in the middle of the
 // backup and of the restore. Every effect is read back by the test on connections of its own.
-import { CancelledFailure, WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
+import { CancelledFailure, WorkflowFailedError } from '@temporalio/client';
 import type execa from 'execa';
 import { appendFileSync, existsSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { decideSignal, statusQuery } from '../src/shared/messages';
 import type { RunbookResult } from '../src/shared/status';
+import { lastAttempt } from './harness/attempts';
 import {
   approve,
   benchmark,
@@ -308,20 +309,6 @@ async function copying(dir: string, prefix: string, timeoutMs = 120_000): Promis
     if (Date.now() > deadline) throw new Error(`no copy into ${dir}/${prefix}* under way after ${timeoutMs} ms`);
     await new Promise((r) => setTimeout(r, 10));
   }
-}
-
-/** The highest attempt of activity `type` that started, from the history. */
-async function lastAttempt(handle: WorkflowHandle, type: string): Promise<number> {
-  const { events } = await handle.fetchHistory();
-  const scheduled = new Map<string, string>();
-  let attempt = 0;
-  for (const event of events ?? []) {
-    const s = event.activityTaskScheduledEventAttributes;
-    if (s) scheduled.set(String(event.eventId), s.activityType?.name ?? '');
-    const started = event.activityTaskStartedEventAttributes;
-    if (started && scheduled.get(String(started.scheduledEventId)) === type) attempt = Math.max(attempt, started.attempt ?? 0);
-  }
-  return attempt;
 }
 
 describe('workers killed with their commands', () => {

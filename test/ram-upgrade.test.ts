@@ -18,7 +18,8 @@ import {
   stepOf as step,
 } from './harness/ram-cgroup';
 import { historyText, linesWith } from './harness/records';
-import { closeHarness, env, failureOf, startWorker, waitForStatus, type RunningWorker } from './harness/stack';
+import { addStandbys, eventually, stopStandbys } from './harness/standbys';
+import { closeHarness, env, failureOf, startWorker, uniqueId, waitForStatus, type RunningWorker } from './harness/stack';
 
 let worker: RunningWorker;
 beforeAll(async () => {
@@ -27,6 +28,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await worker?.stop();
   await closeHarness();
+  await stopStandbys();
   await removeCgroupTargets();
 });
 
@@ -114,12 +116,17 @@ maybe(
 );
 
 maybe(
-  'the data differs after the hardware step: sanity fails, a decision restores the backup, the rows are those of the precheck',
+  'the data differs after the hardware step, on a primary with a standby: proven replaying after each start; the restore refused while it runs, then done once it is stopped, saying it must be re-cloned',
   async () => {
     const { target, setLimit, backups, startInside } = await inCgroup('ram-restore', 1);
+    const [standby] = await addStandbys(target, [uniqueId('ram-restore-s')]);
     const [{ rows }] = await target.query<{ rows: string }>('SELECT count(*) AS rows FROM files');
     const handle = await start({ target: target.name, expectedRamGiB: 2, benchmark });
-    await waitForStatus(handle, (s) => s.pendingGate?.name === 'stop', 120_000);
+    const held = await waitForStatus(handle, (s) => s.pendingGate?.name === 'stop', 120_000);
+    expect(step(held, 'precheck').evidence).toMatchObject({ standbys: [standby.name] });
+    expect(step(held, 'precheck').evidence!.summary).toMatch(
+      new RegExp(`standbys: ${standby.name} streaming: .*; ${standby.name} proven replaying after each start`),
+    );
     await approve(handle, 'stop');
     await waitForStatus(handle, (s) => s.pendingGate?.name === 'hardware', 60_000);
     setLimit(2);
@@ -127,15 +134,44 @@ maybe(
     await startInside();
     await target.query('DELETE FROM file_tags WHERE file_id <= 10; DELETE FROM files WHERE id <= 10');
     await approve(handle, 'hardware');
-    const waiting = await waitForStatus(handle, (s) => s.pendingDecision?.step === 'sanity', 60_000);
+    const waiting = await waitForStatus(handle, (s) => s.pendingDecision?.step === 'sanity', 90_000);
     expect(waiting.pendingDecision!.error).toMatch(/the data is not what it was: files: \d+, was \d+/);
+    expect(waiting.pendingDecision!.error).toContain(`The standbys ${standby.name} replayed up to the clean stop`);
+    for (const s of ['verify-ram', 'retune'])
+      expect(step(waiting, s).evidence!.summary).toMatch(
+        new RegExp(`; ${standby.name} replaying \\(not paused\\), probe row read back in \\d+ ms$`),
+      );
+    // Read back by the test after the retune's restart: the standby replays a row written on the primary now.
+    expect(await standby.query('SELECT pg_is_in_recovery() AS r, pg_is_wal_replay_paused() AS p')).toEqual([{ r: true, p: false }]);
+    await target.query('CREATE TABLE after_retune AS SELECT 1 AS n');
+    await eventually('the row on the standby', async () => (await standby.query('SELECT n FROM after_retune')).length === 1, 10_000);
+
+    // The restore under a running standby: refused, nothing changed, the run holds for a decision.
     await handle.signal(decideSignal, { action: 'rollback', by: 'ops' });
+    const refused = await waitForStatus(handle, (s) => Boolean(s.pendingDecision?.error.startsWith('rollback:')), 60_000);
+    expect(refused.pendingDecision!.step).toBe('sanity');
+    expect(refused.pendingDecision!.error).toMatch(
+      new RegExp(
+        `the backup is not restored under streaming standbys: ${standby.name} runs \\(a standby\\)\\. .*each standby must be re-cloned from the restored primary`,
+      ),
+    );
+    expect(existsSync(`${target.dataDir}.fermata-before-restore-${handle.workflowId}`)).toBe(false);
+    expect(await target.query('SELECT n FROM after_retune')).toEqual([{ n: 1 }]); // not restored
+    // A person stops the standby and retries: the restore runs, and says the standby must be re-cloned.
+    await standby.stop();
+    await handle.signal(decideSignal, { action: 'retry', by: 'ops' });
     const result: RunbookResult = await handle.result();
     expect(result.outcome).toBe('rolled_back');
     expect(step(result.status, 'sanity').evidence!.rollback).toMatchObject({
-      summary: expect.stringMatching(/^restored from .* rows as before$/),
+      summary: expect.stringMatching(
+        new RegExp(
+          `^restored from .* rows as before; the standbys ${standby.name} \\(stopped\\) are ahead of the restored primary and cannot follow it: re-clone`,
+        ),
+      ),
+      reclone: [standby.name],
     });
     expect(await target.query('SELECT count(*) AS rows FROM files')).toEqual([{ rows }]);
+    expect(await target.query(`SELECT to_regclass('after_retune') AS t`)).toEqual([{ t: null }]);
     expect(await target.show('shared_buffers')).toBe('128MB');
     expect(existsSync(`${target.dataDir}.fermata-before-restore-${handle.workflowId}`)).toBe(true); // moved aside, never deleted
     expect(existsSync(path.join(backups, handle.workflowId, 'backup_manifest'))).toBe(true); // the backup is kept

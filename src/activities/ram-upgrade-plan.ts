@@ -46,9 +46,21 @@ export interface PlanFacts {
   backupDir: string;
   stop: string;
   start: string;
+  /** The standbys streaming from the target, proven replaying after each start. */
+  standbys?: string[];
 }
 
 export function planOf(f: PlanFacts): Planned[] {
+  const replaying = (step: 'verify-ram' | 'retune'): Planned[] =>
+    f.standbys?.length
+      ? [
+          {
+            step,
+            kind: 'check',
+            text: `${f.standbys.join(', ')}: WAL replay not paused, a probe row written on the primary read back on each`,
+          },
+        ]
+      : [];
   return [
     { step: 'baseline', kind: 'check', text: 'random primary-key reads of files: 3 runs, tps and the cache hit ratio (pg_stat_database)' },
     {
@@ -60,12 +72,14 @@ export function planOf(f: PlanFacts): Planned[] {
     { step: 'stop', kind: 'command', text: `gate "stop", the maintenance window, then: ${f.stop}; pg_controldata: "shut down"` },
     { step: 'verify-ram', kind: 'command', text: `gate "hardware", then: ${f.start} (the old settings)` },
     { step: 'verify-ram', kind: 'check', text: `MemTotal and the cgroup limit (pg_read_file) within 5 % of ${f.expectedRamGiB} GiB` },
+    ...replaying('verify-ram'),
     ...Object.entries(f.settings).map(([name, to]): Planned => ({ step: 'retune', kind: 'sql', text: alterSystemSql(name, to) })),
     {
       step: 'retune',
       kind: 'command',
       text: 'postgres -C shared_memory_size with the server stopped: must fit the verified RAM (with huge_pages on, the free huge pages too); then start',
     },
+    ...replaying('retune'),
     {
       step: 'sanity',
       kind: 'check',

@@ -19,6 +19,7 @@ import { onTarget, value } from './postgres/connection';
 import { serverMemory, type ServerMemory } from './postgres/memory';
 import { comesUp, onServerFiles, restartServer } from './postgres/restart';
 import { alterSystemSql } from './postgres/settings';
+import { findStandbys, replayState, verifyReplaying } from './postgres/standbys';
 import { planOf, settingsFor, tunedNames } from './ram-upgrade-plan';
 import { stepFailure } from './step-context';
 
@@ -55,6 +56,12 @@ export interface RamPrecheck extends Evidence {
    */
   changes: SettingChange[];
   plan: ReturnType<typeof planOf>;
+  /**
+   * The standbys streaming from the target (its targets-file `replicas`, cross-checked with
+   * pg_stat_replication): each is proven replaying after each start of the target, and a restore
+   * from the backup is refused while any of them runs. Absent in runs started before standbys were found.
+   */
+  standbys?: string[];
   summary: string;
 }
 
@@ -80,8 +87,41 @@ const checksumFailures = (target: Target): Promise<number> =>
 const runDir = (backupDir: string): string =>
   path.posix.join(backupDir, (activityInfo().workflowExecution?.workflowId ?? 'run').replace(/[^\w.-]/g, '_'));
 
+/**
+ * Each activity heartbeats every 2 s while it runs, queries as well as commands (a fast stop's
+ * shutdown checkpoint, bt_index_check, counting a large table, rm -rf of a backup can each take
+ * longer than the workflow's 10 s heartbeat timeout, which only a dead worker should exceed).
+ */
+function heartbeatingAll<T extends Record<string, (...args: never[]) => Promise<unknown>>>(activities: T): T {
+  return Object.fromEntries(Object.entries(activities).map(([name, run]) => [name, (...args: never[]) => heartbeating(run(...args))])) as T;
+}
+
+/**
+ * What stands in the way of a restore from the backup on a primary with standbys: a standby of the
+ * precheck's that still runs, or anything else streaming from the target. They replayed up to the
+ * clean stop, past the backup (and have the data as it was then: promoting one, or re-cloning the
+ * target from it, loses nothing); a restored primary writes new WAL from the backup's position,
+ * which they cannot follow, and its slots are not in the backup. Empty when nothing does.
+ */
+async function restoreBlockers(target: Target, standbys: string[]): Promise<string[]> {
+  const blockers: string[] = [];
+  for (const name of standbys) {
+    const state = await onTarget(resolveTarget(name), replayState).catch(() => undefined);
+    if (state) blockers.push(`${name} runs (${state.inRecovery ? 'a standby' : 'not in recovery: promoted?'})`);
+  }
+  const senders = await onTarget(target, async (c) =>
+    (
+      await c.query<{ name: string; addr: string | null; state: string }>(
+        `SELECT application_name AS name, host(client_addr) AS addr, state FROM pg_stat_replication WHERE state <> 'backup'`,
+      )
+    ).rows.filter((r) => !standbys.includes(r.name)),
+  ).catch(() => []);
+  for (const r of senders) blockers.push(`${q(r.name)} from ${r.addr ?? 'a local socket'} streams from ${target.name} (${r.state})`);
+  return blockers;
+}
+
 export function createRamUpgradeActivities() {
-  return {
+  return heartbeatingAll({
     /** Read the server and refuse, changing nothing, when it cannot go ahead. */
     async ramPrecheck(input: RamSettings): Promise<RamPrecheck> {
       const target = resolveTarget(input.target);
@@ -104,6 +144,9 @@ export function createRamUpgradeActivities() {
           restartOnly: new Set(rows.filter((r) => r.context === 'postmaster').map((r) => r.name)),
           autoConf: await autoConfEntries(c, [...tunedNames]),
           dataBytes: Number(await value(c, 'SELECT sum(pg_database_size(datname)) FROM pg_database')),
+          // The retune writes no hot-standby-sensitive setting (max_connections and the like), so nothing
+          // is raised on a standby first: the standbys are found to prove them replaying after each start.
+          topology: await findStandbys(target, c, {}, [], false),
         };
       });
       const { memory } = read;
@@ -134,6 +177,7 @@ export function createRamUpgradeActivities() {
         ...expectedSettings,
       };
       const counts = await libraryCounts(target);
+      const standbys = read.topology.standbys.map((s) => s.name);
       return {
         memory,
         before: read.settings,
@@ -157,12 +201,19 @@ export function createRamUpgradeActivities() {
           backupDir,
           stop: serviceCommand(service, 'stop').argv.join(' '),
           start: serviceCommand(service, 'start').argv.join(' '),
+          standbys,
         }),
+        standbys,
+        standbysFound: read.topology.found,
         summary: `RAM ${gib(memory.bytes)}${memory.cgroup ? ` (cgroup limit; MemTotal ${gib(memory.memTotalBytes)})` : ''}, expected ${input.expectedRamGiB} GiB; shared_buffers ${read.settings.shared_buffers}; ${formatBytes(read.dataBytes)} of data; ${Object.entries(
           counts,
         )
           .map(([k, v]) => `${k} ${v}`)
-          .join(', ')}`,
+          .join(', ')}; ${
+          read.topology.summary
+            ? `standbys: ${read.topology.summary}; ${standbys.length ? `${standbys.join(', ')} proven replaying after each start, a restore from the backup refused while they run` : 'none to prove replaying'}`
+            : 'no standby'
+        }`,
       };
     },
 
@@ -242,62 +293,56 @@ export function createRamUpgradeActivities() {
       const binDir = await onTarget(target, (c) => value<string>(c, `SELECT setting FROM pg_config WHERE name = 'BINDIR'`));
       const dir = runDir(backupDir);
       const verify = () => onServerFiles(target, [path.posix.join(binDir, 'pg_verifybackup'), '-q', dir]);
-      return heartbeating(
-        (async () => {
-          const started = Date.now();
-          const kept = await verify().then(
-            () => true,
-            () => false,
-          );
-          if (!kept) {
-            await onServerFiles(target, ['sh', '-c', 'rm -rf "$0" "$0".partial-*', dir]);
-            const staging = `${dir}.partial-${Date.now()}`;
-            const passfile = `${dir}.pgpass`;
-            const secret = password(postgres) ?? '';
-            const line = [postgres.host, postgres.port, '*', postgres.user, secret]
-              .map((f) => String(f).replace(/([:\\])/g, '\\$1'))
-              .join(':');
-            await onServerFiles(target, ['sh', '-c', `umask 077 && cat > "$0"`, passfile], { input: `${line}\n` });
-            try {
-              const conninfo = `host=${postgres.host} port=${postgres.port} user=${postgres.user} dbname=${postgres.database} passfile=${passfile}`;
-              await onServerFiles(target, [
-                path.posix.join(binDir, 'pg_basebackup'),
-                '-d',
-                conninfo,
-                '-D',
-                staging,
-                '-X',
-                'stream',
-                '-c',
-                'fast',
-                '--label',
-                `fermata ${path.posix.basename(dir)}`,
-              ]);
-            } finally {
-              await onServerFiles(target, ['rm', '-f', passfile]).catch(() => undefined);
-            }
-            await onServerFiles(target, ['mv', staging, dir]);
-          }
-          const backupMs = Date.now() - started;
-          const verifyStarted = Date.now();
-          await verify();
-          const verifyMs = Date.now() - verifyStarted;
-          const bytes = Number((await onServerFiles(target, ['du', '-sb', dir])).stdout.split(/\s/)[0]);
-          const manifest = JSON.parse((await onServerFiles(target, ['cat', path.posix.join(dir, 'backup_manifest')])).stdout) as {
-            'WAL-Ranges'?: { 'Start-LSN': string; 'End-LSN': string }[];
-          };
-          const wal = manifest['WAL-Ranges']?.[0];
-          return {
-            summary: `${formatBytes(bytes)} in ${dir}${kept ? ' (kept from an earlier attempt)' : ''}: backup ${backupMs} ms, pg_verifybackup ${verifyMs} ms, WAL ${wal?.['Start-LSN']}…${wal?.['End-LSN']}`,
-            path: dir,
-            bytes,
-            backupMs,
-            verifyMs,
-            walStart: wal?.['Start-LSN'],
-            walEnd: wal?.['End-LSN'],
-          };
-        })(),
+      const started = Date.now();
+      const kept = await verify().then(
+        () => true,
+        () => false,
       );
+      if (!kept) {
+        await onServerFiles(target, ['sh', '-c', 'rm -rf "$0" "$0".partial-*', dir]);
+        const staging = `${dir}.partial-${Date.now()}`;
+        const passfile = `${dir}.pgpass`;
+        const secret = password(postgres) ?? '';
+        const line = [postgres.host, postgres.port, '*', postgres.user, secret].map((f) => String(f).replace(/([:\\])/g, '\\$1')).join(':');
+        await onServerFiles(target, ['sh', '-c', `umask 077 && cat > "$0"`, passfile], { input: `${line}\n` });
+        try {
+          const conninfo = `host=${postgres.host} port=${postgres.port} user=${postgres.user} dbname=${postgres.database} passfile=${passfile}`;
+          await onServerFiles(target, [
+            path.posix.join(binDir, 'pg_basebackup'),
+            '-d',
+            conninfo,
+            '-D',
+            staging,
+            '-X',
+            'stream',
+            '-c',
+            'fast',
+            '--label',
+            `fermata ${path.posix.basename(dir)}`,
+          ]);
+        } finally {
+          await onServerFiles(target, ['rm', '-f', passfile]).catch(() => undefined);
+        }
+        await onServerFiles(target, ['mv', staging, dir]);
+      }
+      const backupMs = Date.now() - started;
+      const verifyStarted = Date.now();
+      await verify();
+      const verifyMs = Date.now() - verifyStarted;
+      const bytes = Number((await onServerFiles(target, ['du', '-sb', dir])).stdout.split(/\s/)[0]);
+      const manifest = JSON.parse((await onServerFiles(target, ['cat', path.posix.join(dir, 'backup_manifest')])).stdout) as {
+        'WAL-Ranges'?: { 'Start-LSN': string; 'End-LSN': string }[];
+      };
+      const wal = manifest['WAL-Ranges']?.[0];
+      return {
+        summary: `${formatBytes(bytes)} in ${dir}${kept ? ' (kept from an earlier attempt)' : ''}: backup ${backupMs} ms, pg_verifybackup ${verifyMs} ms, WAL ${wal?.['Start-LSN']}…${wal?.['End-LSN']}`,
+        path: dir,
+        bytes,
+        backupMs,
+        verifyMs,
+        walStart: wal?.['Start-LSN'],
+        walEnd: wal?.['End-LSN'],
+      };
     },
 
     /** Stop PostgreSQL cleanly; pg_controldata must then say "shut down". */
@@ -336,7 +381,11 @@ export function createRamUpgradeActivities() {
     },
 
     /** Start on the old settings and read the RAM the server sees: within 5 % of the expected size, or fail for a person to decide. */
-    async ramVerifyRam(targetName: string, expectedRamGiB: number): Promise<Evidence & { memory: ServerMemory; startMs: number }> {
+    async ramVerifyRam(
+      targetName: string,
+      expectedRamGiB: number,
+      standbys: string[] = [],
+    ): Promise<Evidence & { memory: ServerMemory; startMs: number }> {
       const target = resolveTarget(targetName);
       const started = Date.now();
       await controlService(target.host, postgresOf(target).service, 'start').catch(() => undefined); // already running: fine
@@ -351,7 +400,14 @@ export function createRamUpgradeActivities() {
           `the server sees ${seen}, not ${expectedRamGiB} GiB (±${RAM_TOLERANCE * 100} %): reseat the modules and decide "retry", or "rollback" to the old settings`,
           { memory },
         );
-      return { summary: `the server sees ${seen}: expected ${expectedRamGiB} GiB`, memory, startMs };
+      // The standbys followed the primary through its stop and start: each replays (NotConverged, retried, if not).
+      const replaying = standbys.length ? await verifyReplaying(target, standbys) : undefined;
+      return {
+        summary: `the server sees ${seen}: expected ${expectedRamGiB} GiB${replaying ? `; ${String(replaying.summary)}` : ''}`,
+        memory,
+        startMs,
+        ...(replaying ? { replaying } : {}),
+      };
     },
 
     /**
@@ -365,6 +421,8 @@ export function createRamUpgradeActivities() {
       maxConnections: number;
       maxWorkerProcesses: number;
       saved: SavedConfig;
+      /** Proven replaying after the restart. */
+      standbys?: string[];
     }): Promise<Evidence & { settings: Record<string, string> }> {
       const target = resolveTarget(request.target);
       const entries = Object.entries(settingsFor(request.tune, request.memoryBytes, request.maxConnections, request.maxWorkerProcesses));
@@ -388,10 +446,13 @@ export function createRamUpgradeActivities() {
           ErrorType.NotConverged,
           `after the restart: ${wrong.map((r) => `${r.name} = ${r.value}${r.pending ? ' (pending restart)' : ''}`).join(', ')}`,
         );
+      // A retry after this (a standby not replaying yet) finds nothing pending and does not restart again.
+      const replaying = request.standbys?.length ? await verifyReplaying(target, request.standbys) : undefined;
       return {
-        summary: `${check.map((r) => `${r.name} = ${r.value}`).join(', ')}; ${String(restart.summary)}`,
+        summary: `${check.map((r) => `${r.name} = ${r.value}`).join(', ')}; ${String(restart.summary)}${replaying ? `; ${String(replaying.summary)}` : ''}`,
         settings: Object.fromEntries(check.map((r) => [r.name, r.value])),
         restart,
+        ...(replaying ? { replaying } : {}),
       };
     },
 
@@ -406,7 +467,7 @@ export function createRamUpgradeActivities() {
     },
 
     /** Row counts and max(id) as before, bt_index_check on each library table's primary key, no new checksum failures. */
-    async ramSanity(targetName: string, counts: Counts, failuresBefore: number): Promise<Evidence> {
+    async ramSanity(targetName: string, counts: Counts, failuresBefore: number, standbys: string[] = []): Promise<Evidence> {
       const target = resolveTarget(targetName);
       const now = await libraryCounts(target);
       const differ = Object.keys({ ...counts, ...now }).filter((k) => counts[k] !== now[k]);
@@ -433,7 +494,11 @@ export function createRamUpgradeActivities() {
       if (problems.length)
         throw stepFailure(
           ErrorType.VerificationFailed,
-          `the data is not what it was: ${problems.join('; ')}. Decide "rollback" to restore the backup taken before the stop (the data directory is moved aside, never deleted), or "retry"`,
+          `the data is not what it was: ${problems.join('; ')}. ${
+            standbys.length
+              ? `The standbys ${standbys.join(', ')} replayed up to the clean stop: promoting one, or re-cloning ${targetName} from it, keeps every write; the backup is older, and a restored ${targetName} is a primary they cannot follow. Decide "rollback" to put the settings back: the restore is refused while a standby runs (stop them first, and re-clone them from the restored primary after)`
+              : 'Decide "rollback" to restore the backup taken before the stop (the data directory is moved aside, never deleted)'
+          }, or "retry"`,
           { counts: now, expected: counts },
         );
       return {
@@ -452,47 +517,53 @@ export function createRamUpgradeActivities() {
      * removes what earlier attempts copied and copies again: an attempt whose worker died may leave
      * its cp running, and it writes only into its own staging directory, never into the data directory.
      */
-    async ramRestore(targetName: string, backup: string, saved: SavedConfig, counts: Counts): Promise<Evidence> {
+    async ramRestore(targetName: string, backup: string, saved: SavedConfig, counts: Counts, standbys: string[] = []): Promise<Evidence> {
       const target = resolveTarget(targetName);
       const { service } = postgresOf(target);
       const aside = `${saved.dataDir}.fermata-before-restore-${path.posix.basename(backup)}`;
-      return heartbeating(
-        (async () => {
-          const started = Date.now();
-          await controlService(target.host, service, 'stop').catch(() => undefined);
-          const moved = await onServerFiles(target, ['test', '-e', aside], { offline: true }).then(
-            () => true,
-            () => false,
-          );
-          // Moved aside already: a data directory there now is an earlier attempt's restored copy.
-          if (!moved) await onServerFiles(target, ['mv', saved.dataDir, aside], { offline: true });
-          await onServerFiles(target, ['sh', '-c', 'rm -rf "$0" "$0".fermata-restoring-*', saved.dataDir], { offline: true });
-          const copyStarted = Date.now();
-          const staging = `${saved.dataDir}.fermata-restoring-${Date.now()}`;
-          await onServerFiles(target, ['cp', '-a', backup, staging], { offline: true });
-          await onServerFiles(target, ['rm', '-f', path.posix.join(staging, 'backup_manifest')], { offline: true });
-          await onServerFiles(target, ['mv', staging, saved.dataDir], { offline: true });
-          await onServerFiles(target, ['sync'], { offline: true });
-          const copyMs = Date.now() - copyStarted;
-          await controlService(target.host, service, 'start');
-          if (!(await comesUp(target)))
-            throw stepFailure(ErrorType.CommandFailed, 'PostgreSQL does not answer after starting on the restored backup');
-          const now = await libraryCounts(target);
-          const differ = Object.keys(counts).filter((k) => counts[k] !== now[k]);
-          if (differ.length)
-            throw stepFailure(
-              ErrorType.VerificationFailed,
-              `restored, but ${differ.map((k) => `${k}: ${now[k]}, expected ${counts[k]}`).join('; ')}`,
-            );
-          return {
-            summary: `restored from ${backup} in ${Date.now() - started} ms (copy + fsync ${copyMs} ms); the old data directory kept in ${aside}; rows as before`,
-            restoreMs: Date.now() - started,
-            copyMs,
-            movedAside: aside,
-            counts: now,
-          };
-        })(),
+      const blockers = await restoreBlockers(target, standbys);
+      if (blockers.length)
+        throw stepFailure(
+          ErrorType.Refused,
+          `the backup is not restored under streaming standbys: ${blockers.join('; ')}. They replayed past the backup, up to the clean stop: a restored ${targetName} writes new WAL from the backup's position, which they cannot follow (and its slots are not in the backup). To keep their data, decide "skip" (the settings are still put back) and promote a standby or re-clone ${targetName} from one; or stop them and decide "retry": the restore then runs, and each standby must be re-cloned from the restored primary (pg_basebackup) before it starts again. Nothing was changed`,
+        );
+      const started = Date.now();
+      await controlService(target.host, service, 'stop').catch(() => undefined);
+      const moved = await onServerFiles(target, ['test', '-e', aside], { offline: true }).then(
+        () => true,
+        () => false,
       );
+      // Moved aside already: a data directory there now is an earlier attempt's restored copy.
+      if (!moved) await onServerFiles(target, ['mv', saved.dataDir, aside], { offline: true });
+      await onServerFiles(target, ['sh', '-c', 'rm -rf "$0" "$0".fermata-restoring-*', saved.dataDir], { offline: true });
+      const copyStarted = Date.now();
+      const staging = `${saved.dataDir}.fermata-restoring-${Date.now()}`;
+      await onServerFiles(target, ['cp', '-a', backup, staging], { offline: true });
+      await onServerFiles(target, ['rm', '-f', path.posix.join(staging, 'backup_manifest')], { offline: true });
+      await onServerFiles(target, ['mv', staging, saved.dataDir], { offline: true });
+      await onServerFiles(target, ['sync'], { offline: true });
+      const copyMs = Date.now() - copyStarted;
+      await controlService(target.host, service, 'start');
+      if (!(await comesUp(target)))
+        throw stepFailure(ErrorType.CommandFailed, 'PostgreSQL does not answer after starting on the restored backup');
+      const now = await libraryCounts(target);
+      const differ = Object.keys(counts).filter((k) => counts[k] !== now[k]);
+      if (differ.length)
+        throw stepFailure(
+          ErrorType.VerificationFailed,
+          `restored, but ${differ.map((k) => `${k}: ${now[k]}, expected ${counts[k]}`).join('; ')}`,
+        );
+      const reclone = standbys.length
+        ? `; the standbys ${standbys.join(', ')} (stopped) are ahead of the restored primary and cannot follow it: re-clone each from it (pg_basebackup) before starting it`
+        : '';
+      return {
+        summary: `restored from ${backup} in ${Date.now() - started} ms (copy + fsync ${copyMs} ms); the old data directory kept in ${aside}; rows as before${reclone}`,
+        ...(standbys.length ? { reclone: standbys } : {}),
+        restoreMs: Date.now() - started,
+        copyMs,
+        movedAside: aside,
+        counts: now,
+      };
     },
 
     /** Remove the run's backup (only asked for after a successful run, with keepBackup false). */
@@ -500,5 +571,5 @@ export function createRamUpgradeActivities() {
       await onServerFiles(resolveTarget(targetName), ['rm', '-rf', backup]);
       return { summary: `${backup} removed (keepBackup false)` };
     },
-  };
+  });
 }

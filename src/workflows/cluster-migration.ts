@@ -12,8 +12,10 @@ const retry = stepRetry();
 const pg = stepActivities({ startToCloseTimeout: '5m', retry });
 // Verification polls: a replica still catching up is retried a few times.
 const check = stepActivities({ startToCloseTimeout: '5m', retry: stepRetry({ maximumAttempts: 5, maximumInterval: '4s' }) });
-// Base backups, stops, promotions and rewinds heartbeat throughout: a dead worker is noticed in seconds.
-const service = stepActivities({ startToCloseTimeout: '6h', heartbeatTimeout: '30s', retry });
+// Base backups, stops, promotions and rewinds heartbeat every 2 s throughout (heartbeating(), or the
+// base backup's progress), so a dead worker is noticed after 10 s. The trade-off: a worker whose event
+// loop stalls for 10 s loses its attempt and the step starts over, which each of these is written to do.
+const service = stepActivities({ startToCloseTimeout: '6h', heartbeatTimeout: '10s', retry });
 
 /** Minutes of maintenance window the failover test, rejoin and switchback must have left. */
 const FAILOVER_MINUTES = 15;

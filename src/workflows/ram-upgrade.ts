@@ -2,16 +2,22 @@
 // the database runs; then, inside the window and after gate "stop", a clean stop; the hardware step
 // is a person's (gate "hardware"); the new RAM is read through the server, the memory settings
 // retuned from it, the data and the speed checked. A rollback puts the settings back; when the data
-// is not what it was, a person may choose to restore the backup instead.
+// is not what it was, a person may choose to restore the backup instead (refused while standbys of
+// the target run: they are ahead of the backup). Standbys are proven replaying after each start.
 import { ramUpgradeSchema } from '../shared/inputs';
 import type { SavedConfig } from '../shared/restart';
 import type { RunbookResult } from '../shared/status';
 import { Runbook, runbookInput, stepActivities, stepRetry } from './runbook';
 
 const retry = stepRetry();
-const pg = stepActivities({ startToCloseTimeout: '5m', heartbeatTimeout: '30s', retry });
-// Backups, restores and restarts heartbeat throughout: a dead worker is noticed in seconds.
-const service = stepActivities({ startToCloseTimeout: '6h', heartbeatTimeout: '30s', retry });
+// Every activity of this runbook heartbeats every 2 s while it runs (heartbeating(), host/command.ts),
+// queries and commands alike (saveServerConfig, a copy of one file, only runs well under 10 s), so a
+// worker that dies is noticed after 10 s and another one retries.
+// The trade-off: a worker whose event loop stalls for 10 s (a stop-the-world pause, a host swapping)
+// loses its attempt, and the step starts over; each step here is safe to run again, and 30 s only made
+// every crash cost 20 s more.
+const pg = stepActivities({ startToCloseTimeout: '5m', heartbeatTimeout: '10s', retry });
+const service = stepActivities({ startToCloseTimeout: '6h', heartbeatTimeout: '10s', retry });
 
 /** Minutes of maintenance window the automated part (stop, start, retune restart, checks) must have left. */
 const DOWNTIME_MINUTES = 15;
@@ -24,6 +30,9 @@ export async function ramUpgrade(raw: unknown): Promise<RunbookResult> {
   const { target } = input;
   const rb = new Runbook('ramUpgrade', input);
   return rb.run({ windowMinutes: DOWNTIME_MINUTES, precheck: () => pg.ramPrecheck(input) }, async (pre) => {
+    // Streaming standbys (absent in runs started before they were found): proven replaying after each
+    // start of the target; the restore from the backup refuses to run under them.
+    const standbys = pre.standbys ?? [];
     const before = await rb.step('baseline', () => pg.ramBenchmark(target, input.benchmark), { required: true });
     const backup = await rb.step('backup', () => service.ramBackup(target, pre.backupDir), { required: true });
 
@@ -44,7 +53,7 @@ export async function ramUpgrade(raw: unknown): Promise<RunbookResult> {
       { rollback: () => service.ramStart(target) },
     );
     await rb.gate('hardware', CHECKLIST);
-    const ram = await rb.step('verify-ram', () => service.ramVerifyRam(target, input.expectedRamGiB), { required: true });
+    const ram = await rb.step('verify-ram', () => service.ramVerifyRam(target, input.expectedRamGiB, standbys), { required: true });
 
     const retuned = await rb.step(
       'retune',
@@ -59,6 +68,7 @@ export async function ramUpgrade(raw: unknown): Promise<RunbookResult> {
           maxConnections,
           maxWorkerProcesses,
           saved: saved!,
+          standbys,
         });
       },
       { required: true, rollback: () => service.ramRestoreSettings(target, pre.changes, pre.autoConf, saved!) },
@@ -68,7 +78,7 @@ export async function ramUpgrade(raw: unknown): Promise<RunbookResult> {
     await rb.step(
       'sanity',
       () =>
-        pg.ramSanity(target, pre.counts, pre.checksumFailures).catch((err: unknown) => {
+        pg.ramSanity(target, pre.counts, pre.checksumFailures, standbys).catch((err: unknown) => {
           dataDiffers = true;
           throw err;
         }),
@@ -76,7 +86,7 @@ export async function ramUpgrade(raw: unknown): Promise<RunbookResult> {
         // Undone before the settings: the restored data directory brings its own postgresql.auto.conf.
         rollback: async () =>
           dataDiffers
-            ? service.ramRestore(target, backup.path, saved!, pre.counts)
+            ? service.ramRestore(target, backup.path, saved!, pre.counts, standbys)
             : { summary: 'the data was as before: nothing restored' },
       },
     );
