@@ -152,10 +152,17 @@ async function main(): Promise<void> {
       rmSync(plainDir, { recursive: true, force: true });
       return seconds;
     };
+    // Plain and replica copies alternate, a plain one on each side of each replica, so that each
+    // replica is compared with copies made just before and just after it, in the same conditions.
     const plainSeconds = [await plain()];
-    const replicas: Evidence[] = [await act(acts.clusterCreateReplica, topology, 0, pre.dataBytes)];
-    plainSeconds.push(await plain());
-    replicas.push(await act(acts.clusterCreateReplica, topology, 1, pre.dataBytes));
+    const replicas: Evidence[] = [];
+    const replicaWallSeconds: number[] = [];
+    for (const index of [0, 1]) {
+      const [made, wall] = await timed(() => act(acts.clusterCreateReplica, topology, index, pre.dataBytes));
+      replicas.push(made);
+      replicaWallSeconds.push(wall);
+      plainSeconds.push(await plain());
+    }
     const verified = await act(acts.clusterVerifyReplication, topology, 'bench', 50);
     const readBack = Object.values(verified.readBackMs as Record<string, { p50: number; max: number }>);
 
@@ -184,9 +191,10 @@ async function main(): Promise<void> {
     const finalized = await act(acts.clusterFinalize, topology, 'bench');
 
     // The rollback's part per replica: stopped, its slot dropped, its directory removed.
+    const removed: Evidence[] = [];
     const [, rollbackSeconds] = await timed(async () => {
-      await act(acts.clusterRemoveReplica, topology, 1);
-      await act(acts.clusterRemoveReplica, topology, 0);
+      removed.push(await act(acts.clusterRemoveReplica, topology, 1));
+      removed.push(await act(acts.clusterRemoveReplica, topology, 0));
     });
     const after = new Client(connection);
     await after.connect();
@@ -202,8 +210,12 @@ async function main(): Promise<void> {
           rows,
           data_bytes: pre.dataBytes,
           replica_seconds: replicaSeconds,
+          replica_activity_seconds: replicaWallSeconds,
+          replica_parts_ms: replicas.map((r) => ({ basebackup: r.basebackupMs, start: r.startMs, stream: r.streamMs })),
           plain_basebackup_seconds: plainSeconds,
           replica_ratio: round(mean(replicaSeconds) / mean(plainSeconds)),
+          // Each replica against the mean of the plain copies just before and just after it.
+          replica_ratio_adjacent: replicaSeconds.map((r, i) => round(r / mean(plainSeconds.slice(i, i + 2)))),
           readback_p50_ms: Math.max(...readBack.map((r) => r.p50)),
           readback_max_ms: Math.max(...readBack.map((r) => r.max)),
           switchover_first_write_ms: switchover.firstWriteMs,
@@ -214,11 +226,25 @@ async function main(): Promise<void> {
           rejoin_after_switchover: { method: rejoined.method, seconds: rejoinSwitchoverSeconds, output: rejoined.output },
           rejoin_seconds: rejoinCrashSeconds,
           rejoin_method: rewound.method,
+          rejoin_output: rewound.output,
           rewind_ms: rewound.rewindMs,
+          rejoin_parts_ms: Object.fromEntries(
+            ['stopMs', 'checkpointMs', 'prepMs', 'recoveryMs', 'rewindMs', 'syncMs', 'startMs', 'streamMs', 'totalMs'].map((k) => [
+              k.replace(/Ms$/, ''),
+              rewound[k],
+            ]),
+          ),
           reclone_seconds: round(mean(plainSeconds)),
           writes_committed: committed.length,
           writes_lost: committed.length - present,
           rollback_seconds_per_replica: round(rollbackSeconds / 2),
+          rollback_parts_ms: removed.map((e) => ({
+            stop: e.stopMs,
+            mode: e.stopMode,
+            drop: e.dropMs,
+            remove: e.removeMs,
+            total: e.totalMs,
+          })),
           slots_left: slotsLeft,
           switchback: String(back.summary).slice(0, 200),
           finalize: finalized.summary,

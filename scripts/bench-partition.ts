@@ -20,7 +20,7 @@ import { clusterService, initCluster, startCluster, stopCluster } from '../src/s
 const { values } = parseArgs({
   options: {
     rows: { type: 'string', default: '1720000' },
-    'batch-rows': { type: 'string', default: '50000' },
+    'batch-rows': { type: 'string', default: '10000' },
     sparse: { type: 'boolean', default: false },
   },
 });

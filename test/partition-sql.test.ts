@@ -329,12 +329,14 @@ describe('swap', () => {
 });
 
 test('backfill batch, key blocks, final check and control-state statements', () => {
-  expect(backfillSql(spec, facts)).toEqual({
-    lock: `SELECT pg_advisory_xact_lock(hashtext('fermata files'), (($1::bigint) % 2147483647)::int)`,
-    clear: `WITH forget AS (DELETE FROM fermata_migration_writes WHERE table_name = 'files' AND key BETWEEN $1::bigint AND $2::bigint)
-      DELETE FROM "files_fermata_new" WHERE "id" BETWEEN $1::bigint AND $2::bigint`,
-    copy: 'INSERT INTO "files_fermata_new" ("id", "filename", "content_hash") SELECT "id", "filename", "content_hash" FROM "files" WHERE "id" BETWEEN $1::bigint AND $2::bigint',
+  // The block and its keys as literals: the batch goes in one round trip.
+  expect(backfillSql(spec, facts)(3, ['-9223372036854775808', "1'0"])).toEqual({
+    lock: `SELECT pg_advisory_xact_lock(hashtext('fermata files'), ((3) % 2147483647)::int)`,
+    clear: `WITH forget AS (DELETE FROM fermata_migration_writes WHERE table_name = 'files' AND key BETWEEN '-9223372036854775808'::bigint AND '1''0'::bigint)
+      DELETE FROM "files_fermata_new" WHERE "id" BETWEEN '-9223372036854775808'::bigint AND '1''0'::bigint`,
+    copy: `INSERT INTO "files_fermata_new" ("id", "filename", "content_hash") SELECT "id", "filename", "content_hash" FROM "files" WHERE "id" BETWEEN '-9223372036854775808'::bigint AND '1''0'::bigint`,
   });
+  expect(() => backfillSql(spec, facts)(1.5, ['1', '2'])).toThrow('no block 1.5');
   // Every $2-th key, walked down the key's index one OFFSET at a time; none for a table of one block.
   const walk = blockBoundsSql(spec);
   expect(walk).toMatch(/^UPDATE fermata_migrations SET bounds = coalesce\(\(/);

@@ -31,8 +31,8 @@ import {
   type Topology,
 } from './cluster-migration-plan';
 import { upgradeLeftovers } from './connection-upgrade';
-import { heartbeating } from './host/command';
-import { controlService } from './host/service';
+import { heartbeating, run } from './host/command';
+import { controlService, serviceCommand } from './host/service';
 import type { Undoer } from './leftovers';
 import { autoConfEntries, reload } from './postgres/config';
 import { onTarget, value } from './postgres/connection';
@@ -108,19 +108,57 @@ const roleOf = (n: Node): Promise<Role> =>
 const pgCtl = (n: Node, binDir: string): string =>
   path.posix.join(n.service.kind === 'pg_ctl' ? (n.service.binDir ?? binDir) : binDir, 'pg_ctl');
 
-/** Stop a node: `fast` (a clean shutdown checkpoint, sent to the standbys first) or `immediate` (a crash). */
-async function stopNode(n: Node, binDir: string, mode: 'fast' | 'immediate' = 'fast'): Promise<boolean> {
-  if ((await roleOf(n)) === 'down' && !(await succeeds(sh(n, [pgCtl(n, binDir), 'status', '-D', n.ref.dataDir])))) return false;
+/**
+ * Stop a node: `fast` (a clean shutdown checkpoint, sent to the standbys first) or `immediate` (a crash).
+ * `role` is the caller's fresh pg_is_in_recovery() reading, when it has one (a connection saved).
+ */
+async function stopNode(n: Node, binDir: string, mode: 'fast' | 'immediate' = 'fast', role?: Role): Promise<boolean> {
+  if ((role ?? (await roleOf(n))) === 'down' && !(await succeeds(sh(n, [pgCtl(n, binDir), 'status', '-D', n.ref.dataDir])))) return false;
   if (mode === 'fast') await controlService(n.target.host, n.service, 'stop');
-  else await sh(n, [pgCtl(n, binDir), 'stop', '-D', n.ref.dataDir, '-m', 'immediate', '-w']);
+  else
+    // pg_ctl -w would look for the end every 100 ms, an immediate stop takes a few: the same wait (until
+    // the postmaster, the last of its processes to go, has removed postmaster.pid) every 10 ms, for up to 60 s.
+    await sh(n, [
+      'sh',
+      '-c',
+      '"$0" stop -D "$1" -m immediate -W || exit; i=0; while [ -e "$1/postmaster.pid" ]; do i=$((i + 1)); [ $i -gt 6000 ] && { echo "postmaster.pid still there after 60 s" >&2; exit 1; }; sleep 0.01; done',
+      pgCtl(n, binDir),
+      n.ref.dataDir,
+    ]);
   return true;
 }
 
-async function startNode(n: Node): Promise<number> {
+/**
+ * The start of a directory every file of which was just made durable (pg_basebackup's own sync, or
+ * pg_rewind's sync in rejoin; each fails on an error): its own crash-recovery sync of the data
+ * directory (recovery_init_sync_method) would fsync each file again, one by one, with nothing of ours
+ * left to flush. For this one start it is a syncfs() of the file systems instead (PostgreSQL ≥ 14,
+ * Linux ≥ 5.8; a pg_ctl service, whose start takes the option), which flushes the same and more.
+ */
+const ALREADY_SYNCED = '-c recovery_init_sync_method=syncfs';
+
+async function startNode(n: Node, serverOptions?: string): Promise<number> {
   const started = Date.now();
-  await controlService(n.target.host, n.service, 'start');
+  if (serverOptions && n.service.kind === 'pg_ctl') {
+    const { argv, asUser } = serviceCommand(n.service, 'start');
+    await run(n.target.host, [...argv, '-o', serverOptions], { asUser });
+  } else await controlService(n.target.host, n.service, 'start');
   if (!(await comesUp(n.target))) throw stepFailure(ErrorType.CommandFailed, `${q(n.ref.name)} does not answer after its start`);
   return Date.now() - started;
+}
+
+/**
+ * Where the node's files are: whether syncfs() there reports write-back errors (Linux ≥ 5.8: before
+ * that it returned 0 whatever happened), and the major version of its data directory (PG_VERSION).
+ */
+async function fileFacts(n: Node): Promise<{ syncfs: boolean; major: number }> {
+  const out = await sh(n, ['sh', '-c', 'uname -sr && cat "$0/PG_VERSION"', n.ref.dataDir]).then(
+    (o) => o.stdout,
+    () => '',
+  );
+  const [, kernel = '', major = ''] = /^(?:Linux (\d+\.\d+)\S*)?.*\n(\d+)/.exec(out) ?? [];
+  const [ma, mi] = kernel.split('.').map(Number);
+  return { syncfs: kernel !== '' && (ma > 5 || (ma === 5 && mi >= 8)), major: Number(major) };
 }
 
 /** Poll `probe` until it is true; NotConverged (retryable) naming `what` after `timeoutMs`. */
@@ -191,6 +229,28 @@ const ensureSlot = (on: Node, slot: string) =>
     ),
   );
 
+/**
+ * Drop the slot of a replica that was just stopped: its walsender ends once it reads the closed
+ * connection, so the slot is waited for (one connection, polled every 10 ms, at most `waitMs`) until
+ * it is inactive, then dropped. One still active after that is someone else's: left, and said.
+ */
+const dropSlotOnceFree = (on: Node, slot: string, waitMs: number): Promise<'dropped' | 'absent' | 'active'> =>
+  onTarget(on.target, async (c) => {
+    const deadline = Date.now() + waitMs;
+    for (;;) {
+      const { rows } = await c.query<{ active: boolean }>('SELECT active FROM pg_replication_slots WHERE slot_name = $1', [slot]);
+      if (!rows.length) return 'absent';
+      if (!rows[0].active) {
+        const { rowCount } = await c.query(
+          'SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active',
+          [slot],
+        );
+        if ((rowCount ?? 0) > 0) return 'dropped';
+      } else if (Date.now() > deadline) return 'active';
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  });
+
 /** Drop the slot where it is not in use; returns whether one was dropped. */
 const dropSlot = (on: Node, slot: string): Promise<boolean> =>
   onTarget(on.target, async (c) => {
@@ -211,6 +271,34 @@ const streams = (upstream: Node, follower: Node): Promise<boolean> =>
       [follower.ref.name, follower.ref.slot],
     ),
   ).catch(() => false);
+
+/**
+ * Wait until `follower` streams from `upstream` (as `streams` says), polling every 10 ms on one
+ * connection to the upstream (a new connection per poll would time its SCRAM exchange, not the
+ * stream); NotConverged after `timeoutMs`.
+ */
+async function untilStreams(upstream: Node, follower: Node, timeoutMs = STREAM_MS): Promise<number> {
+  const started = Date.now();
+  const what = `${q(follower.ref.name)} does not stream from ${q(upstream.ref.name)}`;
+  const polled = await onTarget(upstream.target, async (c) => {
+    for (;;) {
+      const ok = await value<boolean>(
+        c,
+        `SELECT EXISTS (SELECT FROM pg_stat_replication WHERE application_name = $1 AND state = 'streaming')
+            AND EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = $2 AND active)`,
+        [follower.ref.name, follower.ref.slot],
+      );
+      if (ok) return true;
+      if (Date.now() - started > timeoutMs) return false;
+      heartbeat();
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }).catch(() => undefined);
+  if (polled === false) throw stepFailure(ErrorType.NotConverged, `${what} after ${timeoutMs / 1000} s`);
+  // The connection failed (the upstream restarting?): the slower path, a connection per poll, with what time is left.
+  if (polled === undefined) await until(what, () => streams(upstream, follower), Math.max(0, timeoutMs - (Date.now() - started)));
+  return Date.now() - started;
+}
 
 /** The run's mark beside a node's data directory: which workflow made it, and whether the directory was there (empty) before. */
 async function ownerOf(n: Node): Promise<{ owner: string; existed: boolean } | undefined> {
@@ -253,22 +341,34 @@ async function baseBackup(
     '--no-password',
   ]);
   let finished = false;
+  // The watcher's pause ends when the copy does: the activity does not wait out a second after it.
+  let wake = () => {};
   const watching = (async () => {
     while (!finished) {
       const du = await sh(n, ['du', '-sb', n.ref.dataDir]).catch(() => undefined);
       const done = du ? Number(du.stdout.split(/\s/)[0]) : 0;
       heartbeat({ progress: { done, total, unit: 'bytes' } });
-      await new Promise((r) => setTimeout(r, 1_000));
+      if (!finished)
+        await new Promise<void>((r) => {
+          const timer = setTimeout(r, 1_000);
+          wake = () => {
+            clearTimeout(timer);
+            r();
+          };
+        });
     }
   })();
+  let ms: number;
   try {
     await copying;
   } finally {
+    ms = Date.now() - started; // pg_basebackup's own time: the count of bytes below is not the copy's
     finished = true;
+    wake();
     await watching;
   }
   const bytes = Number((await sh(n, ['du', '-sb', n.ref.dataDir])).stdout.split(/\s/)[0]);
-  return { ms: Date.now() - started, bytes };
+  return { ms, bytes };
 }
 
 /** The last checkpoint of a stopped node, from pg_controldata: its location and the cluster state. */
@@ -395,43 +495,100 @@ async function moveWriter(
   return evidence;
 }
 
+/** pg_controldata's states of a directory not shut down cleanly: pg_rewind runs its crash recovery first then. */
+const UNCLEAN = ['in production', 'in crash recovery', 'in archive recovery', 'shutting down'];
+
 /**
  * Bring `node` back as a standby of `upstream`: CHECKPOINT on the upstream first (pg_rewind reads
  * its timeline from pg_control, which the promotion's spread checkpoint updates only later), its
  * slot created there, standby.signal removed (pg_rewind's crash recovery runs single-user, which
  * refuses standby mode), pg_rewind, the node's own settings written again, standby.signal, start.
  * When pg_rewind fails, a new pg_basebackup into a fresh directory, the old one moved aside.
+ * Each part is timed in the evidence: stop, CHECKPOINT, slot and files, crash recovery (after an
+ * immediate stop), pg_rewind, the directory's sync, start, streaming.
  */
 async function rejoin(topology: Topology, nodeName: string, upstreamName: string): Promise<Evidence> {
   const [n, upstream] = [byName(topology, nodeName), byName(topology, upstreamName)];
-  if ((await roleOf(n)) === 'standby' && (await streams(upstream, n)))
+  const role = await roleOf(n);
+  if (role === 'standby' && (await streams(upstream, n)))
     return { summary: `${nodeName} streams from ${upstreamName} already`, method: 'none' };
   const started = Date.now();
-  const wasRunning = await stopNode(n, topology.binDir);
+  const wasRunning = await stopNode(n, topology.binDir, 'fast', role);
+  const stopMs = Date.now() - started;
   const checkpointStarted = Date.now();
   await onTarget(upstream.target, (c) => c.query('CHECKPOINT'));
   const checkpointMs = Date.now() - checkpointStarted;
+  const prepStarted = Date.now();
   await ensureSlot(upstream, n.ref.slot);
   await writeReplicationPassfile(n, topology);
   await sh(n, ['rm', '-f', path.posix.join(n.ref.dataDir, 'standby.signal')]);
   const source = upstream.postgres;
   const rewindPass = path.posix.join(nodeDir(n.ref.dataDir), 'rewind.pgpass');
   await writePrivate(n, rewindPass, `${passfileLine([source.host, source.port, '*', source.user, password(source) ?? ''])}\n`);
-  const rewindStarted = Date.now();
+  const prepMs = Date.now() - prepStarted;
+  let recoveryMs: number | undefined;
+  let rewindMs = 0;
+  let syncMs: number | undefined;
+  let syncedBy: 'syncfs' | 'initdb --sync-only' = 'initdb --sync-only';
+  const facts = await fileFacts(n);
   let method: 'pg_rewind' | 'pg_basebackup' = 'pg_rewind';
   let said: string;
   let fallback: Evidence | undefined;
+  const bin = (tool: string) => path.posix.join(topology.binDir, tool);
+  // Written before pg_rewind, removed once its copy is synced: an attempt that finds it was interrupted
+  // mid-rewind (a dead worker), which leaves a directory pg_rewind's documentation calls possibly
+  // unrecoverable, so it re-clones instead. First, what that attempt left running on the directory is
+  // stopped (a local command outlives its killed worker), so nothing writes into it while it moves aside.
+  const rewindMark = path.posix.join(nodeDir(n.ref.dataDir), 'rewinding');
+  const escaped = n.ref.dataDir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  await sh(n, ['pkill', '-KILL', '-f', `(pg_rewind|postgres --single) .*-D ${escaped}( |$)`]).catch(() => undefined);
   try {
+    if (await succeeds(sh(n, ['test', '-e', rewindMark])))
+      throw new Error('an earlier attempt was stopped while pg_rewind ran, so the data directory may be inconsistent');
+    const { state } = await controlData(n, topology.binDir);
+    if (UNCLEAN.includes(state)) {
+      // pg_rewind's own first step (its ensureCleanShutdown), the same command run here to be timed apart:
+      // crash recovery in single-user mode with fsync off (the whole directory is synced after the rewind, below).
+      const recovering = Date.now();
+      await sh(n, [bin('postgres'), '--single', '-F', '-D', n.ref.dataDir, 'template1']);
+      recoveryMs = Date.now() - recovering;
+    }
+    await sh(n, ['touch', rewindMark]);
+    const rewinding = Date.now();
+    // --no-sync only moves pg_rewind's own last step (fsync_pgdata: every file and directory of the data
+    // directory, pg_wal and the tablespaces, an error fatal) to right after it, below, where it is timed
+    // apart: nothing touches the directory in between, nothing starts on it before the sync succeeded,
+    // and a failure of either falls back to the re-clone. So the directory is as durable as with
+    // pg_rewind's own sync before anything starts on it.
     const out = await sh(n, [
-      path.posix.join(topology.binDir, 'pg_rewind'),
+      bin('pg_rewind'),
+      '--no-sync',
+      '--progress',
       '-D',
       n.ref.dataDir,
       '--source-server',
       conninfo({ host: source.host, port: source.port, user: source.user, dbname: source.database, passfile: rewindPass }),
     ]);
+    rewindMs = Date.now() - rewinding;
+    const syncing = Date.now();
+    if (facts.syncfs) {
+      syncedBy = 'syncfs';
+      // syncfs() of the file system of the data directory, of pg_wal's and of each tablespace's (links
+      // followed): every dirty page of those file systems written and the journal committed, a superset
+      // of what fsync_pgdata flushes, in one call each instead of an fsync per file; an error (Linux ≥ 5.8
+      // reports writeback errors through syncfs) fails it, like an fsync error fails pg_rewind.
+      await sh(n, [
+        'sh',
+        '-c',
+        'set -- "$0" "$0/pg_wal/"; for t in "$0"/pg_tblspc/*; do [ -d "$t/" ] && set -- "$@" "$t/"; done; sync -f "$@"',
+        n.ref.dataDir,
+      ]);
+    } else await sh(n, [bin('initdb'), '--sync-only', '-D', n.ref.dataDir]); // the very fsync_pgdata pg_rewind would run
+    syncMs = Date.now() - syncing;
+    await sh(n, ['rm', '-f', rewindMark]);
     said = `${out.stdout}\n${out.stderr}`
       .split('\n')
-      .filter((l) => /diverged|no rewind required|Done/.test(l))
+      .filter((l) => /diverged|no rewind required|need to copy|Done/.test(l))
       .join('; ');
   } catch (err) {
     // The data directory as it is stays, moved aside: it may hold what nothing else has.
@@ -440,21 +597,36 @@ async function rejoin(topology: Topology, nodeName: string, upstreamName: string
     if (!(await succeeds(sh(n, ['test', '-e', aside])))) await sh(n, ['mv', n.ref.dataDir, aside]);
     else await sh(n, ['rm', '-rf', n.ref.dataDir]); // a partial copy of an earlier attempt
     const copied = await baseBackup(n, upstream, topology, false, 0);
-    said = `pg_rewind failed (${(err as Error).message.slice(0, 300)}); re-cloned with pg_basebackup in ${copied.ms} ms, the old data directory kept in ${aside}`;
+    rewindMs = copied.ms;
+    said = `not rewound: ${(err as Error).message.slice(0, 300)}; re-cloned with pg_basebackup in ${copied.ms} ms, the old data directory kept in ${aside}`;
     fallback = { ...copied, movedAside: aside };
+    await sh(n, ['rm', '-f', rewindMark]);
   } finally {
     await sh(n, ['rm', '-f', rewindPass]).catch(() => undefined);
   }
-  const rewindMs = Date.now() - rewindStarted;
   const local = await setNodeLocal(n, upstream, topology);
   await sh(n, ['touch', path.posix.join(n.ref.dataDir, 'standby.signal')]);
-  const startMs = await startNode(n);
-  const streamMs = await until(`${q(nodeName)} does not stream from ${q(upstreamName)}`, () => streams(upstream, n));
+  const startMs = await startNode(n, facts.syncfs && facts.major >= 14 ? ALREADY_SYNCED : undefined);
+  const streamMs = await untilStreams(upstream, n);
+  const parts = [
+    `stop ${stopMs} ms`,
+    `CHECKPOINT ${checkpointMs} ms`,
+    `slot and files ${prepMs} ms`,
+    ...(recoveryMs === undefined ? [] : [`crash recovery ${recoveryMs} ms`]),
+    `${method} ${rewindMs} ms`,
+    ...(syncMs === undefined ? [] : [`sync (${syncedBy}) ${syncMs} ms`]),
+    `start ${startMs} ms`,
+    `streaming after ${streamMs} ms`,
+  ];
   return {
-    summary: `${nodeName} follows ${upstreamName} (${method}${wasRunning ? ', was running: stopped first' : ''}): CHECKPOINT ${checkpointMs} ms, ${method} ${rewindMs} ms, start ${startMs} ms, streaming after ${streamMs} ms; ${said}`,
+    summary: `${nodeName} follows ${upstreamName} (${method}${wasRunning ? ', was running: stopped first' : ''}): ${parts.join(', ')}; ${said}`,
     method,
+    stopMs,
     checkpointMs,
+    prepMs,
+    ...(recoveryMs === undefined ? {} : { recoveryMs }),
     rewindMs,
+    ...(syncMs === undefined ? {} : { syncMs, syncedBy }),
     startMs,
     streamMs,
     totalMs: Date.now() - started,
@@ -494,27 +666,57 @@ async function restorePrimary(topology: Topology): Promise<Evidence> {
   return { summary: `switched back to ${p.ref.name}: ${String(rejoined.summary)}; ${String(moved.summary)}`, rejoined, moved };
 }
 
-/** Stop a replica, drop its slot wherever it is unused, and remove what this run created of its directory. */
+/**
+ * Stop a replica, drop its slot wherever it is unused, and remove what this run created of its directory.
+ * Only a node whose owner mark is this run's is stopped and removed. A standby (pg_is_in_recovery()
+ * true, read just before) is stopped immediately: its directory is discarded, and a fast stop would
+ * first write a restartpoint (every dirty buffer, fsynced) into it; whatever it holds came from the
+ * primary. A node that is, or may be, a primary (answering as one, or not answering) keeps the fast
+ * stop: it may hold writes nothing else has. Slots are dropped only once it is stopped.
+ */
 async function removeReplica(topology: Topology, index: number): Promise<Evidence> {
   const r = nodeOf(topology.replicas[index]);
   const mark = await ownerOf(r);
   const ours = mark?.owner === topology.owner;
   const started = Date.now();
-  const stopped = ours ? await stopNode(r, topology.binDir) : false;
-  const stopMs = Date.now() - started;
-  const dropped: string[] = [];
-  for (const other of nodes(topology).filter((n) => n.ref.name !== r.ref.name)) {
-    if (await dropSlot(other, r.ref.slot).catch(() => false)) dropped.push(other.ref.name);
-  }
+  let stopped: 'fast' | 'immediate' | undefined;
   if (ours) {
-    await clearDataDir(r, mark.existed);
-    await sh(r, ['rm', '-rf', nodeDir(r.ref.dataDir)]);
+    const role = await roleOf(r);
+    const mode = role === 'standby' ? 'immediate' : 'fast';
+    if (await stopNode(r, topology.binDir, mode, role)) stopped = mode;
   }
+  const stopMs = Date.now() - started;
+  const dropping = Date.now();
+  const dropped: string[] = [];
+  const active: string[] = [];
+  for (const other of nodes(topology).filter((n) => n.ref.name !== r.ref.name)) {
+    // Its walsender ends once it reads the closed connection: waited for only when the replica was stopped here.
+    const result = await dropSlotOnceFree(other, r.ref.slot, stopped ? 10_000 : 0).catch(() => 'absent' as const);
+    if (result === 'dropped') dropped.push(other.ref.name);
+    if (result === 'active') active.push(other.ref.name);
+  }
+  const dropMs = Date.now() - dropping;
+  const removing = Date.now();
+  if (ours) {
+    if (mark.existed) await clearDataDir(r, true);
+    // The data directory first, the owner mark last: a retry after a kill midway still finds the mark.
+    await sh(r, ['rm', '-rf', ...(mark.existed ? [] : [r.ref.dataDir]), nodeDir(r.ref.dataDir)]);
+  }
+  const removeMs = Date.now() - removing;
+  const slot = [
+    dropped.length ? `dropped on ${dropped.join(', ')}` : '',
+    active.length ? `still in use on ${active.join(', ')} (not this run's replica: left)` : '',
+  ]
+    .filter(Boolean)
+    .join('; ');
   return {
-    summary: `${r.ref.name}: ${stopped ? 'stopped' : 'not running'}; slot ${r.ref.slot} ${dropped.length ? `dropped on ${dropped.join(', ')}` : 'not found'}; ${
+    summary: `${r.ref.name}: ${stopped ? `stopped (${stopped})` : 'not running'}; slot ${r.ref.slot} ${slot || 'not found'}; ${
       ours ? `${r.ref.dataDir} ${mark.existed ? 'emptied' : 'removed'}` : 'no directory of this run'
-    } (${Date.now() - started} ms)`,
+    } (${Date.now() - started} ms: stop ${stopMs}, slot ${dropMs}, remove ${removeMs})`,
+    stopMode: stopped ?? 'none',
     stopMs,
+    dropMs,
+    removeMs,
     totalMs: Date.now() - started,
   };
 }
@@ -789,8 +991,9 @@ export function createClusterMigrationActivities() {
           await writeReplicationPassfile(r, topology);
           const copy = await baseBackup(r, p, topology, true, totalBytes);
           await setNodeLocal(r, p, topology);
-          const startMs = await startNode(r);
-          const streamMs = await until(`${q(r.ref.name)} does not stream from ${q(p.ref.name)}`, () => streams(p, r));
+          const facts = await fileFacts(r);
+          const startMs = await startNode(r, facts.syncfs && facts.major >= 14 ? ALREADY_SYNCED : undefined);
+          const streamMs = await untilStreams(p, r);
           const seconds = (copy.ms + startMs + streamMs) / 1000;
           return {
             summary: `${r.ref.name} streaming from ${p.ref.name} through slot ${r.ref.slot}: ${formatBytes(copy.bytes)} copied in ${copy.ms} ms (${(copy.bytes / 1024 ** 2 / (copy.ms / 1000)).toFixed(0)} MiB/s), started in ${startMs} ms, streaming after ${streamMs} ms${retried ? ' (an earlier attempt cleared first)' : ''}`,

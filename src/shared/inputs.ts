@@ -72,8 +72,8 @@ export const partitionMigrationSchema = z
     table: identifier.default('files'),
     partitionKey: identifier.default('id'),
     partitions: z.number().int().min(2).max(1024).default(256),
-    /** Keys per backfill batch; 50,000 measured fastest on the seed's `files`. */
-    batchRows: z.number().int().min(100).max(1_000_000).default(50_000),
+    /** Keys per backfill batch: a write to the block being copied waits for its batch (see the runbook's measurements). */
+    batchRows: z.number().int().min(100).max(1_000_000).default(10_000),
     throttle: z
       .object({
         /** Pause between batches: a plain rate limit. */

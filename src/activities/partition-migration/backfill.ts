@@ -5,7 +5,7 @@ import type { Client } from 'pg';
 import { ErrorType, q } from '../../shared/errors';
 import type { Progress } from '../../shared/progress';
 import { resolveTarget } from '../../targets';
-import { onTargetTwice } from '../postgres/connection';
+import { inOneRoundTrip, onTargetTwice } from '../postgres/connection';
 import { blockKeys } from '../postgres/locks';
 import { throttle } from '../postgres/probes';
 import { stepFailure } from '../step-context';
@@ -23,8 +23,14 @@ import type { Inventory, MigrationSpec } from './sql';
  * writes put there, then a plain insert (as fast as the bulk insert; ON CONFLICT costs a third
  * more). A write in flight waits for the batch and then applies itself: nothing deleted comes
  * back, nothing newer is overwritten, no source row is locked. A batch holds no other lock, so it
- * cannot deadlock. A replayed batch copies its block again. The position (a block number) is
- * heartbeated after every batch, so a retry resumes where it stopped, over the same blocks.
+ * cannot deadlock. A replayed batch copies its block again.
+ *
+ * Two lanes (connections) each take the next block as soon as their last one is done, so neither
+ * waits for the other's batch. The position (a block number) is heartbeated after every batch: the
+ * first block not yet copied, every block below it copied (a block the other lane finished beyond
+ * it is copied again by a retry, which resumes there, over the same blocks). The control row's
+ * `last_key` follows once per call, for the operator: it costs a commit, and resuming reads the
+ * heartbeat.
  */
 export async function backfill(spec: MigrationSpec, inventory: Inventory, from: Progress, seconds = 3): Promise<Progress> {
   const target = resolveTarget(spec.target);
@@ -33,26 +39,22 @@ export async function backfill(spec: MigrationSpec, inventory: Inventory, from: 
   const progress: Progress = { ...(resumed ?? from), resumedFrom: resumed ? resumed.block : from.resumedFrom };
   const deadline = Date.now() + seconds * 1000;
   const batch = sql.backfillSql(spec, inventory);
-  // Two lanes copy adjacent blocks side by side.
   return onTargetTwice(target, async (c, second) => {
     const { rows } = await c.query<{ bounds: string[] | null }>(sql.boundsSql, [spec.table]);
     const bounds = rows[0]?.bounds;
     if (!bounds)
       throw stepFailure(ErrorType.PrecheckFailed, `no key blocks for ${q(spec.table)} in fermata_migrations: run create-shadow first`);
-    progress.blocks = bounds.length + 1;
+    const blocks = bounds.length + 1;
+    progress.blocks = blocks;
     // A batch waiting for its block's lock would queue the block's other writers behind it: it
-    // waits a second at most, then lets them through and tries again.
+    // waits a second at most, then lets them through and tries again. Its transaction is one
+    // round trip; a lock timeout or any other error leaves it aborted, and it is rolled back.
     const copyBlock = async (lane: Client, block: number): Promise<number> => {
-      const [low, high] = blockKeys(block, bounds);
+      const { lock, clear, copy } = batch(block, blockKeys(block, bounds));
       for (;;) {
-        await lane.query('BEGIN');
         try {
-          await lane.query(`SET LOCAL lock_timeout = '1s'`);
-          await lane.query(batch.lock, [block]);
-          await lane.query(batch.clear, [low, high]);
-          const { rowCount } = await lane.query(batch.copy, [low, high]);
-          await lane.query('COMMIT');
-          return rowCount ?? 0;
+          const results = await inOneRoundTrip(lane, ['BEGIN', `SET LOCAL lock_timeout = '1s'`, lock, clear, copy, 'COMMIT']);
+          return results.find((r) => r.command === 'INSERT')?.rowCount ?? 0;
         } catch (err) {
           await lane.query('ROLLBACK').catch(() => undefined);
           if ((err as { code?: string }).code !== '55P03') throw err;
@@ -61,19 +63,35 @@ export async function backfill(spec: MigrationSpec, inventory: Inventory, from: 
         }
       }
     };
-    const lanes = [c, second];
-    while (progress.block < progress.blocks && Date.now() < deadline) {
-      await throttle(c, spec.throttle);
-      const blocks = lanes.map((_, i) => progress.block + i).filter((block) => block < progress.blocks!);
-      const counts = await Promise.all(blocks.map((block, i) => copyBlock(lanes[i], block)));
-      progress.copied += counts.reduce((a, b) => a + b, 0);
-      progress.batches += blocks.length;
-      progress.block += blocks.length;
-      await c.query(sql.positionSql, [spec.table, blockKeys(progress.block - 1, bounds)[1]]);
-      heartbeat(progress);
-    }
-    progress.done = progress.block >= progress.blocks;
-    progress.summary = `${progress.copied} rows copied in ${progress.batches} batches, block ${progress.block} of ${progress.blocks}`;
+    let next = progress.block;
+    const copied = new Set<number>();
+    let failed = false;
+    const lane = async (client: Client): Promise<void> => {
+      try {
+        while (!failed && Date.now() < deadline) {
+          await throttle(client, spec.throttle);
+          if (failed || next >= blocks) return;
+          const block = next++;
+          const count = await copyBlock(client, block);
+          progress.copied += count;
+          progress.batches += 1;
+          copied.add(block);
+          while (copied.delete(progress.block)) progress.block += 1;
+          heartbeat(progress);
+        }
+      } catch (err) {
+        failed = true;
+        throw err;
+      }
+    };
+    // Both lanes end before the call returns (one that fails stops the other after its batch), so
+    // every block taken is copied and the position is `next`.
+    const ended = await Promise.allSettled([lane(c), lane(second)]);
+    const failure = ended.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failure) throw failure.reason;
+    if (progress.block > 0) await c.query(sql.positionSql, [spec.table, blockKeys(progress.block - 1, bounds)[1]]);
+    progress.done = progress.block >= blocks;
+    progress.summary = `${progress.copied} rows copied in ${progress.batches} batches, block ${progress.block} of ${blocks}`;
     return progress;
   });
 }

@@ -287,20 +287,26 @@ export const lockReferencingSql = (fk: ForeignKey): string => `LOCK TABLE ${fk.t
 export const validateSql = (fk: ForeignKey): string => `ALTER TABLE ${fk.table} VALIDATE CONSTRAINT ${ident(fk.name)}`;
 
 /**
- * One backfill batch: the block's exclusive lock ($1 the block), then its keys ($1..$2, as text:
- * bigint keys can lie beyond a JavaScript number's exact integers) in the shadow replaced by the
- * source's.
+ * One backfill batch: the block's exclusive lock, then its keys (`low`..`high`, as text: bigint keys
+ * can lie beyond a JavaScript number's exact integers) in the shadow replaced by the source's. Its
+ * statements carry the block and its keys as literals, so the batch's transaction goes to the
+ * server in one round trip (`inOneRoundTrip`): under load each statement sent on its own waits for
+ * both processes to be scheduled again, and a small block's copy is short.
  */
 export function backfillSql(spec: MigrationSpec, inventory: TableFacts) {
   const n = names(spec.table);
   const columns = inventory.columns.map((col) => ident(col)).join(', ');
   const key = ident(spec.partitionKey);
-  return {
-    lock: `SELECT ${blockLock(spec.table, '$1::bigint', 'exclusive')}`,
-    // Its keys written so far are in the copy: forgotten by verify.
-    clear: `WITH forget AS (DELETE FROM fermata_migration_writes WHERE table_name = ${escapeLiteral(spec.table)} AND key BETWEEN $1::bigint AND $2::bigint)
-      DELETE FROM ${ident(n.shadow)} WHERE ${key} BETWEEN $1::bigint AND $2::bigint`,
-    copy: `INSERT INTO ${ident(n.shadow)} (${columns}) SELECT ${columns} FROM ${ident(spec.table)} WHERE ${key} BETWEEN $1::bigint AND $2::bigint`,
+  return (block: number, [low, high]: [string, string]): { lock: string; clear: string; copy: string } => {
+    if (!Number.isSafeInteger(block) || block < 0) throw new RangeError(`no block ${block}`);
+    const range = `${key} BETWEEN ${escapeLiteral(low)}::bigint AND ${escapeLiteral(high)}::bigint`;
+    return {
+      lock: `SELECT ${blockLock(spec.table, String(block), 'exclusive')}`,
+      // Its keys written so far are in the copy: forgotten by verify.
+      clear: `WITH forget AS (DELETE FROM fermata_migration_writes WHERE table_name = ${escapeLiteral(spec.table)} AND key BETWEEN ${escapeLiteral(low)}::bigint AND ${escapeLiteral(high)}::bigint)
+      DELETE FROM ${ident(n.shadow)} WHERE ${range}`,
+      copy: `INSERT INTO ${ident(n.shadow)} (${columns}) SELECT ${columns} FROM ${ident(spec.table)} WHERE ${range}`,
+    };
   };
 }
 
