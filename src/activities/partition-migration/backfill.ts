@@ -64,7 +64,9 @@ export async function backfill(spec: MigrationSpec, inventory: Inventory, from: 
       }
     };
     let next = progress.block;
-    const copied = new Set<number>();
+    // Rows of blocks finished beyond the position, counted once the position passes them: a retry
+    // resumes at the position and copies those blocks again.
+    const ahead = new Map<number, number>();
     let failed = false;
     const lane = async (client: Client): Promise<void> => {
       try {
@@ -73,10 +75,13 @@ export async function backfill(spec: MigrationSpec, inventory: Inventory, from: 
           if (failed || next >= blocks) return;
           const block = next++;
           const count = await copyBlock(client, block);
-          progress.copied += count;
           progress.batches += 1;
-          copied.add(block);
-          while (copied.delete(progress.block)) progress.block += 1;
+          ahead.set(block, count);
+          for (let rows = ahead.get(progress.block); rows !== undefined; rows = ahead.get(progress.block)) {
+            ahead.delete(progress.block);
+            progress.copied += rows;
+            progress.block += 1;
+          }
           heartbeat(progress);
         }
       } catch (err) {
