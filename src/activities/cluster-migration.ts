@@ -262,15 +262,15 @@ const dropSlot = (on: Node, slot: string): Promise<boolean> =>
   });
 
 /** Whether `follower` streams from `upstream` through its slot: pg_stat_replication "streaming" and the slot active. */
+const streamsOn = (c: Client, follower: Node): Promise<boolean> =>
+  value<boolean>(
+    c,
+    `SELECT EXISTS (SELECT FROM pg_stat_replication WHERE application_name = $1 AND state = 'streaming')
+        AND EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = $2 AND active)`,
+    [follower.ref.name, follower.ref.slot],
+  );
 const streams = (upstream: Node, follower: Node): Promise<boolean> =>
-  onTarget(upstream.target, (c) =>
-    value<boolean>(
-      c,
-      `SELECT EXISTS (SELECT FROM pg_stat_replication WHERE application_name = $1 AND state = 'streaming')
-          AND EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = $2 AND active)`,
-      [follower.ref.name, follower.ref.slot],
-    ),
-  ).catch(() => false);
+  onTarget(upstream.target, (c) => streamsOn(c, follower)).catch(() => false);
 
 /**
  * Wait until `follower` streams from `upstream` (as `streams` says), polling every 10 ms on one
@@ -282,13 +282,7 @@ async function untilStreams(upstream: Node, follower: Node, timeoutMs = STREAM_M
   const what = `${q(follower.ref.name)} does not stream from ${q(upstream.ref.name)}`;
   const polled = await onTarget(upstream.target, async (c) => {
     for (;;) {
-      const ok = await value<boolean>(
-        c,
-        `SELECT EXISTS (SELECT FROM pg_stat_replication WHERE application_name = $1 AND state = 'streaming')
-            AND EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = $2 AND active)`,
-        [follower.ref.name, follower.ref.slot],
-      );
-      if (ok) return true;
+      if (await streamsOn(c, follower)) return true;
       if (Date.now() - started > timeoutMs) return false;
       heartbeat();
       await new Promise((r) => setTimeout(r, 10));
