@@ -4,12 +4,12 @@
 // that every row it saw committed is on the primary at the end.
 import type { WorkflowHandle } from '@temporalio/client';
 import { Client } from 'pg';
-import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { approveSignal, statusQuery, TASK_QUEUE } from '../src/shared/messages';
 import type { RunbookResult, RunbookStatus } from '../src/shared/status';
 import { freePort } from '../src/stack/ports';
-import { clusterService, OS_USER, runningPort, stopCluster } from '../src/stack/postgres';
+import { clusterService, OS_USER, runningPort, startCluster, stopCluster } from '../src/stack/postgres';
 import { runDir } from './harness/paths';
 import { lastAttempt } from './harness/attempts';
 import { eventually, queryOn } from './harness/standbys';
@@ -312,9 +312,13 @@ test('cancelled after the failover: the rollback switches back to the original n
   );
 });
 
-test('precheck refuses, naming each reason, and changes nothing: no replication role, no wal_log_hints nor checksums, a replica directory not empty', async () => {
+test('precheck refuses, naming each reason, and changes nothing: no replication role, no wal_log_hints nor checksums, a tablespace outside the data directory, a replica directory not empty', async () => {
   const { primary, replicas } = await cluster('cm-refuse', { role: false });
   const [r1] = replicas;
+  const tablespace = path.join(runDir, 'tablespaces', primary.name);
+  mkdirSync(tablespace, { recursive: true });
+  if (OS_USER) await execa('chown', ['-R', OS_USER, path.dirname(tablespace)]);
+  await primary.query(`CREATE TABLESPACE cm_refuse_ts LOCATION '${tablespace}'`);
   mkdirSync(r1.dataDir, { recursive: true });
   writeFileSync(path.join(r1.dataDir, 'someone-elses'), 'x');
   if (OS_USER) await execa('chown', ['-R', OS_USER, r1.dataDir]);
@@ -322,6 +326,7 @@ test('precheck refuses, naming each reason, and changes nothing: no replication 
   expect(failure.type).toBe('PrecheckFailed');
   expect(failure.message).toMatch(/the replication role "replicator" does not exist/);
   expect(failure.message).toMatch(/wal_log_hints is off and the cluster has no data checksums/);
+  expect(failure.message).toContain(`tablespaces outside the data directory ("cm_refuse_ts" at ${tablespace})`);
   expect(failure.message).toMatch(new RegExp(`replica "${r1.name}"'s data directory .* exists and is not empty`));
   expect(failure.message).toMatch(/Nothing was changed$/);
   expect(existsSync(path.join(r1.dataDir, 'someone-elses'))).toBe(true);
@@ -416,6 +421,110 @@ test('crash failover: the primary stopped immediately, the replica promoted, the
       1,
     ),
   );
+});
+
+/**
+ * A primary as Debian's packages lay it out and as years of hands leave it: postgresql.conf,
+ * pg_hba.conf and pg_ident.conf in a directory of their own (pg_ctl -D names it, data_directory
+ * points back), an include_dir, an external pid file, a preloaded library and a setting in
+ * postgresql.auto.conf, a view, a trigger and ids far apart.
+ */
+async function debianLayout(primary: TestTarget): Promise<string> {
+  await primary.query(`ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'`);
+  await primary.query(`ALTER SYSTEM SET effective_cache_size = '768MB'`);
+  await primary.stop();
+  const etc = path.join(runDir, 'etc', primary.name);
+  mkdirSync(path.join(etc, 'conf.d'), { recursive: true });
+  for (const file of ['postgresql.conf', 'pg_hba.conf', 'pg_ident.conf'])
+    renameSync(path.join(primary.dataDir, file), path.join(etc, file));
+  appendFileSync(
+    path.join(etc, 'postgresql.conf'),
+    [
+      `data_directory = '${primary.dataDir}'`,
+      `hba_file = '${etc}/pg_hba.conf'`,
+      `ident_file = '${etc}/pg_ident.conf'`,
+      `external_pid_file = '${etc}/main.pid'`,
+      `include_dir = 'conf.d'`,
+      '',
+    ].join('\n'),
+  );
+  writeFileSync(path.join(etc, 'conf.d', 'tuning.conf'), `work_mem = '6MB'\ncluster_name = 'drift/main'\n`);
+  if (OS_USER) await execa('chown', ['-R', OS_USER, path.join(runDir, 'etc')]);
+  writeTargets((doc) => void ((doc.targets[primary.name] as Record<string, unknown>).service = clusterService(etc)));
+  await startCluster(etc);
+  await primary.query(`
+    CREATE EXTENSION pg_stat_statements;
+    DELETE FROM files WHERE id % 3 <> 0;
+    INSERT INTO files (id, filename, filepath, content_hash, file_size_bytes)
+      SELECT 1000000000000 + g * 7919, 'far-' || g || '.mid', '/far/' || g || '.mid', '\\x00', 1000 + g FROM generate_series(1, 500) g;
+    CREATE VIEW big_files AS SELECT id, filename FROM files WHERE file_size_bytes > 30000;
+    CREATE TABLE files_renamed (file_id bigint, old_name text, new_name text);
+    CREATE FUNCTION note_rename() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN INSERT INTO files_renamed VALUES (OLD.id, OLD.filename, NEW.filename); RETURN NEW; END $$;
+    CREATE TRIGGER files_rename AFTER UPDATE OF filename ON files FOR EACH ROW EXECUTE FUNCTION note_rename();
+  `);
+  return etc;
+}
+
+const DRIFTED = ['shared_preload_libraries', 'effective_cache_size', 'work_mem', 'cluster_name'];
+
+/** What a node runs with and holds: its files' places, the drifted settings, the library as seen through the view and the trigger. */
+async function nodeState(n: Node) {
+  const [row] = await n.query<Record<string, string>>(
+    `SELECT current_setting('data_directory') AS data_directory, current_setting('config_file') AS config_file,
+            current_setting('hba_file') AS hba_file, current_setting('port') AS port,
+            ${DRIFTED.map((s) => `current_setting('${s}') AS ${s}`).join(', ')},
+            (SELECT count(*) FROM big_files)::text AS big_files, (SELECT max(id) FROM files)::text AS max_id,
+            (SELECT count(*) FROM pg_trigger WHERE tgname = 'files_rename')::text AS triggers`,
+  );
+  return row;
+}
+
+test("a drifted primary in Debian's layout (configuration outside the data directory): replicas get its settings, not its paths; a crash failover and the way back keep each node's own files", async () => {
+  const { primary, replicas, nodes } = await cluster('cm-drift', { walLogHints: true });
+  const etc = await debianLayout(primary);
+  const etcBefore = Object.fromEntries(
+    ['postgresql.conf', 'pg_hba.conf', 'pg_ident.conf', 'conf.d/tuning.conf'].map((f) => [f, readFileSync(path.join(etc, f), 'utf8')]),
+  );
+  const handle = await start({ target: primary.name, failoverTest: 'crash' });
+  const held = await waitForStatus(handle, (s) => s.pendingGate?.name === 'failover-test', 180_000);
+  expect(step(held, 'replica-1').evidence).toMatchObject({ configFromPrimary: ['postgresql.conf', 'pg_hba.conf', 'pg_ident.conf'] });
+  const wanted = await nodeState(primary as unknown as Node);
+  expect(wanted).toMatchObject({
+    config_file: `${etc}/postgresql.conf`,
+    work_mem: '6MB',
+    shared_preload_libraries: 'pg_stat_statements',
+    effective_cache_size: '768MB',
+  });
+  // Each replica: the primary's settings and library, its own directory, port and files.
+  for (const r of replicas)
+    expect(await nodeState(r)).toEqual({
+      ...wanted,
+      data_directory: r.dataDir,
+      config_file: `${r.dataDir}/postgresql.conf`,
+      hba_file: `${r.dataDir}/pg_hba.conf`,
+      port: String(r.port),
+    });
+  await approve(handle, 'failover-test');
+  const result: RunbookResult = await handle.result();
+  if (result.outcome !== 'completed') throw new Error(JSON.stringify(result.status, null, 1));
+  expect(step(result.status, 'rejoin').evidence).toMatchObject({ method: 'pg_rewind' });
+  expect(String(step(result.status, 'rejoin').evidence!.summary)).toMatch(/crash recovery \d+ ms/);
+
+  // The original node is primary again, on its own files: /etc untouched, none of the rewind's copies left in its data directory.
+  expect(await primary.query('SELECT pg_is_in_recovery() AS standby')).toEqual([{ standby: false }]);
+  expect(await nodeState(primary as unknown as Node)).toEqual(wanted);
+  for (const [f, text] of Object.entries(etcBefore)) expect([f, readFileSync(path.join(etc, f), 'utf8')]).toEqual([f, text]);
+  expect(['postgresql.conf', 'pg_hba.conf', 'pg_ident.conf'].filter((f) => existsSync(path.join(primary.dataDir, f)))).toEqual([]);
+  const postmaster = readFileSync(path.join(primary.dataDir, 'postmaster.pid'), 'utf8').split('\n')[0];
+  expect(readFileSync(path.join(etc, 'main.pid'), 'utf8').split('\n')[0]).toBe(postmaster); // not a replica's
+  for (const r of replicas) {
+    expect(await r.query('SELECT pg_is_in_recovery() AS standby')).toEqual([{ standby: true }]);
+    expect(await nodeState(r)).toMatchObject({ config_file: `${r.dataDir}/postgresql.conf`, work_mem: '6MB', port: String(r.port) });
+  }
+  expect(await primary.query('SELECT count(*)::int AS n FROM pg_replication_slots WHERE active')).toEqual([{ n: 2 }]);
+  const counts = await Promise.all(nodes.map((n) => n.query('SELECT count(*)::int AS files, max(id)::text AS max FROM files')));
+  expect(new Set(counts.map((c) => JSON.stringify(c))).size).toBe(1);
 });
 
 test('terminated after its replicas: the recover runbook finds its slots, replicas and directories and undoes them', async () => {

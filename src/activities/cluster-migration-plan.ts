@@ -14,6 +14,8 @@ export interface NodeRef {
   slot: string;
   /** The data directory existed (empty) before the run: the rollback empties it instead of removing it. */
   dirExisted?: boolean;
+  /** Its postgresql.conf when that is not in the data directory (Debian keeps it in /etc/postgresql). */
+  configFile?: string;
 }
 
 /** What a run works on; only names and paths (credentials are resolved by the activities). */
@@ -33,6 +35,15 @@ export interface Topology {
  * another node, so these are written again after each (from the targets file, not from the copy).
  */
 export const NODE_LOCAL = ['port', 'primary_conninfo', 'primary_slot_name'] as const;
+
+/** A node's own configuration files in its data directory, which pg_rewind replaces with (or removes like) the source's. */
+export const CONFIG_FILES = ['postgresql.conf', 'pg_hba.conf', 'pg_ident.conf'] as const;
+
+/**
+ * Settings of a primary's postgresql.conf that name its own files: left out of a replica's copy
+ * of that file, so that the replica's defaults (its own data directory) apply.
+ */
+export const OWN_PATHS = ['data_directory', 'hba_file', 'ident_file', 'external_pid_file', 'config_file'] as const;
 
 /** A physical slot name for a node: lower-case, [a-z0-9_], at most 63 bytes. */
 export const slotName = (node: string): string => `fermata_${node.toLowerCase().replace(/[^a-z0-9_]/g, '_')}`.slice(0, 63);

@@ -18,10 +18,12 @@ import { formatBytes } from '../shared/size';
 import type { Evidence } from '../shared/status';
 import { password, postgresOf, resolveTarget, type PostgresEndpoint, type ServiceControl, type Target } from '../targets';
 import {
+  CONFIG_FILES,
   confValue,
   conninfo,
   NODE_LOCAL,
   nodeDir,
+  OWN_PATHS,
   passfileLine,
   planOf,
   replicationChanges,
@@ -219,6 +221,44 @@ async function setNodeLocal(n: Node, upstream: Node | undefined, topology: Topol
   const lines = [...kept, ...Object.entries(local).map(([k, v]) => `${k} = ${confValue(v)}`)];
   await sh(n, ['sh', '-c', 'cat > "$0"', file], `${lines.join('\n')}\n`);
   return local;
+}
+
+/**
+ * A replica's configuration files when the primary keeps them outside its data directory (Debian's
+ * /etc/postgresql/<major>/<cluster>), where pg_basebackup does not look. Its postgresql.conf is the
+ * primary's flattened: each setting's last entry in postgresql.conf and the files it includes, as
+ * pg_file_settings reads them now, less the settings that name the primary's own files (OWN_PATHS),
+ * so the replica's defaults, inside its own directory, apply. pg_hba.conf and pg_ident.conf are copies.
+ * Returns the files written.
+ */
+async function carryConfig(p: Node, r: Node): Promise<string[]> {
+  const files = await onTarget(p.target, async (c) => {
+    const where = (
+      await c.query<{ data: string; conf: string; hba: string; ident: string }>(
+        `SELECT current_setting('data_directory') AS data, current_setting('config_file') AS conf,
+                current_setting('hba_file') AS hba, current_setting('ident_file') AS ident`,
+      )
+    ).rows[0];
+    const outside = (file: string) => path.posix.dirname(file) !== where.data;
+    const written: Record<string, string> = {};
+    if (outside(where.conf)) {
+      const { rows } = await c.query<{ name: string; setting: string }>(
+        `SELECT DISTINCT ON (name) name, setting FROM pg_file_settings
+          WHERE error IS NULL AND sourcefile <> $1 AND name <> ALL($2) ORDER BY name, seqno DESC`,
+        [path.posix.join(where.data, 'postgresql.auto.conf'), OWN_PATHS],
+      );
+      written['postgresql.conf'] = [
+        `# ${p.ref.name}'s ${where.conf} with its includes, flattened by Fermata, less the paths of its own files`,
+        ...rows.map((row) => `${row.name} = ${confValue(row.setting)}`),
+        '',
+      ].join('\n');
+    }
+    if (outside(where.hba)) written['pg_hba.conf'] = await value<string>(c, 'SELECT pg_read_file($1)', [where.hba]);
+    if (outside(where.ident)) written['pg_ident.conf'] = await value<string>(c, 'SELECT pg_read_file($1)', [where.ident]);
+    return written;
+  });
+  for (const [file, text] of Object.entries(files)) await writePrivate(r, path.posix.join(r.ref.dataDir, file), text);
+  return Object.keys(files);
 }
 
 const ensureSlot = (on: Node, slot: string) =>
@@ -536,6 +576,17 @@ async function rejoin(topology: Topology, nodeName: string, upstreamName: string
   const rewindMark = path.posix.join(nodeDir(n.ref.dataDir), 'rewinding');
   const escaped = n.ref.dataDir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
   await sh(n, ['pkill', '-KILL', '-f', `(pg_rewind|postgres --single) .*-D ${escaped}( |$)`]).catch(() => undefined);
+  // pg_rewind makes the node's configuration files the upstream's (removing those the upstream keeps
+  // elsewhere): saved first, once (a retry finds them saved), and put back after the copy.
+  const savedConfig = path.posix.join(nodeDir(n.ref.dataDir), 'config');
+  await sh(n, [
+    'sh',
+    '-c',
+    'd=$0 s=$1; shift; [ -d "$s" ] && exit; rm -rf "$s.new" && mkdir -p "$s.new" || exit; for f; do if [ -e "$d/$f" ]; then cp -p "$d/$f" "$s.new/" || exit; fi; done; mv "$s.new" "$s"',
+    n.ref.dataDir,
+    savedConfig,
+    ...CONFIG_FILES,
+  ]);
   try {
     if (await succeeds(sh(n, ['test', '-e', rewindMark])))
       throw new Error('an earlier attempt was stopped while pg_rewind ran, so the data directory may be inconsistent');
@@ -544,7 +595,8 @@ async function rejoin(topology: Topology, nodeName: string, upstreamName: string
       // pg_rewind's own first step (its ensureCleanShutdown), the same command run here to be timed apart:
       // crash recovery in single-user mode with fsync off (the whole directory is synced after the rewind, below).
       const recovering = Date.now();
-      await sh(n, [bin('postgres'), '--single', '-F', '-D', n.ref.dataDir, 'template1']);
+      const config = n.ref.configFile ? ['-c', `config_file=${n.ref.configFile}`] : [];
+      await sh(n, [bin('postgres'), '--single', '-F', '-D', n.ref.dataDir, ...config, 'template1']);
       recoveryMs = Date.now() - recovering;
     }
     await sh(n, ['touch', rewindMark]);
@@ -598,6 +650,14 @@ async function rejoin(topology: Topology, nodeName: string, upstreamName: string
   } finally {
     await sh(n, ['rm', '-f', rewindPass]).catch(() => undefined);
   }
+  await sh(n, [
+    'sh',
+    '-c',
+    'd=$0 s=$1; shift; [ -d "$s" ] || exit 0; for f; do if [ -e "$s/$f" ]; then cp -p "$s/$f" "$d/$f" || exit; else rm -f "$d/$f"; fi; done; rm -rf "$s"',
+    n.ref.dataDir,
+    savedConfig,
+    ...CONFIG_FILES,
+  ]);
   const local = await setNodeLocal(n, upstream, topology);
   await sh(n, ['touch', path.posix.join(n.ref.dataDir, 'standby.signal')]);
   const startMs = await startNode(n, facts.syncfs && facts.major >= 14 ? ALREADY_SYNCED : undefined);
@@ -791,6 +851,12 @@ export function createClusterMigrationActivities() {
           version: await value(c, 'SHOW server_version'),
           binDir: await value(c, `SELECT setting FROM pg_config WHERE name = 'BINDIR'`),
           dataDir: await value(c, 'SHOW data_directory'),
+          configFile: await value(c, 'SHOW config_file'),
+          tablespaces: (
+            await c.query<{ spcname: string; location: string }>(
+              `SELECT spcname, pg_tablespace_location(oid) AS location FROM pg_tablespace WHERE pg_tablespace_location(oid) LIKE '/%'`,
+            )
+          ).rows,
           superuser: await value<boolean>(c, 'SELECT rolsuper FROM pg_roles WHERE rolname = current_user'),
           inRecovery: await value<boolean>(c, 'SELECT pg_is_in_recovery()'),
           roleRow,
@@ -805,6 +871,10 @@ export function createClusterMigrationActivities() {
       if (!read.superuser)
         reasons.push(`role ${q(postgres.user)} is not a superuser: ALTER SYSTEM, pg_promote and pg_rewind's source need one`);
       if (read.inRecovery) reasons.push(`${target.name} is a standby itself`);
+      if (read.tablespaces.length)
+        reasons.push(
+          `tablespaces outside the data directory (${read.tablespaces.map((t) => `${q(t.spcname)} at ${t.location}`).join(', ')}): each replica's copy would need a directory of its own (pg_basebackup --tablespace-mapping), which this runbook does not do yet`,
+        );
       if (role && !read.roleRow) reasons.push(`the replication role ${q(role.user)} does not exist on ${target.name}`);
       else if (role && read.roleRow && !(read.roleRow.rolreplication && read.roleRow.rolcanlogin))
         reasons.push(`role ${q(role.user)} lacks ${read.roleRow.rolreplication ? 'LOGIN' : 'REPLICATION'}`);
@@ -901,7 +971,12 @@ export function createClusterMigrationActivities() {
       const changes = replicationChanges(read.settings, replicas.length, input, read.restartOnly);
       const topology: Topology = {
         owner: activityInfo().workflowExecution?.workflowId ?? 'run',
-        primary: { name: target.name, dataDir: read.dataDir, slot: slotName(target.name) },
+        primary: {
+          name: target.name,
+          dataDir: read.dataDir,
+          slot: slotName(target.name),
+          ...(path.posix.dirname(read.configFile) === read.dataDir ? {} : { configFile: read.configFile }),
+        },
         replicas,
         binDir: read.binDir,
         ...(hba ? { hbaLine: hba } : {}),
@@ -984,13 +1059,16 @@ export function createClusterMigrationActivities() {
           } else await markOwner(r, topology);
           await writeReplicationPassfile(r, topology);
           const copy = await baseBackup(r, p, topology, true, totalBytes);
+          const carried = await carryConfig(p, r);
           await setNodeLocal(r, p, topology);
           const facts = await fileFacts(r);
           const startMs = await startNode(r, facts.syncfs && facts.major >= 14 ? ALREADY_SYNCED : undefined);
           const streamMs = await untilStreams(p, r);
           const seconds = (copy.ms + startMs + streamMs) / 1000;
           return {
-            summary: `${r.ref.name} streaming from ${p.ref.name} through slot ${r.ref.slot}: ${formatBytes(copy.bytes)} copied in ${copy.ms} ms (${(copy.bytes / 1024 ** 2 / (copy.ms / 1000)).toFixed(0)} MiB/s), started in ${startMs} ms, streaming after ${streamMs} ms${retried ? ' (an earlier attempt cleared first)' : ''}`,
+            summary: `${r.ref.name} streaming from ${p.ref.name} through slot ${r.ref.slot}: ${formatBytes(copy.bytes)} copied in ${copy.ms} ms (${(copy.bytes / 1024 ** 2 / (copy.ms / 1000)).toFixed(0)} MiB/s), started in ${startMs} ms, streaming after ${streamMs} ms${
+              carried.length ? `; ${carried.join(', ')} written from ${p.ref.name}'s (kept outside its data directory)` : ''
+            }${retried ? ' (an earlier attempt cleared first)' : ''}`,
             replica: r.ref.name,
             dataDir: r.ref.dataDir,
             slot: r.ref.slot,
@@ -1000,6 +1078,7 @@ export function createClusterMigrationActivities() {
             streamMs,
             seconds,
             retried,
+            configFromPrimary: carried,
             progress: { done: copy.bytes, total: Math.max(totalBytes, copy.bytes), unit: 'bytes' },
           };
         })(),
