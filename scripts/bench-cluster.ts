@@ -12,60 +12,13 @@ import { createClusterMigrationActivities } from '../src/activities/cluster-migr
 import { run } from '../src/activities/host/command';
 import type { Evidence } from '../src/shared/status';
 import { createLibrary } from '../src/fixtures/midi-library';
+import { failoverWriter } from '../src/fixtures/midi-writers';
 import { freePort } from '../src/stack/ports';
 import { clusterService, initCluster, OS_USER, pgBinDir, runningPort, startCluster, stopCluster } from '../src/stack/postgres';
 
 const { values } = parseArgs({ options: { rows: { type: 'string', default: '1720000' } } });
 const rows = Number(values.rows);
 const local = { kind: 'local' } as const;
-
-/**
- * Inserts numbered rows into whichever node takes them (one connection per node, the next node on
- * an error), remembering each commit's number and time: a phase's outage is its longest gap.
- */
-function writer(ports: number[], password: string) {
-  const commits: { n: number; at: number }[] = [];
-  let stop = false;
-  const done = (async () => {
-    const clients = new Map<number, Client>();
-    let [n, at] = [0, 0];
-    while (!stop) {
-      const port = ports[at];
-      try {
-        let client = clients.get(port);
-        if (!client) {
-          client = new Client({ host: '127.0.0.1', port, user: 'fermata', password, database: 'midi_library' });
-          client.on('error', () => undefined);
-          clients.set(port, client);
-          await client.connect();
-        }
-        await client.query('INSERT INTO writer_rows (n) VALUES ($1)', [++n]);
-        commits.push({ n, at: Date.now() });
-      } catch {
-        await clients
-          .get(port)
-          ?.end()
-          .catch(() => undefined);
-        clients.delete(port);
-        at = (at + 1) % ports.length; // read-only or down: the next node
-        await new Promise((r) => setTimeout(r, 2));
-      }
-    }
-    for (const c of clients.values()) await c.end().catch(() => undefined);
-  })();
-  return {
-    commits,
-    /** The longest time between two commits from `from` to `to` (ms). */
-    outage: (from: number, to: number) => {
-      const inside = commits.filter((c) => c.at >= from && c.at <= to).map((c) => c.at);
-      return inside.slice(1).reduce((gap, t, i) => Math.max(gap, t - inside[i]), 0);
-    },
-    stop: async () => {
-      stop = true;
-      await done;
-    },
-  };
-}
 
 async function main(): Promise<void> {
   const dir = path.resolve(__dirname, '..', '.test-data', `bench-cluster-${process.pid}`);
@@ -167,7 +120,7 @@ async function main(): Promise<void> {
     const readBack = Object.values(verified.readBackMs as Record<string, { p50: number; max: number }>);
 
     // Switchover and back, the writer running throughout: no committed row may be lost.
-    const writes = writer([port, r1Port, r2Port], password);
+    const writes = failoverWriter({ host: '127.0.0.1', user: 'fermata', password, database: 'midi_library' }, [port, r1Port, r2Port]);
     await new Promise((r) => setTimeout(r, 1000));
     let from = Date.now();
     const switchover = await act(acts.clusterFailover, topology, 'switchover');
@@ -180,7 +133,7 @@ async function main(): Promise<void> {
     await writes.stop();
     const check = new Client(connection);
     await check.connect();
-    const committed = writes.commits.map((c) => c.n);
+    const committed = writes.committed();
     const present = Number((await check.query('SELECT count(*) FROM writer_rows WHERE n = ANY($1)', [committed])).rows[0].count);
     await check.end();
 

@@ -360,7 +360,7 @@ test('no pg_hba.conf line admits the replication role: refused, or with addHbaEn
   expect(readFileSync(hba, 'utf8')).not.toMatch(/host replication replicator/);
 });
 
-test('stayOnReplica: the first replica stays primary, the original node and the second replica stream from it', async () => {
+test('stayOnReplica: the first replica stays primary, the original node and the second replica stream from it; a connection upgrade of the new primary finds and raises both', async () => {
   const { primary, replicas } = await cluster('cm-stay', { walLogHints: true });
   const [r1, r2] = replicas;
   const handle = await start({ target: primary.name, stayOnReplica: true });
@@ -381,6 +381,29 @@ test('stayOnReplica: the first replica stays primary, the original node and the 
   expect(await primary.query('SELECT pg_is_in_recovery() AS standby, (SELECT count(*)::int FROM pg_replication_slots) AS slots')).toEqual([
     { standby: true, slots: 0 },
   ]);
+
+  // The connection upgrade on the node that leads now: its target lists no replicas, so its precheck
+  // finds the original node and r2 through pg_stat_replication, and both must still replay afterwards.
+  const upgrade = await (
+    await temporal()
+  ).workflow.start('connectionUpgrade', { taskQueue: TASK_QUEUE, workflowId: uniqueId('cm-stay-cu'), args: [{ target: r1.name }] });
+  const gate = await waitForStatus(upgrade, (s) => s.pendingGate?.name === 'restart', 60_000);
+  expect(gate.pendingGate!.does).toContain(`restart the standbys ${[primary.name, r2.name].sort().join(', ')}`);
+  await approve(upgrade, 'restart');
+  const upgraded: RunbookResult = await upgrade.result();
+  if (upgraded.outcome !== 'completed') throw new Error(JSON.stringify(upgraded.status, null, 1));
+  await r1.query('CREATE TABLE stay_probe AS SELECT 1 AS n');
+  for (const n of [primary as unknown as Node, r1, r2]) expect(await n.query('SHOW max_connections')).toEqual([{ max_connections: '256' }]);
+  for (const n of [primary as unknown as Node, r2]) {
+    expect(await n.query('SELECT pg_is_in_recovery() AS standby, pg_is_wal_replay_paused() AS paused')).toEqual([
+      { standby: true, paused: false },
+    ]);
+    await eventually(
+      `stay_probe on ${n.name}`,
+      async () => (await n.query(`SELECT to_regclass('stay_probe') IS NOT NULL AS t`))[0].t === true,
+      10_000,
+    );
+  }
 });
 
 test('crash failover: the primary stopped immediately, the replica promoted, the old primary rewound (pg_rewind) and switched back to', async () => {

@@ -14,6 +14,7 @@ import {
   temporal,
   uniqueId,
   waitForStatus,
+  writeTargets,
   type RunningWorker,
   type TestTarget,
 } from './harness/stack';
@@ -144,9 +145,11 @@ test('negative control: raised on the primary alone, the standby pauses; the run
   );
 });
 
-test('a standby the targets file does not name: refused, nothing changed, its name and address said', async () => {
+test('a standby no target of the targets file names: refused, nothing changed, its name and address said', async () => {
   const primary = await newTarget(uniqueId('cuc-u'));
   const [stranger] = await addStandbys(primary, [uniqueId('cuc-us')], { named: false });
+  // A standby that is a target is found by its application_name (the Cluster Migration's test runs that path): this one is nobody's.
+  writeTargets((doc) => void delete doc.targets[stranger.name]);
   const failure = await failureOf(await upgrade(primary));
   expect(failure.type).toBe(ErrorType.PrecheckFailed);
   expect(failure.message).toContain(`a standby "${stranger.name}" from 127.0.0.1 (streaming)`);

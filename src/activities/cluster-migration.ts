@@ -1108,6 +1108,15 @@ export function createClusterMigrationActivities() {
         // Durable commits: with synchronous_commit off the WAL waits for the WAL writer (wal_writer_delay, 200 ms by
         // default) before a walsender may send it, and the read-back would time that instead of replication.
         await primary.query('SET synchronous_commit = on');
+        // The table first on every replica: a probe read before its CREATE is replayed fails (42P01), not "no row yet".
+        const created = await value<string>(primary, 'SELECT pg_current_wal_lsn()::text');
+        await Promise.all(
+          replicas.map((c, k) =>
+            until(`${q(followers[k].ref.name)} has not replayed the probe table's creation`, () =>
+              value<boolean>(c, 'SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), $1) >= 0', [created]),
+            ),
+          ),
+        );
         for (let i = 0; i < probes; i++) {
           const { rows } = await primary.query<{ id: string }>(`INSERT INTO ${ident(PROBE_TABLE)} (node) VALUES ($1) RETURNING id`, [
             primaryName,

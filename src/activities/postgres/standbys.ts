@@ -8,7 +8,7 @@ import { ErrorType, q } from '../../shared/errors';
 import type { SavedConfig } from '../../shared/restart';
 import type { SettingChange } from '../../shared/settings';
 import type { Evidence } from '../../shared/status';
-import { resolveTarget, type Target } from '../../targets';
+import { loadTargets, resolveTarget, type Target } from '../../targets';
 import { stepFailure } from '../step-context';
 import { autoConfEntries, settingRows } from './config';
 import { onTarget, value } from './connection';
@@ -100,9 +100,11 @@ export interface Standbys {
 /**
  * The primary's standbys and what each must change so that it never runs a sensitive setting below
  * the primary's: `wanted` are the primary's values after the run, `lowered` the settings the run
- * lowers there. With `strict` (the run changes a sensitive setting) a walsender the targets file
- * does not account for, or a named standby not streaming from this primary, refuses the run: a
- * standby Fermata cannot restart would pause.
+ * lowers there. The standbys are the targets file's `replicas` of the primary and, found in
+ * pg_stat_replication, targets whose walreceiver gives their own name as application_name (as the
+ * Cluster Migration's do: a replica that became primary lists none). With `strict` (the run changes
+ * a sensitive setting) a walsender no target accounts for, or a named standby not streaming from
+ * this primary, refuses the run: a standby Fermata cannot restart would pause.
  */
 export async function findStandbys(
   primary: Target,
@@ -118,12 +120,19 @@ export async function findStandbys(
   const found: Evidence[] = [];
   const reasons: string[] = [];
   const claimed = new Set<Sender>();
-  for (const name of primary.replicas ?? []) {
+  const listed = primary.replicas ?? [];
+  const targets = Object.keys(loadTargets().targets);
+  const streaming = senders.map((s) => s.application_name).filter((n) => !listed.includes(n) && n !== primary.name && targets.includes(n));
+  for (const name of [...listed, ...new Set(streaming)]) {
+    // Found by its walsender's name only: what it says of itself must match, or its walsender stays unaccounted for.
+    const discovered = !listed.includes(name);
     const read = await onTarget(resolveTarget(name), async (sc) => ({
       state: await replayState(sc),
       rows: await settingRows(sc, names),
       autoConf: await autoConfEntries(sc, names),
     })).catch(() => undefined);
+    const sender = senders.find((s) => s.application_name === read?.state.applicationName);
+    if (discovered && (!read?.state.inRecovery || !sender)) continue;
     if (!read) {
       lines.push(`${name} does not answer: no standby to change`);
       continue;
@@ -132,7 +141,6 @@ export async function findStandbys(
       lines.push(`${name} is not in recovery: not a standby`);
       continue;
     }
-    const sender = senders.find((s) => s.application_name === read.state.applicationName);
     if (!sender) {
       if (!strict) lines.push(`${name} is a standby that does not stream from ${primary.name}: left alone`);
       else
@@ -159,7 +167,11 @@ export async function findStandbys(
       ...raise.map((ch) => `${ch.name} ${ch.from}→${ch.to} before the primary`),
       ...lower.map((ch) => `${ch.name} ${ch.from}→${ch.to} after it`),
     ];
-    lines.push(`${name} ${sender.state}${read.state.paused ? ', replay PAUSED' : ''}: ${plan.join(', ') || 'nothing to change'}`);
+    lines.push(
+      `${name}${discovered ? ` (found in pg_stat_replication, not in ${primary.name}'s replicas)` : ''} ${sender.state}${
+        read.state.paused ? ', replay PAUSED' : ''
+      }: ${plan.join(', ') || 'nothing to change'}`,
+    );
   }
   const unknown = senders.filter((s) => !claimed.has(s));
   if (unknown.length && strict)
