@@ -3,11 +3,11 @@
 // read back through the test's own connections; a writer runs through the failover test and checks
 // that every row it saw committed is on the primary at the end.
 import type { WorkflowHandle } from '@temporalio/client';
-import { Client } from 'pg';
 import { appendFileSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { approveSignal, statusQuery, TASK_QUEUE } from '../src/shared/messages';
 import type { RunbookResult, RunbookStatus } from '../src/shared/status';
+import { failoverWriter } from '../src/fixtures/midi-writers';
 import { freePort } from '../src/stack/ports';
 import { clusterService, OS_USER, runningPort, startCluster, stopCluster } from '../src/stack/postgres';
 import { runDir } from './harness/paths';
@@ -89,62 +89,7 @@ async function start(input: Record<string, unknown>): Promise<WorkflowHandle> {
 }
 const step = (s: RunbookStatus, name: string) => s.steps.find((st) => st.name === name)!;
 const approve = (h: WorkflowHandle, gate: string) => h.signal(approveSignal, { gate, by: 'ops' });
-
-/**
- * Writes numbered rows to whichever node takes them, and remembers each number whose commit it
- * saw; the longest pause between two commits is the write outage.
- */
-function writer(nodes: Node[]) {
-  const committed: number[] = [];
-  let stop = false;
-  let longestGapMs = 0;
-  const clients = new Map<number, Client>();
-  const done = (async () => {
-    let n = 0;
-    let last = Date.now();
-    let at = 0;
-    while (!stop) {
-      const node = nodes[at];
-      try {
-        let client = clients.get(node.port);
-        if (!client) {
-          client = new Client({
-            host: '127.0.0.1',
-            port: node.port,
-            user: 'fermata',
-            password: env.targetPassword,
-            database: 'midi_library',
-          });
-          client.on('error', () => undefined);
-          clients.set(node.port, client);
-          await client.connect();
-        }
-        await client.query('INSERT INTO writer_rows (n) VALUES ($1)', [++n]);
-        committed.push(n);
-        const now = Date.now();
-        longestGapMs = Math.max(longestGapMs, now - last);
-        last = now;
-      } catch {
-        await clients
-          .get(node.port)
-          ?.end()
-          .catch(() => undefined);
-        clients.delete(node.port);
-        at = (at + 1) % nodes.length; // read-only, or down: try the next node
-        await new Promise((r) => setTimeout(r, 5));
-      }
-    }
-    for (const c of clients.values()) await c.end().catch(() => undefined);
-  })();
-  return {
-    committed,
-    stop: async () => {
-      stop = true;
-      await done;
-      return { longestGapMs };
-    },
-  };
-}
+const appConnection = { host: '127.0.0.1', user: 'fermata', password: env.targetPassword, database: 'midi_library' };
 
 test('switchover path: two streaming replicas, probes read back, switchover and switchback lose no committed row', async () => {
   const { primary, replicas, nodes } = await cluster('cm-happy');
@@ -171,12 +116,16 @@ test('switchover path: two streaming replicas, probes read back, switchover and 
   ]);
   expect(await primary.show('wal_log_hints')).toBe('on');
 
-  const writes = writer(nodes);
+  const writes = failoverWriter(
+    appConnection,
+    nodes.map((n) => n.port),
+  );
   await new Promise((r) => setTimeout(r, 500));
   await approve(handle, 'failover-test');
   const result: RunbookResult = await handle.result();
   await new Promise((r) => setTimeout(r, 300));
-  const { longestGapMs } = await writes.stop();
+  await writes.stop();
+  const longestGapMs = writes.outage();
   if (result.outcome !== 'completed') throw new Error(JSON.stringify(result.status, null, 1));
 
   // The original node is primary again, both replicas stream from it, slots only for them and active.
@@ -196,8 +145,8 @@ test('switchover path: two streaming replicas, probes read back, switchover and 
   }
   // No committed row lost across two switchovers.
   const have = new Set((await primary.query<{ n: number }>('SELECT n FROM writer_rows')).map((r) => r.n));
-  const lost = writes.committed.filter((n) => !have.has(n));
-  expect(writes.committed.length).toBeGreaterThan(100);
+  const lost = writes.committed().filter((n) => !have.has(n));
+  expect(writes.committed().length).toBeGreaterThan(100);
   expect(lost).toEqual([]);
   expect(await primary.query(`SELECT to_regclass('fermata_cluster_probe') AS probe`)).toEqual([{ probe: null }]);
   const failover = step(result.status, 'failover').evidence!;
@@ -239,7 +188,9 @@ test('switchover path: two streaming replicas, probes read back, switchover and 
   const connectionUpgrade = Object.fromEntries(
     ['standbys-first', 'restart', 'verify-standbys'].map((s) => [s, upgraded.status.steps.find((st) => st.name === s)!.evidence!.summary]),
   );
-  console.log(JSON.stringify({ writes: writes.committed.length, lost: lost.length, longestGapMs, ...figures, connectionUpgrade }, null, 1));
+  console.log(
+    JSON.stringify({ writes: writes.committed().length, lost: lost.length, longestGapMs, ...figures, connectionUpgrade }, null, 1),
+  );
 });
 
 test('rejected at gate failover-test: rolled back to the single node, no slots, replicas stopped and their directories gone', async () => {
@@ -282,7 +233,10 @@ test('cancelled after the failover: the rollback switches back to the original n
   await primary.query('CREATE TABLE writer_rows (n int PRIMARY KEY)');
   const handle = await start({ target: primary.name });
   await waitForStatus(handle, (s) => s.pendingGate?.name === 'failover-test', 180_000);
-  const writes = writer(nodes);
+  const writes = failoverWriter(
+    appConnection,
+    nodes.map((n) => n.port),
+  );
   await approve(handle, 'failover-test');
   await waitForStatus(handle, (s) => step(s, 'failover').state === 'done', 60_000);
   await handle.cancel();
@@ -299,7 +253,7 @@ test('cancelled after the failover: the rollback switches back to the original n
     expect(existsSync(r.dataDir)).toBe(false);
   }
   const have = new Set((await primary.query<{ n: number }>('SELECT n FROM writer_rows')).map((r) => r.n));
-  expect(writes.committed.filter((n) => !have.has(n))).toEqual([]);
+  expect(writes.committed().filter((n) => !have.has(n))).toEqual([]);
   console.log(
     JSON.stringify(
       {
@@ -412,11 +366,15 @@ test('crash failover: the primary stopped immediately, the replica promoted, the
   const handle = await start({ target: primary.name, failoverTest: 'crash' });
   const held = await waitForStatus(handle, (s) => s.pendingGate?.name === 'failover-test', 180_000);
   expect(held.pendingGate!.does).toMatch(/^crash .* \(immediate stop: commits in flight may be lost/);
-  const writes = writer(nodes);
+  const writes = failoverWriter(
+    appConnection,
+    nodes.map((n) => n.port),
+  );
   await new Promise((r) => setTimeout(r, 300));
   await approve(handle, 'failover-test');
   const result: RunbookResult = await handle.result();
-  const { longestGapMs } = await writes.stop();
+  await writes.stop();
+  const longestGapMs = writes.outage();
   if (result.outcome !== 'completed') throw new Error(JSON.stringify(result.status, null, 1));
   const failover = step(result.status, 'failover').evidence!;
   expect(failover).toMatchObject({ mode: 'crash', timeline: 2, probeRowsWritten: 50 });
@@ -434,8 +392,8 @@ test('crash failover: the primary stopped immediately, the replica promoted, the
   console.log(
     JSON.stringify(
       {
-        writes: writes.committed.length,
-        writerRowsLost: writes.committed.filter((n) => !have.has(n)).length,
+        writes: writes.committed().length,
+        writerRowsLost: writes.committed().filter((n) => !have.has(n)).length,
         longestGapMs,
         failover,
         rejoin,
