@@ -1,7 +1,7 @@
 // The RAM Upgrade runbook on a PostgreSQL that runs inside a memory cgroup (v1) whose limit is the
 // machine's "RAM" (test/harness/ram-cgroup.ts): the test raises the limit while the run holds at gate
 // "hardware", as a person would install the modules.
-import { existsSync } from 'node:fs';
+import { existsSync, renameSync } from 'node:fs';
 import path from 'node:path';
 import { decideSignal } from '../src/shared/messages';
 import type { RunbookResult } from '../src/shared/status';
@@ -116,7 +116,7 @@ maybe(
 );
 
 maybe(
-  'the data differs after the hardware step, on a primary with a standby: proven replaying after each start; the restore refused while it runs, then done once it is stopped, saying it must be re-cloned',
+  'the data differs after the hardware step, on a primary with a standby: proven replaying after each start; the restore refused while it runs; a backup that does not start leaves the server up on its data from before; then restored, saying the standby must be re-cloned',
   async () => {
     const { target, setLimit, backups, startInside } = await inCgroup('ram-restore', 1);
     const [standby] = await addStandbys(target, [uniqueId('ram-restore-s')]);
@@ -157,8 +157,22 @@ maybe(
     );
     expect(existsSync(`${target.dataDir}.fermata-before-restore-${handle.workflowId}`)).toBe(false);
     expect(await target.query('SELECT n FROM after_retune')).toEqual([{ n: 1 }]); // not restored
-    // A person stops the standby and retries: the restore runs, and says the standby must be re-cloned.
+    // A person stops the standby and retries, but the backup does not start: the directory from before
+    // goes back into place and runs, nothing lost, and the run holds for a decision again.
     await standby.stop();
+    const control = path.join(backups, handle.workflowId, 'global', 'pg_control');
+    renameSync(control, `${control}.hidden`);
+    await handle.signal(decideSignal, { action: 'retry', by: 'ops' });
+    const broken = await waitForStatus(handle, (s) => /the restored backup did not start/.test(s.pendingDecision?.error ?? ''), 120_000);
+    expect(broken.pendingDecision!.error).toMatch(
+      new RegExp(
+        `kept in ${target.dataDir}\\.fermata-restore-failed-\\d+\\); the data directory from before the restore is back in place and running: nothing was lost`,
+      ),
+    );
+    expect(await target.query('SELECT n FROM after_retune')).toEqual([{ n: 1 }]); // up, on its data from before
+    expect(existsSync(`${target.dataDir}.fermata-before-restore-${handle.workflowId}`)).toBe(false);
+    // Mended, retried: the restore runs, and says the standby must be re-cloned.
+    renameSync(`${control}.hidden`, control);
     await handle.signal(decideSignal, { action: 'retry', by: 'ops' });
     const result: RunbookResult = await handle.result();
     expect(result.outcome).toBe('rolled_back');

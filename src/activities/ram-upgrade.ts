@@ -513,9 +513,11 @@ export function createRamUpgradeActivities() {
     /**
      * Restore the backup: stop, move the data directory aside (never deleted), copy the backup into
      * a staging directory of this attempt's, rename it into place, fsync, start (it recovers from its
-     * backup_label), and count the rows. A retry that finds the data directory already moved aside
-     * removes what earlier attempts copied and copies again: an attempt whose worker died may leave
-     * its cp running, and it writes only into its own staging directory, never into the data directory.
+     * backup_label), and count the rows. A copy that does not start is moved aside in turn, and the
+     * directory from before put back and started: the server is never left down. A retry that finds
+     * the data directory already moved aside removes what earlier attempts copied and copies again: an
+     * attempt whose worker died may leave its cp running, and it writes only into its own staging
+     * directory, never into the data directory.
      */
     async ramRestore(targetName: string, backup: string, saved: SavedConfig, counts: Counts, standbys: string[] = []): Promise<Evidence> {
       const target = resolveTarget(targetName);
@@ -543,9 +545,25 @@ export function createRamUpgradeActivities() {
       await onServerFiles(target, ['mv', staging, saved.dataDir], { offline: true });
       await onServerFiles(target, ['sync'], { offline: true });
       const copyMs = Date.now() - copyStarted;
-      await controlService(target.host, service, 'start');
-      if (!(await comesUp(target)))
-        throw stepFailure(ErrorType.CommandFailed, 'PostgreSQL does not answer after starting on the restored backup');
+      const starts = () =>
+        controlService(target.host, service, 'start').then(
+          () => comesUp(target),
+          () => false,
+        );
+      if (!(await starts())) {
+        // Never left down: the data directory from before the restore goes back into place and starts;
+        // the copy that did not start is kept (its log says why).
+        const failed = `${saved.dataDir}.fermata-restore-failed-${Date.now()}`;
+        await controlService(target.host, service, 'stop').catch(() => undefined);
+        await onServerFiles(target, ['mv', saved.dataDir, failed], { offline: true });
+        await onServerFiles(target, ['mv', aside, saved.dataDir], { offline: true });
+        throw stepFailure(
+          ErrorType.CommandFailed,
+          (await starts())
+            ? `the restored backup did not start (the copy kept in ${failed}); the data directory from before the restore is back in place and running: nothing was lost. Read the copy's server log, then decide "retry" or "skip"`
+            : `neither the restored backup (kept in ${failed}) nor the data directory from before it (back in ${saved.dataDir}) starts: PostgreSQL is down; read the server log`,
+        );
+      }
       const now = await libraryCounts(target);
       const differ = Object.keys(counts).filter((k) => counts[k] !== now[k]);
       if (differ.length)
