@@ -45,6 +45,9 @@ export const CONFIG_FILES = ['postgresql.conf', 'pg_hba.conf', 'pg_ident.conf'] 
  */
 export const OWN_PATHS = ['data_directory', 'hba_file', 'ident_file', 'external_pid_file', 'config_file'] as const;
 
+/** The table of probe rows: written on the primary, read back on the replicas; dropped at finalize. */
+export const PROBE_TABLE = 'fermata_cluster_probe';
+
 /** A physical slot name for a node: lower-case, [a-z0-9_], at most 63 bytes. */
 export const slotName = (node: string): string => `fermata_${node.toLowerCase().replace(/[^a-z0-9_]/g, '_')}`.slice(0, 63);
 
