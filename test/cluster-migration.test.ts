@@ -8,17 +8,17 @@ import path from 'node:path';
 import { approveSignal, statusQuery, TASK_QUEUE } from '../src/shared/messages';
 import type { RunbookResult, RunbookStatus } from '../src/shared/status';
 import { failoverWriter } from '../src/fixtures/midi-writers';
-import { freePort } from '../src/stack/ports';
-import { clusterService, OS_USER, runningPort, startCluster, stopCluster } from '../src/stack/postgres';
+import { clusterService, OS_USER, runningPort, startCluster } from '../src/stack/postgres';
+import { newCluster, REPLICATION_PASSWORD, stopClusterNodes, type ClusterNode } from './harness/clusters';
+import { driftedLibrarySql } from './harness/drift';
 import { runDir } from './harness/paths';
 import { lastAttempt } from './harness/attempts';
-import { eventually, queryOn } from './harness/standbys';
+import { eventually } from './harness/standbys';
 import { historyText, linesWith } from './harness/records';
 import {
   closeHarness,
   env,
   failureOf,
-  newTarget,
   spawnWorker,
   startWorker,
   temporal,
@@ -30,59 +30,15 @@ import {
 } from './harness/stack';
 import execa from 'execa';
 
-const REPLICATION_PASSWORD = `repl-${Math.random().toString(36).slice(2)}`;
-writeFileSync(path.join(runDir, 'secrets', 'replication.pw'), REPLICATION_PASSWORD, { mode: 0o600 });
-
 let worker: RunningWorker;
-const dataDirs: string[] = [];
 beforeAll(async () => {
   worker = await startWorker();
 });
 afterAll(async () => {
   await worker?.stop();
   await closeHarness();
-  for (const dir of dataDirs) if (runningPort(dir) !== undefined) await stopCluster(dir).catch(() => undefined);
+  await stopClusterNodes();
 });
-
-interface Node {
-  name: string;
-  port: number;
-  dataDir: string;
-  query<T = Record<string, unknown>>(sql: string, params?: unknown[]): Promise<T[]>;
-}
-
-/** A primary (a copy of the library, with the replication role unless `role` is false) and two replica targets with no directory yet. */
-async function cluster(prefix: string, { role = true, walLogHints = false } = {}) {
-  const primary: TestTarget = await newTarget(uniqueId(`${prefix}-p`));
-  dataDirs.push(primary.dataDir);
-  if (role) await primary.query(`CREATE ROLE replicator LOGIN REPLICATION PASSWORD '${REPLICATION_PASSWORD}'`);
-  if (walLogHints) {
-    await primary.query('ALTER SYSTEM SET wal_log_hints = on');
-    await primary.stop();
-    await primary.start();
-  }
-  const replicas: Node[] = [];
-  for (const suffix of ['r1', 'r2']) {
-    const name = uniqueId(`${prefix}-${suffix}`);
-    const port = await freePort();
-    const dataDir = path.join(runDir, 'pg', name);
-    dataDirs.push(dataDir);
-    replicas.push({ name, port, dataDir, query: queryOn(port) });
-  }
-  writeTargets((doc) => {
-    for (const r of replicas) {
-      doc.targets[r.name] = {
-        postgres: { host: '127.0.0.1', port: r.port, database: 'midi_library', user: 'fermata', passwordFile: 'secrets/target.pw' },
-        service: clusterService(r.dataDir),
-      };
-    }
-    Object.assign(doc.targets[primary.name] as Record<string, unknown>, {
-      replicas: replicas.map((r) => r.name),
-      replication: { user: 'replicator', passwordFile: 'secrets/replication.pw' },
-    });
-  });
-  return { primary, replicas, nodes: [{ ...primary, query: primary.query } as Node, ...replicas] };
-}
 
 async function start(input: Record<string, unknown>): Promise<WorkflowHandle> {
   return (await temporal()).workflow.start('clusterMigration', { taskQueue: TASK_QUEUE, workflowId: uniqueId('cluster'), args: [input] });
@@ -92,7 +48,7 @@ const approve = (h: WorkflowHandle, gate: string) => h.signal(approveSignal, { g
 const appConnection = { host: '127.0.0.1', user: 'fermata', password: env.targetPassword, database: 'midi_library' };
 
 test('switchover path: two streaming replicas, probes read back, switchover and switchback lose no committed row', async () => {
-  const { primary, replicas, nodes } = await cluster('cm-happy');
+  const { primary, replicas, nodes } = await newCluster('cm-happy');
   const [r1] = replicas;
   await primary.query('CREATE TABLE writer_rows (n int PRIMARY KEY)');
   const handle = await start({ target: primary.name, enableWalLogHints: true });
@@ -194,7 +150,7 @@ test('switchover path: two streaming replicas, probes read back, switchover and 
 });
 
 test('rejected at gate failover-test: rolled back to the single node, no slots, replicas stopped and their directories gone', async () => {
-  const { primary, replicas } = await cluster('cm-rollback', { walLogHints: true });
+  const { primary, replicas } = await newCluster('cm-rollback', { walLogHints: true });
   const settingsBefore = await primary.query('SELECT name, setting FROM pg_settings WHERE name = ANY($1) ORDER BY name', [
     ['full_page_writes', 'max_slot_wal_keep_size'],
   ]);
@@ -229,7 +185,7 @@ test('rejected at gate failover-test: rolled back to the single node, no slots, 
 });
 
 test('cancelled after the failover: the rollback switches back to the original node first, then removes the replicas; no committed row lost', async () => {
-  const { primary, replicas, nodes } = await cluster('cm-after', { walLogHints: true });
+  const { primary, replicas, nodes } = await newCluster('cm-after', { walLogHints: true });
   await primary.query('CREATE TABLE writer_rows (n int PRIMARY KEY)');
   const handle = await start({ target: primary.name });
   await waitForStatus(handle, (s) => s.pendingGate?.name === 'failover-test', 180_000);
@@ -267,7 +223,7 @@ test('cancelled after the failover: the rollback switches back to the original n
 });
 
 test('precheck refuses, naming each reason, and changes nothing: no replication role, no wal_log_hints nor checksums, a tablespace outside the data directory, a replica directory not empty', async () => {
-  const { primary, replicas } = await cluster('cm-refuse', { role: false });
+  const { primary, replicas } = await newCluster('cm-refuse', { role: false });
   const [r1] = replicas;
   const tablespace = path.join(runDir, 'tablespaces', primary.name);
   mkdirSync(tablespace, { recursive: true });
@@ -294,7 +250,7 @@ test('precheck refuses, naming each reason, and changes nothing: no replication 
 });
 
 test('no pg_hba.conf line admits the replication role: refused, or with addHbaEntry appended, and removed by the rollback', async () => {
-  const { primary } = await cluster('cm-hba', { walLogHints: true });
+  const { primary } = await newCluster('cm-hba', { walLogHints: true });
   const hba = path.join(primary.dataDir, 'pg_hba.conf');
   const original = readFileSync(hba, 'utf8');
   writeFileSync(hba, original.replace(/^\s*(host|local)\s+replication\b.*$/gm, ''));
@@ -315,7 +271,7 @@ test('no pg_hba.conf line admits the replication role: refused, or with addHbaEn
 });
 
 test('stayOnReplica: the first replica stays primary, the original node and the second replica stream from it; a connection upgrade of the new primary finds and raises both', async () => {
-  const { primary, replicas } = await cluster('cm-stay', { walLogHints: true });
+  const { primary, replicas } = await newCluster('cm-stay', { walLogHints: true });
   const [r1, r2] = replicas;
   const handle = await start({ target: primary.name, stayOnReplica: true });
   await waitForStatus(handle, (s) => s.pendingGate?.name === 'failover-test', 180_000);
@@ -347,8 +303,9 @@ test('stayOnReplica: the first replica stays primary, the original node and the 
   const upgraded: RunbookResult = await upgrade.result();
   if (upgraded.outcome !== 'completed') throw new Error(JSON.stringify(upgraded.status, null, 1));
   await r1.query('CREATE TABLE stay_probe AS SELECT 1 AS n');
-  for (const n of [primary as unknown as Node, r1, r2]) expect(await n.query('SHOW max_connections')).toEqual([{ max_connections: '256' }]);
-  for (const n of [primary as unknown as Node, r2]) {
+  for (const n of [primary as unknown as ClusterNode, r1, r2])
+    expect(await n.query('SHOW max_connections')).toEqual([{ max_connections: '256' }]);
+  for (const n of [primary as unknown as ClusterNode, r2]) {
     expect(await n.query('SELECT pg_is_in_recovery() AS standby, pg_is_wal_replay_paused() AS paused')).toEqual([
       { standby: true, paused: false },
     ]);
@@ -361,7 +318,7 @@ test('stayOnReplica: the first replica stays primary, the original node and the 
 });
 
 test('crash failover: the primary stopped immediately, the replica promoted, the old primary rewound (pg_rewind) and switched back to', async () => {
-  const { primary, replicas, nodes } = await cluster('cm-crash', { walLogHints: true });
+  const { primary, replicas, nodes } = await newCluster('cm-crash', { walLogHints: true });
   await primary.query('CREATE TABLE writer_rows (n int PRIMARY KEY)');
   const handle = await start({ target: primary.name, failoverTest: 'crash' });
   const held = await waitForStatus(handle, (s) => s.pendingGate?.name === 'failover-test', 180_000);
@@ -433,24 +390,14 @@ async function debianLayout(primary: TestTarget): Promise<string> {
   if (OS_USER) await execa('chown', ['-R', OS_USER, path.join(runDir, 'etc')]);
   writeTargets((doc) => void ((doc.targets[primary.name] as Record<string, unknown>).service = clusterService(etc)));
   await startCluster(etc);
-  await primary.query(`
-    CREATE EXTENSION pg_stat_statements;
-    DELETE FROM files WHERE id % 3 <> 0;
-    INSERT INTO files (id, filename, filepath, content_hash, file_size_bytes)
-      SELECT 1000000000000 + g * 7919, 'far-' || g || '.mid', '/far/' || g || '.mid', '\\x00', 1000 + g FROM generate_series(1, 500) g;
-    CREATE VIEW big_files AS SELECT id, filename FROM files WHERE file_size_bytes > 30000;
-    CREATE TABLE files_renamed (file_id bigint, old_name text, new_name text);
-    CREATE FUNCTION note_rename() RETURNS trigger LANGUAGE plpgsql AS $$
-      BEGIN INSERT INTO files_renamed VALUES (OLD.id, OLD.filename, NEW.filename); RETURN NEW; END $$;
-    CREATE TRIGGER files_rename AFTER UPDATE OF filename ON files FOR EACH ROW EXECUTE FUNCTION note_rename();
-  `);
+  await primary.query(driftedLibrarySql);
   return etc;
 }
 
 const DRIFTED = ['shared_preload_libraries', 'effective_cache_size', 'work_mem', 'cluster_name'];
 
 /** What a node runs with and holds: its files' places, the drifted settings, the library as seen through the view and the trigger. */
-async function nodeState(n: Node) {
+async function nodeState(n: ClusterNode) {
   const [row] = await n.query<Record<string, string>>(
     `SELECT current_setting('data_directory') AS data_directory, current_setting('config_file') AS config_file,
             current_setting('hba_file') AS hba_file, current_setting('port') AS port,
@@ -462,7 +409,7 @@ async function nodeState(n: Node) {
 }
 
 test("a drifted primary in Debian's layout (configuration outside the data directory): replicas get its settings, not its paths; a crash failover and the way back keep each node's own files", async () => {
-  const { primary, replicas, nodes } = await cluster('cm-drift', { walLogHints: true });
+  const { primary, replicas, nodes } = await newCluster('cm-drift', { walLogHints: true });
   const etc = await debianLayout(primary);
   const etcBefore = Object.fromEntries(
     ['postgresql.conf', 'pg_hba.conf', 'pg_ident.conf', 'conf.d/tuning.conf'].map((f) => [f, readFileSync(path.join(etc, f), 'utf8')]),
@@ -470,7 +417,7 @@ test("a drifted primary in Debian's layout (configuration outside the data direc
   const handle = await start({ target: primary.name, failoverTest: 'crash' });
   const held = await waitForStatus(handle, (s) => s.pendingGate?.name === 'failover-test', 180_000);
   expect(step(held, 'replica-1').evidence).toMatchObject({ configFromPrimary: ['postgresql.conf', 'pg_hba.conf', 'pg_ident.conf'] });
-  const wanted = await nodeState(primary as unknown as Node);
+  const wanted = await nodeState(primary as unknown as ClusterNode);
   expect(wanted).toMatchObject({
     config_file: `${etc}/postgresql.conf`,
     work_mem: '6MB',
@@ -494,7 +441,7 @@ test("a drifted primary in Debian's layout (configuration outside the data direc
 
   // The original node is primary again, on its own files: /etc untouched, none of the rewind's copies left in its data directory.
   expect(await primary.query('SELECT pg_is_in_recovery() AS standby')).toEqual([{ standby: false }]);
-  expect(await nodeState(primary as unknown as Node)).toEqual(wanted);
+  expect(await nodeState(primary as unknown as ClusterNode)).toEqual(wanted);
   for (const [f, text] of Object.entries(etcBefore)) expect([f, readFileSync(path.join(etc, f), 'utf8')]).toEqual([f, text]);
   expect(['postgresql.conf', 'pg_hba.conf', 'pg_ident.conf'].filter((f) => existsSync(path.join(primary.dataDir, f)))).toEqual([]);
   const postmaster = readFileSync(path.join(primary.dataDir, 'postmaster.pid'), 'utf8').split('\n')[0];
@@ -509,7 +456,7 @@ test("a drifted primary in Debian's layout (configuration outside the data direc
 });
 
 test('terminated after its replicas: the recover runbook finds its slots, replicas and directories and undoes them', async () => {
-  const { primary, replicas } = await cluster('cm-left', { walLogHints: true });
+  const { primary, replicas } = await newCluster('cm-left', { walLogHints: true });
   const fpwBefore = await primary.show('full_page_writes');
   const handle = await start({ target: primary.name });
   await waitForStatus(handle, (s) => s.pendingGate?.name === 'failover-test', 180_000);
@@ -557,7 +504,7 @@ const slotOf = (name: string) => `fermata_${name.replace(/-/g, '_')}`;
 
 test('worker killed during a base backup, then during the rejoin: each activity retried on the next worker, the run ends correct', async () => {
   await worker.stop(); // only the processes below poll, so each kill hits the activity
-  const { primary, replicas } = await cluster('cm-kill', { walLogHints: true });
+  const { primary, replicas } = await newCluster('cm-kill', { walLogHints: true });
   const [r1, r2] = replicas;
   let running = spawnWorker();
   // A crash failover, staying on the replica: the rejoin's pg_rewind (its crash recovery first) runs

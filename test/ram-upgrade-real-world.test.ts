@@ -20,6 +20,7 @@ import {
   startRamUpgrade as start,
   stepOf as step,
 } from './harness/ram-cgroup';
+import { driftedLibrarySql } from './harness/drift';
 import { closeHarness, spawnWorker, startWorker, waitForStatus, type RunningWorker, type TestTarget } from './harness/stack';
 
 afterAll(async () => {
@@ -45,18 +46,7 @@ async function drift(target: TestTarget): Promise<void> {
     path.join(target.dataDir, 'postgresql.conf'),
     `\n# tuned by hand\nwork_mem = '6MB'\nmaintenance_work_mem = '96MB'\neffective_cache_size = '1GB'\nhuge_pages = off\n`,
   );
-  await target.query(`
-    CREATE EXTENSION pg_stat_statements;
-    DELETE FROM files WHERE id % 3 <> 0;
-    INSERT INTO files (id, filename, filepath, content_hash, file_size_bytes)
-      SELECT 1000000000000 + g * 7919 + (random() * 7000)::int, 'far-' || g || '.mid', '/far/' || g || '.mid', '\\x00', 1000 + g
-        FROM generate_series(1, 500) g;
-    CREATE VIEW big_files AS SELECT id, filename FROM files WHERE file_size_bytes > 30000;
-    CREATE TABLE files_renamed (file_id bigint, old_name text, new_name text);
-    CREATE FUNCTION note_rename() RETURNS trigger LANGUAGE plpgsql AS $$
-      BEGIN INSERT INTO files_renamed VALUES (OLD.id, OLD.filename, NEW.filename); RETURN NEW; END $$;
-    CREATE TRIGGER files_rename AFTER UPDATE OF filename ON files FOR EACH ROW EXECUTE FUNCTION note_rename();
-  `);
+  await target.query(driftedLibrarySql);
 }
 
 /** The tuned settings and the preload list as SHOW gives them, on a connection of the test's. */

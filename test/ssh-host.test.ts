@@ -14,6 +14,7 @@ import { approveSignal, approveUpdate, decideSignal, rejectSignal, TASK_QUEUE } 
 import type { RunbookResult } from '../src/shared/status';
 import { freePort } from '../src/stack/ports';
 import type { Host } from '../src/targets';
+import { newCluster, stopClusterNodes } from './harness/clusters';
 import { stopRedisServers } from './harness/global-teardown';
 import { runDir } from './harness/paths';
 import { startSshd, type Sshd } from './harness/sshd';
@@ -40,6 +41,7 @@ afterAll(async () => {
   await worker?.stop();
   await closeHarness();
   await stopRedisServers(path.join(runDir, 'redis'));
+  await stopClusterNodes();
   await sshd?.stop();
 });
 
@@ -191,6 +193,36 @@ describe('runbooks on a target reached over ssh', () => {
     const logins = sshd.logins() - loginsBefore;
     console.log(`connectionUpgrade over ssh: ${logins} ssh logins`);
     expect(logins).toBeGreaterThanOrEqual(5);
+  });
+
+  test('clusterMigration: all three nodes reached over ssh; replicas copied, started and streaming, switched over and back', async () => {
+    const { primary, replicas } = await newCluster('ssh-cm', { walLogHints: true });
+    writeTargets((doc) => {
+      for (const n of [primary, ...replicas]) (doc.targets[n.name] as { host: Host }).host = sshd.host;
+    });
+    const loginsBefore = sshd.logins();
+    const handle = await (
+      await temporal()
+    ).workflow.start('clusterMigration', { taskQueue: TASK_QUEUE, workflowId: uniqueId('ssh-cm'), args: [{ target: primary.name }] });
+    await waitForStatus(handle, (s) => s.pendingGate?.name === 'failover-test', 180_000);
+    await handle.signal(approveSignal, { gate: 'failover-test', by: 'alice' });
+    const result: RunbookResult = await handle.result();
+    if (result.outcome !== 'completed') throw new Error(JSON.stringify(result.status, null, 1));
+
+    expect(await primary.query('SELECT pg_is_in_recovery() AS standby')).toEqual([{ standby: false }]);
+    expect(await primary.query('SELECT application_name, state FROM pg_stat_replication ORDER BY application_name')).toEqual(
+      replicas
+        .map((r) => ({ application_name: r.name, state: 'streaming' }))
+        .sort((a, b) => a.application_name.localeCompare(b.application_name)),
+    );
+    for (const r of replicas)
+      expect(await r.query('SELECT pg_is_in_recovery() AS standby, current_setting($1) AS port', ['port'])).toEqual([
+        { standby: true, port: String(r.port) },
+      ]);
+    // pg_basebackup, the passfiles, pg_ctl, pg_controldata, pg_rewind, the marks: each a login.
+    const logins = sshd.logins() - loginsBefore;
+    console.log(`clusterMigration over ssh: ${logins} ssh logins`);
+    expect(logins).toBeGreaterThanOrEqual(20);
   });
 
   describe('redisDeployment', () => {
