@@ -3,14 +3,14 @@
 // read back through the test's own connections; a writer runs through the failover test and checks
 // that every row it saw committed is on the primary at the end.
 import type { WorkflowHandle } from '@temporalio/client';
-import { appendFileSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { approveSignal, statusQuery, TASK_QUEUE } from '../src/shared/messages';
 import type { RunbookResult, RunbookStatus } from '../src/shared/status';
 import { failoverWriter } from '../src/fixtures/midi-writers';
-import { clusterService, OS_USER, runningPort, startCluster } from '../src/stack/postgres';
+import { OS_USER, runningPort } from '../src/stack/postgres';
 import { newCluster, REPLICATION_PASSWORD, stopClusterNodes, type ClusterNode } from './harness/clusters';
-import { driftedLibrarySql } from './harness/drift';
+import { debianLayout, driftedLibrarySql } from './harness/drift';
 import { runDir } from './harness/paths';
 import { lastAttempt } from './harness/attempts';
 import { eventually } from './harness/standbys';
@@ -24,7 +24,6 @@ import {
   temporal,
   uniqueId,
   waitForStatus,
-  writeTargets,
   type RunningWorker,
   type TestTarget,
 } from './harness/stack';
@@ -362,34 +361,14 @@ test('crash failover: the primary stopped immediately, the replica promoted, the
 });
 
 /**
- * A primary as Debian's packages lay it out and as years of hands leave it: postgresql.conf,
- * pg_hba.conf and pg_ident.conf in a directory of their own (pg_ctl -D names it, data_directory
- * points back), an include_dir, an external pid file, a preloaded library and a setting in
- * postgresql.auto.conf, a view, a trigger and ids far apart.
+ * A primary as Debian's packages lay it out and as years of hands leave it: its configuration in a
+ * directory of its own with an include_dir (work_mem, cluster_name), a preloaded library and a
+ * setting in postgresql.auto.conf, a view, a trigger and ids far apart.
  */
-async function debianLayout(primary: TestTarget): Promise<string> {
+async function drifted(primary: TestTarget): Promise<string> {
   await primary.query(`ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'`);
   await primary.query(`ALTER SYSTEM SET effective_cache_size = '768MB'`);
-  await primary.stop();
-  const etc = path.join(runDir, 'etc', primary.name);
-  mkdirSync(path.join(etc, 'conf.d'), { recursive: true });
-  for (const file of ['postgresql.conf', 'pg_hba.conf', 'pg_ident.conf'])
-    renameSync(path.join(primary.dataDir, file), path.join(etc, file));
-  appendFileSync(
-    path.join(etc, 'postgresql.conf'),
-    [
-      `data_directory = '${primary.dataDir}'`,
-      `hba_file = '${etc}/pg_hba.conf'`,
-      `ident_file = '${etc}/pg_ident.conf'`,
-      `external_pid_file = '${etc}/main.pid'`,
-      `include_dir = 'conf.d'`,
-      '',
-    ].join('\n'),
-  );
-  writeFileSync(path.join(etc, 'conf.d', 'tuning.conf'), `work_mem = '6MB'\ncluster_name = 'drift/main'\n`);
-  if (OS_USER) await execa('chown', ['-R', OS_USER, path.join(runDir, 'etc')]);
-  writeTargets((doc) => void ((doc.targets[primary.name] as Record<string, unknown>).service = clusterService(etc)));
-  await startCluster(etc);
+  const etc = await debianLayout(primary, `work_mem = '6MB'\ncluster_name = 'drift/main'\n`);
   await primary.query(driftedLibrarySql);
   return etc;
 }
@@ -410,7 +389,7 @@ async function nodeState(n: ClusterNode) {
 
 test("a drifted primary in Debian's layout (configuration outside the data directory): replicas get its settings, not its paths; a crash failover and the way back keep each node's own files", async () => {
   const { primary, replicas, nodes } = await newCluster('cm-drift', { walLogHints: true });
-  const etc = await debianLayout(primary);
+  const etc = await drifted(primary);
   const etcBefore = Object.fromEntries(
     ['postgresql.conf', 'pg_hba.conf', 'pg_ident.conf', 'conf.d/tuning.conf'].map((f) => [f, readFileSync(path.join(etc, f), 'utf8')]),
   );

@@ -9,6 +9,7 @@ import { parseList } from '../src/activities/postgres/settings';
 import { approveSignal, decideSignal, rejectSignal, TASK_QUEUE } from '../src/shared/messages';
 import type { RunbookResult } from '../src/shared/status';
 import { configure, pgBinDir } from '../src/stack/postgres';
+import { debianLayout } from './harness/drift';
 import { runDir } from './harness/paths';
 import type { Host } from '../src/targets';
 import { startSshd, type Sshd } from './harness/sshd';
@@ -123,6 +124,22 @@ describe('list settings on a drifted server', () => {
     };
     expect(restart.preflight.libraries).toEqual(['auto_explain', 'pg_stat_statements']);
     expect(restart.preflight.onDisk.max_connections).toBe('256');
+  });
+
+  test("Debian's layout (the configuration in a directory of its own, auto_explain preloaded from its conf.d): approved, both libraries load, those files untouched", async () => {
+    const target = await newTarget(uniqueId('debian'));
+    const etc = await debianLayout(target, `shared_preload_libraries = 'auto_explain'\nmax_connections = 150\n`);
+    const files = ['postgresql.conf', 'conf.d/tuning.conf', 'pg_hba.conf'];
+    const before = files.map((f) => readFileSync(path.join(etc, f), 'utf8'));
+    const result = await approveAndFinish(await start(target));
+    expect(result.outcome).toBe('completed');
+    expect(await target.show('config_file')).toBe(path.join(etc, 'postgresql.conf'));
+    expect(await preloaded(target)).toEqual(['auto_explain', 'pg_stat_statements']);
+    expect(await target.show('max_connections')).toBe('256');
+    expect(await target.query('SELECT name FROM pg_settings WHERE pending_restart')).toEqual([]);
+    expect(autoConf(target)).toContain(`shared_preload_libraries = 'auto_explain, pg_stat_statements'`);
+    expect(files.map((f) => readFileSync(path.join(etc, f), 'utf8'))).toEqual(before);
+    expect(['postgresql.conf', 'pg_hba.conf'].filter((f) => existsSync(path.join(target.dataDir, f)))).toEqual([]);
   });
 
   test('auto_explain in postgresql.conf: rejected, auto_explain alone again and the file as it was', async () => {

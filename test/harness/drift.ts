@@ -1,4 +1,10 @@
-// The library as years of use leave it, for the runbooks' drifted-server tests.
+// Servers as years of use leave them, for the runbooks' drifted-server tests.
+import execa from 'execa';
+import { appendFileSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { clusterService, OS_USER, startCluster } from '../../src/stack/postgres';
+import { runDir } from './paths';
+import { writeTargets, type TestTarget } from './stack';
 
 /**
  * pg_stat_statements installed (its library preloaded first), two ids of three deleted and 500
@@ -16,3 +22,32 @@ export const driftedLibrarySql = `
     BEGIN INSERT INTO files_renamed VALUES (OLD.id, OLD.filename, NEW.filename); RETURN NEW; END $$;
   CREATE TRIGGER files_rename AFTER UPDATE OF filename ON files FOR EACH ROW EXECUTE FUNCTION note_rename();
 `;
+
+/**
+ * Move a target's configuration out of its data directory as Debian's packages keep it:
+ * postgresql.conf, pg_hba.conf and pg_ident.conf in a directory of their own, which pg_ctl -D (the
+ * target's service) names and whose data_directory points back, with hba_file, ident_file, an
+ * external pid file and `include_dir 'conf.d'` holding `confD`. Restarted on it; returns the directory.
+ */
+export async function debianLayout(target: TestTarget, confD: string): Promise<string> {
+  await target.stop();
+  const etc = path.join(runDir, 'etc', target.name);
+  mkdirSync(path.join(etc, 'conf.d'), { recursive: true });
+  for (const file of ['postgresql.conf', 'pg_hba.conf', 'pg_ident.conf']) renameSync(path.join(target.dataDir, file), path.join(etc, file));
+  appendFileSync(
+    path.join(etc, 'postgresql.conf'),
+    [
+      `data_directory = '${target.dataDir}'`,
+      `hba_file = '${etc}/pg_hba.conf'`,
+      `ident_file = '${etc}/pg_ident.conf'`,
+      `external_pid_file = '${etc}/main.pid'`,
+      `include_dir = 'conf.d'`,
+      '',
+    ].join('\n'),
+  );
+  writeFileSync(path.join(etc, 'conf.d', 'tuning.conf'), confD);
+  if (OS_USER) await execa('chown', ['-R', OS_USER, etc]);
+  writeTargets((doc) => void ((doc.targets[target.name] as Record<string, unknown>).service = clusterService(etc)));
+  await startCluster(etc);
+  return etc;
+}
