@@ -137,6 +137,10 @@ async function removeReplica(topology: Topology, index: number): Promise<Evidenc
   };
 }
 
+/** Whether a standby has replayed the WAL up to `lsn`. */
+const replayedTo = (c: Client, lsn: string): Promise<boolean> =>
+  value<boolean>(c, 'SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), $1) >= 0', [lsn]);
+
 /** Row counts of the library tables on one node. */
 const libraryCounts = (n: Node): Promise<Record<string, number>> =>
   onTarget(n.target, async (c) => {
@@ -474,9 +478,7 @@ export function createClusterMigrationActivities() {
         const created = await value<string>(primary, 'SELECT pg_current_wal_lsn()::text');
         await Promise.all(
           replicas.map((c, k) =>
-            until(`${q(followers[k].ref.name)} has not replayed the probe table's creation`, () =>
-              value<boolean>(c, 'SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), $1) >= 0', [created]),
-            ),
+            until(`${q(followers[k].ref.name)} has not replayed the probe table's creation`, () => replayedTo(c, created)),
           ),
         );
         for (let i = 0; i < probes; i++) {
@@ -510,9 +512,7 @@ export function createClusterMigrationActivities() {
       const position = await onTarget(p.target, (c) => value<string>(c, 'SELECT pg_current_wal_lsn()::text'));
       const differ: string[] = [];
       for (const f of followers) {
-        await until(`${q(f.ref.name)} has not replayed ${position}`, () =>
-          onTarget(f.target, (c) => value<boolean>(c, 'SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), $1) >= 0', [position])),
-        );
+        await until(`${q(f.ref.name)} has not replayed ${position}`, () => onTarget(f.target, (c) => replayedTo(c, position)));
         const theirs = await libraryCounts(f);
         for (const [table, rows] of Object.entries(counts))
           if (theirs[table] !== rows) differ.push(`${table} on ${f.ref.name}: ${theirs[table]}, ${rows} on ${primaryName}`);
