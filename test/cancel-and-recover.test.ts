@@ -3,11 +3,13 @@
 // next run (gate "recover") or by `fermata recover`, named with its owner, and undone. An application
 // writes to `files` through all of it and loses nothing.
 import { CancelledFailure, WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
+import { ApplicationFailure } from '@temporalio/common';
 import net from 'node:net';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { Client } from 'pg';
 import { createReferenceSql, startWriters } from '../src/fixtures/midi-writers';
+import { ErrorType } from '../src/shared/errors';
 import { approveSignal, rejectSignal, statusQuery, TASK_QUEUE } from '../src/shared/messages';
 import { searchAttributes } from '../src/shared/search-attributes';
 import type { RunbookResult, RunbookStatus } from '../src/shared/status';
@@ -20,7 +22,6 @@ import {
   fermata,
   newRedisTarget,
   newTarget,
-  startFailingWorker,
   startWorker,
   temporal,
   uniqueId,
@@ -45,9 +46,13 @@ async function start(type: string, input: Record<string, unknown>, queue = taskQ
   return (await temporal()).workflow.start(type, { taskQueue: queue, workflowId: uniqueId(type), args: [input] });
 }
 
-/** Request Cancellation, as the Web UI's button does; the run must roll back and close as CANCELED with outcome `cancelled`. */
-async function cancel(handle: WorkflowHandle): Promise<RunbookStatus> {
+/**
+ * Request Cancellation, as the Web UI's button does; the run must roll back and close as CANCELED
+ * with outcome `cancelled`. `meanwhile` looks at the run while it rolls back.
+ */
+async function cancel(handle: WorkflowHandle, meanwhile?: () => Promise<void>): Promise<RunbookStatus> {
   await handle.cancel();
+  await meanwhile?.();
   const err = await handle.result().then(
     () => undefined,
     (e: unknown) => e,
@@ -267,20 +272,37 @@ test('redis deployment: cancelled after start stops the Redis it started; termin
       });
       socket.on('error', () => resolve(false));
     });
-  // Its smoke step fails: the run holds for a decision, after start.
-  const failing = await startFailingWorker('redisSmoke', 'smoke failed on purpose');
+  // Its smoke step fails: the run holds for a decision, after start. Its rollback takes 3 s more, to be seen.
+  const taskQueue = uniqueId('failing-smoke');
+  const failing = await startWorker({
+    taskQueue,
+    wrap: (activities) => ({
+      ...activities,
+      redisSmoke: async () => {
+        throw ApplicationFailure.nonRetryable('smoke failed on purpose', ErrorType.NotConverged);
+      },
+      redisRollback: async (...args) => {
+        await new Promise((r) => setTimeout(r, 3000));
+        return activities.redisRollback(...args);
+      },
+    }),
+  });
   try {
     const input = { target: target.name, port, maxmemory: '64mb' };
-    const cancelled = await start('redisDeployment', input, failing.taskQueue);
+    const cancelled = await start('redisDeployment', input, taskQueue);
     await waitForStatus(cancelled, (s) => s.pendingGate?.name === 'deploy');
     await cancelled.signal(approveSignal, { gate: 'deploy', by: 'ops' });
     await waitForStatus(cancelled, (s) => s.pendingDecision?.step === 'smoke', 60_000);
     expect(await listening()).toBe(true);
-    const undone = await cancel(cancelled);
+    const undone = await cancel(cancelled, async () => {
+      await waitForStatus(cancelled, (s) => s.state === 'rolling_back' && s.steps.find((st) => st.name === 'start')!.state === 'done');
+      await waitForState(cancelled, 'rolling_back');
+      expect(await listening()).toBe(true); // still undoing it
+    });
     expect(undone.steps.find((s) => s.name === 'start')!.state).toBe('rolled_back');
     expect(await listening()).toBe(false);
 
-    const terminated = await start('redisDeployment', input, failing.taskQueue);
+    const terminated = await start('redisDeployment', input, taskQueue);
     await waitForStatus(terminated, (s) => s.pendingGate?.name === 'deploy');
     await terminated.signal(approveSignal, { gate: 'deploy', by: 'ops' });
     await waitForStatus(terminated, (s) => s.pendingDecision?.step === 'smoke', 60_000);

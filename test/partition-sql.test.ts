@@ -410,7 +410,11 @@ test('the plan shows the statements the run executes, from the same builders', (
   );
   // The batch count is the rows', not the key range's: a sparse table plans as many as a dense one.
   expect(plan(spec, { ...facts, minKey: 1, maxKey: 2 ** 62 }).find((p) => p.step === 'backfill')!.text).toMatch(/^5 blocks of 1000 keys/);
-  expect(texts('cutover')).toEqual([...swap(spec, facts, 'forward'), ...moveForeignKeySql(facts.foreignKeys[0])]);
+  expect(texts('cutover')).toEqual([
+    ...swap(spec, facts, 'forward'),
+    'LOCK TABLE "files", "files_old" IN SHARE ROW EXCLUSIVE MODE',
+    ...moveForeignKeySql(facts.foreignKeys[0]),
+  ]);
   expect(
     plan(spec, { ...facts, views: ['recent_files'] })
       .filter((p) => p.step === 'cutover')

@@ -233,7 +233,7 @@ const cutover: Step = {
     },
     {
       label: 'the second foreign key moved to the new table, after the commit (connection killed)',
-      at: /^ALTER TABLE \S+ DROP CONSTRAINT/,
+      at: /^ALTER TABLE \S+ DROP CONSTRAINT/m,
       nth: 2,
       kind: 'kill',
     },
@@ -311,5 +311,48 @@ describe.each([createShadow, capture, cutover, cutoverWithDependents])('step $na
     await step.check(s);
     await step.apply(s);
     await step.verify(s);
+  });
+});
+
+/**
+ * A writer's transaction that has taken `first` (where a statement has got to) and, while the
+ * runbook's `step` waits behind it, takes the rest of what its statement needs with `then`, 300 ms
+ * later: past PostgreSQL's deadlock check for the step, made once 50 ms into its wait. Taking its
+ * locks in the writers' order, the step waits for the writer, and neither is aborted.
+ */
+async function writerHalfWay(t: TestTarget, first: string, then: string, step: () => Promise<unknown>): Promise<void> {
+  await observe(t, async (c) => {
+    await c.query('BEGIN');
+    await c.query(first);
+    const stepping = step();
+    try {
+      await new Promise((r) => setTimeout(r, 300));
+      await c.query(then);
+      await c.query('COMMIT');
+    } finally {
+      await c.query('ROLLBACK').catch(() => undefined); // after the commit, a warning only
+      await stepping;
+    }
+  });
+}
+
+describe('a writer half-way through a statement when the step asks for its locks', () => {
+  test('a foreign key moved after the cut-over, a delete of files holding files: it goes on to files_old and the cascade', async () => {
+    const s = await cutover.setup(await newTarget(uniqueId('halfway-move')));
+    await failing({ at: /^ALTER TABLE \S+ DROP CONSTRAINT/m, kind: 'kill' }, () => cutover.apply(s)); // swapped, no key moved yet
+    const id = await one(s.t, 'SELECT min(file_id) FROM file_tags');
+    await writerHalfWay(s.t, 'LOCK TABLE files IN ROW EXCLUSIVE MODE', `DELETE FROM files WHERE id = ${id}`, () => cutover.apply(s));
+    await cutover.verify(s); // every key moved and validated, files_old equal to files
+    expect(await one(s.t, `SELECT count(*)::int FROM file_tags WHERE file_id = ${id}`)).toBe(0);
+  });
+
+  test('the swap back, a tag added holding file_tags: its foreign-key check on files goes through', async () => {
+    const s = await cutover.setup(await newTarget(uniqueId('halfway-back')));
+    await cutover.apply(s);
+    const id = await one(s.t, 'SELECT max(id) FROM files f WHERE NOT EXISTS (SELECT FROM file_tags WHERE file_id = f.id AND tag_id = 1)');
+    const tag = `INSERT INTO file_tags (file_id, tag_id) VALUES (${id}, 1)`;
+    await writerHalfWay(s.t, 'LOCK TABLE file_tags IN ROW EXCLUSIVE MODE', tag, () => cutover.rollback(s));
+    expect(await relkind(s.t, 'files')).toBe('r');
+    expect(await one(s.t, `SELECT count(*)::int FROM file_tags WHERE file_id = ${id} AND tag_id = 1`)).toBe(1);
   });
 });

@@ -247,8 +247,9 @@ export function createPartitionMigrationActivities() {
           const at = Date.now();
           const [views] = (
             await inOneRoundTrip(c, [
-              sql.lockTablesSql(spec.table, n.old),
+              sql.lockWritesSql(spec.table, n.old),
               ...inventory.foreignKeys.map(sql.lockReferencingSql),
+              sql.lockTablesSql(spec.table, n.old),
               viewsSql(spec.table), // re-pointed at the original table after the renames
             ])
           ).slice(-1);
@@ -424,7 +425,7 @@ async function carryForeignKeys(c: Client, spec: MigrationSpec, inventory: Pick<
   for (const fk of await foreignKeysOn(c, inventory, names(spec.table).old)) {
     const asked = await lockRetrying(c, async () => {
       const asked = Date.now();
-      await inOneRoundTrip(c, sql.moveForeignKeySql(fk));
+      await inOneRoundTrip(c, [sql.lockWritesSql(spec.table, names(spec.table).old), ...sql.moveForeignKeySql(fk)]);
       return asked;
     });
     moves.push({ table: fk.table, name: fk.name, writeBlockMs: Date.now() - asked });

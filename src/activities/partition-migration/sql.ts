@@ -280,6 +280,18 @@ export const dropTableSql = (table: string): string => `DROP TABLE IF EXISTS ${i
 export const lockTablesSql = (...tables: string[]): string =>
   `LOCK TABLE ${tables.map((t) => ident(t)).join(', ')} IN ACCESS EXCLUSIVE MODE`;
 
+/**
+ * Writes to the table and its old copy held off, reads and foreign-key checks let through: taken
+ * first, before any referencing table. A writer of the table goes on to the old copy (the reverse
+ * trigger) and to the referencing tables (a cascade), one of a referencing table goes on to the
+ * table (a foreign-key check, which this lock lets through): locking a referencing table first
+ * and then waiting for the table deadlocks with a writer half-way, and PostgreSQL's check, made
+ * once 50 ms into the wait, can have passed before the writer closes the cycle, making the writer
+ * the one aborted.
+ */
+export const lockWritesSql = (...tables: string[]): string =>
+  `LOCK TABLE ${tables.map((t) => ident(t)).join(', ')} IN SHARE ROW EXCLUSIVE MODE`;
+
 /** A referencing table's lock while its foreign key is swapped: reads go on, writes wait. */
 export const lockReferencingSql = (fk: ForeignKey): string => `LOCK TABLE ${fk.table} IN SHARE ROW EXCLUSIVE MODE`;
 
@@ -401,7 +413,7 @@ const addForeignKeySql = (fk: ForeignKey): string => `ALTER TABLE ${fk.table} AD
 
 const dropForeignKeySql = (fk: ForeignKey): string => `ALTER TABLE ${fk.table} DROP CONSTRAINT ${ident(fk.name)}`;
 
-/** One foreign key moved to the table now called by the table's name, in one transaction. */
+/** One foreign key moved to the table now called by the table's name, in one transaction, after `lockWritesSql`. */
 export const moveForeignKeySql = (fk: ForeignKey): string[] => [dropForeignKeySql(fk), addForeignKeySql(fk)];
 
 /** The referencing foreign keys ($1 their names) that point at the table ($2, as public.table) now. */
@@ -475,7 +487,7 @@ export function plan(spec: MigrationSpec, inventory: TableFacts): Planned[] {
         ]
       : []),
     // After the commit, each in a transaction of its own.
-    ...inventory.foreignKeys.flatMap((fk) => moveForeignKeySql(fk).map(sql('cutover'))),
+    ...inventory.foreignKeys.flatMap((fk) => [lockWritesSql(spec.table, n.old), ...moveForeignKeySql(fk)].map(sql('cutover'))),
     sql('finalize')(`gate "finalize", then DROP TABLE ${n.old} and the sync triggers`),
   ];
 }
