@@ -211,28 +211,6 @@ test('the webhook is down at first: the gate waits as usual, and the notificatio
   expect((await auditRows(handle)).map((r) => r.kind).slice(-1)).toEqual(['notification_sent']);
 });
 
-test('a webhook that always fails: bounded retries, the failure recorded, the runbook completes', async () => {
-  const hook = await hookServer(() => [503, 'maintenance']);
-  const target = await targetNotifying(hook);
-  const handle = await start({ target: target.name });
-  const failed = await waitForStatus(handle, (s) => s.notification?.outcome === 'failed', 120_000);
-  const attempts = notifyRetry.maximumAttempts;
-  expect(failed.notification).toMatchObject({
-    attempts,
-    error: expect.stringMatching(new RegExp(`HTTP 503 Service Unavailable: maintenance \\(gave up after ${attempts} attempts\\)$`)),
-  });
-  expect(failed.pendingGate?.name).toBe('restart');
-  expect(hook.requests).toHaveLength(attempts);
-
-  await handle.signal(approveSignal, { gate: 'restart', by: 'erin' });
-  expect((await handle.result()).outcome).toBe('completed');
-  const rows = await auditRows(handle);
-  expect(rows.map((r) => r.detail.attempt)).toEqual([...Array(attempts).keys()].map((i) => i + 1));
-  expect(rows.every((r) => r.kind === 'notification_failed')).toBe(true);
-  expect(rows[attempts - 1].detail.next).toBe(`gave up after ${attempts} attempts`);
-  expect(hook.requests).toHaveLength(attempts);
-});
-
 test('a webhook that refuses (Slack 404 no_service) and a webhook the targets file lacks: not retried, recorded, the runbook goes on', async () => {
   const hook = await hookServer(() => [404, 'no_service']);
   const refusing = await targetNotifying(hook);
@@ -331,6 +309,30 @@ test('the message escapes what Slack would read as markup', () => {
   expect(text).toContain('*Approving will* start Redis &lt;7.2&gt; &amp; write `redis.conf`.');
   expect(text).toContain('*Approvers:* anyone');
   expect(text).toContain('<http://ui/namespaces/ns/workflows/a%20b/r|Open a b in the Temporal Web UI>');
+});
+
+// It waits out the whole backoff (62 s), so it runs beside the tests above (jest starts a concurrent
+// test with the file and awaits it in its place).
+test.concurrent('a webhook that always fails: bounded retries, the failure recorded, the runbook completes', async () => {
+  const hook = await hookServer(() => [503, 'maintenance']);
+  const target = await targetNotifying(hook);
+  const handle = await start({ target: target.name });
+  const failed = await waitForStatus(handle, (s) => s.notification?.outcome === 'failed', 120_000);
+  const attempts = notifyRetry.maximumAttempts;
+  expect(failed.notification).toMatchObject({
+    attempts,
+    error: expect.stringMatching(new RegExp(`HTTP 503 Service Unavailable: maintenance \\(gave up after ${attempts} attempts\\)$`)),
+  });
+  expect(failed.pendingGate?.name).toBe('restart');
+  expect(hook.requests).toHaveLength(attempts);
+
+  await handle.signal(approveSignal, { gate: 'restart', by: 'erin' });
+  expect((await handle.result()).outcome).toBe('completed');
+  const rows = await auditRows(handle);
+  expect(rows.map((r) => r.detail.attempt)).toEqual([...Array(attempts).keys()].map((i) => i + 1));
+  expect(rows.every((r) => r.kind === 'notification_failed')).toBe(true);
+  expect(rows[attempts - 1].detail.next).toBe(`gave up after ${attempts} attempts`);
+  expect(hook.requests).toHaveLength(attempts);
 });
 
 test('no webhook URL or token in any workflow history or the audit table', async () => {
