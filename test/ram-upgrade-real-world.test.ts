@@ -20,7 +20,7 @@ import {
   startRamUpgrade as start,
   stepOf as step,
 } from './harness/ram-cgroup';
-import { driftedLibrarySql } from './harness/drift';
+import { debianLayout, driftedLibrarySql } from './harness/drift';
 import { closeHarness, spawnWorker, startWorker, waitForStatus, type RunningWorker, type TestTarget } from './harness/stack';
 
 afterAll(async () => {
@@ -145,6 +145,50 @@ describe('a drifted server, with a worker in the test process', () => {
     expect(await library(target)).toEqual(before);
     await expectObjectsWork(target);
   });
+
+  cgroupTest(
+    'Debian’s layout (configuration in a directory of its own): retuned, then the data differs and the backup is restored; the server runs on its own configuration files, untouched',
+    async () => {
+      let etc = '';
+      const { target, setLimit, startInside } = await inCgroup('ram-debian', 1, {
+        prepare: async (t) => {
+          await t.query(`ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'`);
+          await t.query(`ALTER SYSTEM SET effective_cache_size = '768MB'`);
+          await t.query(driftedLibrarySql);
+          etc = await debianLayout(t, `work_mem = '6MB'\n`);
+        },
+      });
+      const etcFiles = () =>
+        ['postgresql.conf', 'pg_hba.conf', 'pg_ident.conf', 'conf.d/tuning.conf'].map((f) => readFileSync(path.join(etc, f), 'utf8'));
+      const [files, settings, autoConf, before] = [etcFiles(), await shown(target), autoConfText(target), await library(target)];
+      expect(settings).toMatchObject({ work_mem: '6MB', effective_cache_size: '768MB', shared_preload_libraries: 'pg_stat_statements' });
+      const handle = await start({ target: target.name, expectedRamGiB: 2, benchmark });
+      await waitForStatus(handle, (s) => s.pendingGate?.name === 'stop', 120_000);
+      await approve(handle, 'stop');
+      await waitForStatus(handle, (s) => s.pendingGate?.name === 'hardware', 60_000);
+      setLimit(2);
+      // A bad module: the server comes back with a file gone.
+      await startInside();
+      await target.query('DELETE FROM files WHERE id = (SELECT min(id) FROM files)');
+      await approve(handle, 'hardware');
+      const waiting = await waitForStatus(handle, (s) => s.pendingDecision?.step === 'sanity', 90_000);
+      expect(waiting.pendingDecision!.error).toMatch(/the data is not what it was: files: \d+, was \d+/);
+      expect(await target.show('shared_buffers')).toBe('512MB'); // retuned and restarted on this layout
+      await handle.signal(decideSignal, { action: 'rollback', by: 'ops' });
+      const result = (await handle.result()) as RunbookResult;
+      expect(result.outcome).toBe('rolled_back');
+      expect(step(result.status, 'sanity').evidence!.rollback).toMatchObject({
+        summary: expect.stringMatching(/^restored from .* rows as before/),
+      });
+      expect(await library(target)).toEqual(before);
+      expect(await shown(target)).toEqual(settings);
+      expect(autoConfText(target)).toBe(autoConf);
+      expect(etcFiles()).toEqual(files);
+      expect(await target.show('config_file')).toBe(path.join(etc, 'postgresql.conf'));
+      expect(['postgresql.conf', 'pg_hba.conf', 'pg_ident.conf'].filter((f) => existsSync(path.join(target.dataDir, f)))).toEqual([]);
+      await expectObjectsWork(target);
+    },
+  );
 
   cgroupTest(
     'cancelled after the retune ran: the settings rollback puts back the drifted values exactly, postgresql.conf’s unmasked',

@@ -7,7 +7,7 @@ import { chmodSync, existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSyn
 import path from 'node:path';
 import { approveSignal, decideSignal, statusQuery, TASK_QUEUE } from '../../src/shared/messages';
 import type { RunbookResult, RunbookStatus } from '../../src/shared/status';
-import { OS_USER, pgBinDir } from '../../src/stack/postgres';
+import { clusterService, OS_USER, pgBinDir } from '../../src/stack/postgres';
 import { runDir } from './paths';
 import { newTarget, temporal, uniqueId, writeTargets, type TestTarget } from './stack';
 
@@ -86,6 +86,17 @@ export async function inCgroup(name: string, ramGiB: number, { prepare, startFai
     (doc.targets[target.name] as Record<string, unknown>).backupDir = backups;
   });
   await prepare?.(target);
+  // Started from where the server keeps its configuration (a directory of its own in Debian's
+  // layout), by the wrapper: the service a `prepare` may have rewritten is the wrapper's again.
+  const [{ config_file: configFile }] = await target.query<{ config_file: string }>('SHOW config_file');
+  const configDir = path.dirname(configFile);
+  writeTargets((doc) => {
+    (doc.targets[target.name] as { service: Record<string, unknown> }).service = {
+      ...clusterService(configDir),
+      binDir: wrapper,
+      logFile: path.join(target.dataDir, 'pg_ctl.log'),
+    };
+  });
   // Into the cgroup: stopped, then started by the wrapper, and the library read inside it.
   const startInside = () =>
     execa('runuser', [
@@ -95,7 +106,7 @@ export async function inCgroup(name: string, ramGiB: number, { prepare, startFai
       path.join(wrapper, 'pg_ctl'),
       'start',
       '-D',
-      target.dataDir,
+      configDir,
       '-l',
       path.join(target.dataDir, 'pg_ctl.log'),
       '-w',
