@@ -11,6 +11,7 @@ import type { RunbookResult } from '../src/shared/status';
 import { lastAttempt } from './harness/attempts';
 import {
   approve,
+  atHardwareGate,
   benchmark,
   cgroupTest,
   GIB,
@@ -100,10 +101,7 @@ describe('a drifted server, with a worker in the test process', () => {
       const before = await library(target);
       expect(Number(before.view_rows)).toBeGreaterThan(0);
       expect(await shown(target)).toMatchObject({ shared_buffers: '160MB', effective_cache_size: '768MB', work_mem: '6MB' });
-      const handle = await start({ target: target.name, expectedRamGiB: 2, benchmark });
-      await waitForStatus(handle, (s) => s.pendingGate?.name === 'stop', 120_000);
-      await approve(handle, 'stop');
-      await waitForStatus(handle, (s) => s.pendingGate?.name === 'hardware', 60_000);
+      const handle = await atHardwareGate({ target: target.name, expectedRamGiB: 2, benchmark });
       setLimit(2);
       await approve(handle, 'hardware');
       const result = await resultPastSlowness(handle);
@@ -131,10 +129,7 @@ describe('a drifted server, with a worker in the test process', () => {
   cgroupTest('the RAM is not there: the decision "rollback" leaves every drifted value and postgresql.auto.conf as they were', async () => {
     const { target } = await inCgroup('ram-drift-missing', 1, { prepare: drift });
     const [settings, from, autoConf, before] = [await shown(target), await sources(target), autoConfText(target), await library(target)];
-    const handle = await start({ target: target.name, expectedRamGiB: 2, benchmark });
-    await waitForStatus(handle, (s) => s.pendingGate?.name === 'stop', 120_000);
-    await approve(handle, 'stop');
-    await waitForStatus(handle, (s) => s.pendingGate?.name === 'hardware', 60_000);
+    const handle = await atHardwareGate({ target: target.name, expectedRamGiB: 2, benchmark });
     await approve(handle, 'hardware'); // the limit stays at 1 GiB
     await waitForStatus(handle, (s) => s.pendingDecision?.step === 'verify-ram', 60_000);
     await handle.signal(decideSignal, { action: 'rollback', by: 'ops' });
@@ -162,10 +157,7 @@ describe('a drifted server, with a worker in the test process', () => {
         ['postgresql.conf', 'pg_hba.conf', 'pg_ident.conf', 'conf.d/tuning.conf'].map((f) => readFileSync(path.join(etc, f), 'utf8'));
       const [files, settings, autoConf, before] = [etcFiles(), await shown(target), autoConfText(target), await library(target)];
       expect(settings).toMatchObject({ work_mem: '6MB', effective_cache_size: '768MB', shared_preload_libraries: 'pg_stat_statements' });
-      const handle = await start({ target: target.name, expectedRamGiB: 2, benchmark });
-      await waitForStatus(handle, (s) => s.pendingGate?.name === 'stop', 120_000);
-      await approve(handle, 'stop');
-      await waitForStatus(handle, (s) => s.pendingGate?.name === 'hardware', 60_000);
+      const handle = await atHardwareGate({ target: target.name, expectedRamGiB: 2, benchmark });
       setLimit(2);
       // A bad module: the server comes back with a file gone.
       await startInside();
@@ -196,10 +188,7 @@ describe('a drifted server, with a worker in the test process', () => {
       const { target, setLimit } = await inCgroup('ram-drift-cancel', 1, { prepare: drift });
       const [settings, from, autoConf] = [await shown(target), await sources(target), autoConfText(target)];
       expect(from).toMatchObject({ shared_buffers: 'postgresql.auto.conf', work_mem: 'postgresql.conf', huge_pages: 'postgresql.conf' });
-      const handle = await start({ target: target.name, expectedRamGiB: 2, benchmark: { seconds: 3, clients: 2 } });
-      await waitForStatus(handle, (s) => s.pendingGate?.name === 'stop', 120_000);
-      await approve(handle, 'stop');
-      await waitForStatus(handle, (s) => s.pendingGate?.name === 'hardware', 60_000);
+      const handle = await atHardwareGate({ target: target.name, expectedRamGiB: 2, benchmark: { seconds: 3, clients: 2 } });
       setLimit(2);
       await approve(handle, 'hardware');
       await waitForStatus(handle, (s) => s.currentStep === 'verify-performance', 120_000);
@@ -228,10 +217,7 @@ describe('a drifted server, with a worker in the test process', () => {
       const { target, setLimit } = await inCgroup('ram-drift-more', 4, { prepare: drift });
       const [settings, from, autoConf] = [await shown(target), await sources(target), autoConfText(target)];
       // pgtune for 7.9 GiB gives 1.98 GB of shared_buffers, no huge_pages; the 8.2 GiB verified (within 5 %) give 2.05 GB and huge_pages try.
-      const handle = await start({ target: target.name, expectedRamGiB: 7.9, benchmark: { seconds: 3, clients: 2 } });
-      await waitForStatus(handle, (s) => s.pendingGate?.name === 'stop', 120_000);
-      await approve(handle, 'stop');
-      await waitForStatus(handle, (s) => s.pendingGate?.name === 'hardware', 60_000);
+      const handle = await atHardwareGate({ target: target.name, expectedRamGiB: 7.9, benchmark: { seconds: 3, clients: 2 } });
       setLimit(8.2);
       await approve(handle, 'hardware');
       await waitForStatus(handle, (s) => s.currentStep === 'verify-performance', 120_000);
@@ -251,10 +237,7 @@ describe('a drifted server, with a worker in the test process', () => {
     const [settings, autoConf] = [await shown(target), autoConfText(target)];
     expect(readFileSync('/proc/meminfo', 'utf8')).toMatch(/^HugePages_Total:\s+0$/m);
     const tune = { shared_buffers: '256MB', effective_cache_size: '1GB', work_mem: '8MB', maintenance_work_mem: '64MB', huge_pages: 'on' };
-    const handle = await start({ target: target.name, expectedRamGiB: 2, benchmark, tune });
-    await waitForStatus(handle, (s) => s.pendingGate?.name === 'stop', 120_000);
-    await approve(handle, 'stop');
-    await waitForStatus(handle, (s) => s.pendingGate?.name === 'hardware', 60_000);
+    const handle = await atHardwareGate({ target: target.name, expectedRamGiB: 2, benchmark, tune });
     setLimit(2);
     await approve(handle, 'hardware');
     const waiting = await waitForStatus(handle, (s) => s.pendingDecision?.step === 'retune', 60_000);
@@ -277,10 +260,7 @@ describe('a drifted server, with a worker in the test process', () => {
       // Huge pages taken between the preflight and the start: the wrapper starts with huge_pages on while the new shared_buffers is on disk.
       const { target, setLimit } = await inCgroup('ram-start-fails', 1, { prepare: drift, startFailsWith: "shared_buffers = '512MB'" });
       const [settings, autoConf] = [await shown(target), autoConfText(target)];
-      const handle = await start({ target: target.name, expectedRamGiB: 2, benchmark });
-      await waitForStatus(handle, (s) => s.pendingGate?.name === 'stop', 120_000);
-      await approve(handle, 'stop');
-      await waitForStatus(handle, (s) => s.pendingGate?.name === 'hardware', 60_000);
+      const handle = await atHardwareGate({ target: target.name, expectedRamGiB: 2, benchmark });
       setLimit(2);
       await approve(handle, 'hardware');
       const waiting = await waitForStatus(handle, (s) => s.pendingDecision?.step === 'retune', 60_000);

@@ -7,6 +7,7 @@ import { decideSignal } from '../src/shared/messages';
 import type { RunbookResult } from '../src/shared/status';
 import {
   approve,
+  atHardwareGate,
   benchmark,
   cgroupTest as maybe,
   GIB,
@@ -63,10 +64,7 @@ maybe(
 
 maybe('the RAM is not there after gate hardware: verify-ram fails, a decision rolls back, the old settings run', async () => {
   const { target } = await inCgroup('ram-missing', 1);
-  const handle = await start({ target: target.name, expectedRamGiB: 2, benchmark });
-  await waitForStatus(handle, (s) => s.pendingGate?.name === 'stop', 120_000);
-  await approve(handle, 'stop');
-  await waitForStatus(handle, (s) => s.pendingGate?.name === 'hardware', 60_000);
+  const handle = await atHardwareGate({ target: target.name, expectedRamGiB: 2, benchmark });
   await approve(handle, 'hardware'); // but the limit stays at 1 GiB
   const waiting = await waitForStatus(handle, (s) => s.pendingDecision?.step === 'verify-ram', 60_000);
   expect(waiting.pendingDecision!.error).toMatch(/the server sees 1\.00 GiB .* not 2 GiB/);
@@ -78,10 +76,7 @@ maybe('the RAM is not there after gate hardware: verify-ram fails, a decision ro
 
 maybe('terminated at gate hardware, the server stopped: the next run starts it again before its precheck', async () => {
   const { target } = await inCgroup('ram-terminated', 1);
-  const handle = await start({ target: target.name, expectedRamGiB: 2, benchmark });
-  await waitForStatus(handle, (s) => s.pendingGate?.name === 'stop', 120_000);
-  await approve(handle, 'stop');
-  await waitForStatus(handle, (s) => s.pendingGate?.name === 'hardware', 60_000);
+  const handle = await atHardwareGate({ target: target.name, expectedRamGiB: 2, benchmark });
   await handle.terminate('operator pressed Terminate');
   await expect(target.query('SELECT 1')).rejects.toThrow();
   const next = await start({ target: target.name, expectedRamGiB: 2, benchmark, recoverLeftovers: true });
@@ -100,10 +95,7 @@ maybe(
   async () => {
     const { target, setLimit } = await inCgroup('ram-preflight', 1);
     const tune = { shared_buffers: '1800MB', effective_cache_size: '1GB', work_mem: '8MB', maintenance_work_mem: '64MB' };
-    const handle = await start({ target: target.name, expectedRamGiB: 2, benchmark, tune });
-    await waitForStatus(handle, (s) => s.pendingGate?.name === 'stop', 120_000);
-    await approve(handle, 'stop');
-    await waitForStatus(handle, (s) => s.pendingGate?.name === 'hardware', 60_000);
+    const handle = await atHardwareGate({ target: target.name, expectedRamGiB: 2, benchmark, tune });
     setLimit(2);
     await approve(handle, 'hardware');
     const waiting = await waitForStatus(handle, (s) => s.pendingDecision?.step === 'retune', 60_000);

@@ -9,7 +9,7 @@ import { approveSignal, decideSignal, statusQuery, TASK_QUEUE } from '../../src/
 import type { RunbookResult, RunbookStatus } from '../../src/shared/status';
 import { clusterService, OS_USER, pgBinDir } from '../../src/stack/postgres';
 import { runDir } from './paths';
-import { newTarget, temporal, uniqueId, writeTargets, type TestTarget } from './stack';
+import { newTarget, temporal, uniqueId, waitForStatus, writeTargets, type TestTarget } from './stack';
 
 const CGROUPS = '/sys/fs/cgroup/memory';
 export const GIB = 1024 ** 3;
@@ -124,6 +124,15 @@ export async function startRamUpgrade(input: Record<string, unknown>): Promise<W
 }
 export const stepOf = (s: RunbookStatus, name: string) => s.steps.find((st) => st.name === name)!;
 export const approve = (h: WorkflowHandle, gate: string) => h.signal(approveSignal, { gate, by: 'ops' });
+
+/** A run of `input`, approved at gate "stop" (backed up, the server stopped), now held at gate "hardware". */
+export async function atHardwareGate(input: Record<string, unknown>): Promise<WorkflowHandle> {
+  const handle = await startRamUpgrade(input);
+  await waitForStatus(handle, (s) => s.pendingGate?.name === 'stop', 120_000);
+  await approve(handle, 'stop');
+  await waitForStatus(handle, (s) => s.pendingGate?.name === 'hardware', 60_000);
+  return handle;
+}
 /** The shortest benchmark that still gives three runs. */
 export const benchmark = { seconds: 1, clients: 2 };
 
