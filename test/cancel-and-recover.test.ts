@@ -3,13 +3,11 @@
 // next run (gate "recover") or by `fermata recover`, named with its owner, and undone. An application
 // writes to `files` through all of it and loses nothing.
 import { CancelledFailure, WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
-import { ApplicationFailure } from '@temporalio/common';
 import net from 'node:net';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { Client } from 'pg';
 import { createReferenceSql, startWriters } from '../src/fixtures/midi-writers';
-import { ErrorType } from '../src/shared/errors';
 import { approveSignal, rejectSignal, statusQuery, TASK_QUEUE } from '../src/shared/messages';
 import { searchAttributes } from '../src/shared/search-attributes';
 import type { RunbookResult, RunbookStatus } from '../src/shared/status';
@@ -22,6 +20,7 @@ import {
   fermata,
   newRedisTarget,
   newTarget,
+  startFailingWorker,
   startWorker,
   temporal,
   uniqueId,
@@ -273,23 +272,15 @@ test('redis deployment: cancelled after start stops the Redis it started; termin
       socket.on('error', () => resolve(false));
     });
   // Its smoke step fails: the run holds for a decision, after start. Its rollback takes 3 s more, to be seen.
-  const taskQueue = uniqueId('failing-smoke');
-  const failing = await startWorker({
-    taskQueue,
-    wrap: (activities) => ({
-      ...activities,
-      redisSmoke: async () => {
-        throw ApplicationFailure.nonRetryable('smoke failed on purpose', ErrorType.NotConverged);
-      },
-      redisRollback: async (...args) => {
-        await new Promise((r) => setTimeout(r, 3000));
-        return activities.redisRollback(...args);
-      },
-    }),
-  });
+  const failing = await startFailingWorker('redisSmoke', 'smoke failed on purpose', (activities) => ({
+    redisRollback: async (...args) => {
+      await new Promise((r) => setTimeout(r, 3000));
+      return activities.redisRollback(...args);
+    },
+  }));
   try {
     const input = { target: target.name, port, maxmemory: '64mb' };
-    const cancelled = await start('redisDeployment', input, taskQueue);
+    const cancelled = await start('redisDeployment', input, failing.taskQueue);
     await waitForStatus(cancelled, (s) => s.pendingGate?.name === 'deploy');
     await cancelled.signal(approveSignal, { gate: 'deploy', by: 'ops' });
     await waitForStatus(cancelled, (s) => s.pendingDecision?.step === 'smoke', 60_000);
@@ -302,7 +293,7 @@ test('redis deployment: cancelled after start stops the Redis it started; termin
     expect(undone.steps.find((s) => s.name === 'start')!.state).toBe('rolled_back');
     expect(await listening()).toBe(false);
 
-    const terminated = await start('redisDeployment', input, taskQueue);
+    const terminated = await start('redisDeployment', input, failing.taskQueue);
     await waitForStatus(terminated, (s) => s.pendingGate?.name === 'deploy');
     await terminated.signal(approveSignal, { gate: 'deploy', by: 'ops' });
     await waitForStatus(terminated, (s) => s.pendingDecision?.step === 'smoke', 60_000);

@@ -90,27 +90,17 @@ export async function inCgroup(name: string, ramGiB: number, { prepare, startFai
   // layout), by the wrapper: the service a `prepare` may have rewritten is the wrapper's again.
   const [{ config_file: configFile }] = await target.query<{ config_file: string }>('SHOW config_file');
   const configDir = path.dirname(configFile);
+  const log = path.join(target.dataDir, 'pg_ctl.log');
   writeTargets((doc) => {
     (doc.targets[target.name] as { service: Record<string, unknown> }).service = {
       ...clusterService(configDir),
       binDir: wrapper,
-      logFile: path.join(target.dataDir, 'pg_ctl.log'),
+      logFile: log,
     };
   });
   // Into the cgroup: stopped, then started by the wrapper, and the library read inside it.
   const startInside = () =>
-    execa('runuser', [
-      '-u',
-      OS_USER ?? 'root',
-      '--',
-      path.join(wrapper, 'pg_ctl'),
-      'start',
-      '-D',
-      configDir,
-      '-l',
-      path.join(target.dataDir, 'pg_ctl.log'),
-      '-w',
-    ]);
+    execa('runuser', ['-u', OS_USER ?? 'root', '--', path.join(wrapper, 'pg_ctl'), 'start', '-D', configDir, '-l', log, '-w']);
   await target.stop();
   await startInside();
   await target.query('SELECT count(*) FROM files');

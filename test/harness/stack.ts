@@ -128,14 +128,19 @@ export async function startWorker(
 
 /**
  * A worker on a task queue of its own whose `activity` always fails, non-retryably, as NotConverged
- * with `message`: the runbook then waits for a decision at that step.
+ * with `message`: the runbook then waits for a decision at that step. `also` replaces others.
  */
-export async function startFailingWorker(activity: keyof Activities, message: string): Promise<RunningWorker & { taskQueue: string }> {
+export async function startFailingWorker(
+  activity: keyof Activities,
+  message: string,
+  also: (activities: Activities) => Partial<Activities> = () => ({}),
+): Promise<RunningWorker & { taskQueue: string }> {
   const taskQueue = uniqueId(`failing-${activity}`);
   const worker = await startWorker({
     taskQueue,
     wrap: (activities) => ({
       ...activities,
+      ...also(activities),
       [activity]: async () => {
         throw ApplicationFailure.nonRetryable(message, ErrorType.NotConverged);
       },
